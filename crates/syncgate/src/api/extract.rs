@@ -1,0 +1,139 @@
+//! Request extractors: JSON bodies with the size limit and contract errors, API-key
+//! callers, and offline-API callers (a user's JWT or an API key acting for a user).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use super::RateSlot;
+use crate::error::{Code, Error};
+use crate::limits::Allowed;
+use crate::node::Node;
+
+/// A JSON body, parsed, with its raw bytes (for idempotency hashing).
+pub struct JsonBody<T> {
+    pub value: T,
+    pub raw: Bytes,
+}
+
+impl<T: DeserializeOwned> FromRequest<Arc<Node>> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, node: &Arc<Node>) -> Result<Self, Self::Rejection> {
+        let max = node.cfg.limits.max_body_bytes;
+        let too_large = || Error::new(Code::PayloadTooLarge, format!("request body is larger than {max} bytes"));
+        if let Some(len) =
+            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+        {
+            if len > max as u64 {
+                return Err(too_large().into());
+            }
+        }
+        let raw = axum::body::to_bytes(req.into_body(), max).await.map_err(|_| too_large())?;
+        let value = serde_json::from_slice(&raw).map_err(|e| Error::invalid(format!("invalid JSON body: {e}")))?;
+        Ok(JsonBody { value, raw })
+    }
+}
+
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(k) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(k.trim());
+    }
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).map(str::trim)
+}
+
+/// A backend authenticated with an API key.
+pub struct ApiKey {
+    /// A short fingerprint of the key (scopes idempotency keys; never the key itself).
+    pub fingerprint: String,
+}
+
+/// Hands the caller's rate-limit state to the middleware for X-RateLimit-* headers.
+fn report(parts: &Parts, allowed: Option<Allowed>) {
+    if let (Some(a), Some(slot)) = (allowed, parts.extensions.get::<RateSlot>()) {
+        *slot.0.lock() = Some(a);
+    }
+}
+
+fn fingerprint(key: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let d = Sha1::digest(key.as_bytes());
+    d[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl FromRequestParts<Arc<Node>> for ApiKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, Self::Rejection> {
+        let Some(key) = presented_key(&parts.headers) else {
+            return Err(Error::unauthorized("missing API key: send Authorization: Bearer KEY or X-API-Key").into());
+        };
+        if !node.auth.is_api_key(key) {
+            return Err(Error::unauthorized("invalid API key").into());
+        }
+        let fp = fingerprint(key);
+        let allowed = node
+            .limits
+            .api_key
+            .check(&Arc::from(fp.as_str()), &node.metrics)
+            .map_err(|r| ApiError::rate_limited(r, "too many requests for this API key"))?;
+        report(parts, allowed);
+        Ok(ApiKey { fingerprint: fp })
+    }
+}
+
+/// A caller of the offline API: a device with its user's JWT, or a backend with an API key
+/// naming the user with `?user_id=`.
+pub struct OfflineCaller {
+    pub user: String,
+}
+
+impl FromRequestParts<Arc<Node>> for OfflineCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, Self::Rejection> {
+        let query_user = parts
+            .uri
+            .query()
+            .and_then(|q| {
+                axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&parts.uri).ok().map(|v| (q, v.0))
+            })
+            .and_then(|(_, pairs)| pairs.into_iter().find(|(k, _)| k == "user_id").map(|(_, v)| v));
+        let Some(credential) = presented_key(&parts.headers) else {
+            return Err(Error::unauthorized("missing credentials: a user token or an API key").into());
+        };
+        if node.auth.is_api_key(credential) {
+            let Some(user) = query_user else {
+                return Err(Error::invalid("an API key caller must name the user with ?user_id=").into());
+            };
+            node.check_name("user_id", &user)?;
+            let fp = fingerprint(credential);
+            let allowed = node
+                .limits
+                .api_key
+                .check(&Arc::from(fp.as_str()), &node.metrics)
+                .map_err(|r| ApiError::rate_limited(r, "too many requests for this API key"))?;
+            report(parts, allowed);
+            return Ok(OfflineCaller { user });
+        }
+        let claims = node.auth.verify(credential).map_err(|e| Error::unauthorized(e.to_string()))?;
+        if let Some(u) = query_user {
+            if u != claims.sub {
+                return Err(Error::forbidden("a user token can only read its own user's messages").into());
+            }
+        }
+        let allowed = node
+            .limits
+            .api_user
+            .check(&Arc::from(claims.sub.as_str()), &node.metrics)
+            .map_err(|r| ApiError::rate_limited(r, "too many requests for this user"))?;
+        report(parts, allowed);
+        Ok(OfflineCaller { user: claims.sub })
+    }
+}

@@ -1,0 +1,212 @@
+//! The HTTP side of a node: the server API for backends, the offline API for devices,
+//! operations endpoints, and the WebSocket upgrade route, on one router.
+//!
+//! Owns: routing, the request middleware (X-Request-Id, JSON request logs, per-route
+//! metrics, rate-limit headers), CORS, and the OpenAPI document (`/openapi.json`, built from
+//! the handlers' annotations; a test checks every route is in it).
+//!
+//! Must never: publish or read anything except through the node, or answer an error in
+//! another shape than `{"error":{"code","message"}}`.
+
+pub mod error;
+pub mod extract;
+mod offline;
+mod publish;
+mod query;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa::OpenApi;
+
+use crate::error::Error;
+use crate::metrics::HttpLabels;
+use crate::node::Node;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "syncgate HTTP API", description = "Server API for backends, offline API for devices, operations endpoints. See docs/http-api.md."),
+    paths(
+        publish::events, publish::batch, publish::broadcast, publish::room_events,
+        query::presence, query::history, query::user_online, query::disconnect, query::online_users,
+        query::stats, query::pubsub_stats, query::offline_stats,
+        offline::messages, offline::ack, offline::ack_batch, offline::count,
+        health, ready, metrics, openapi_json,
+    ),
+    components(schemas(publish::UserEvent, publish::BatchEvent, publish::BroadcastEvent, publish::RoomEvent, publish::Priority, offline::AckBody, offline::AckBatchBody)),
+    modifiers(&SecurityAddon),
+)]
+pub struct ApiDoc;
+
+struct SecurityAddon;
+
+impl utoipa::Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let c = openapi.components.get_or_insert_with(Default::default);
+        c.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every route of the router, as (method, OpenAPI path). `/ws` is documented in
+/// docs/protocol.md, not in OpenAPI (it is not a REST call).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/api/v1/events"),
+    ("post", "/api/v1/events/batch"),
+    ("post", "/api/v1/events/broadcast"),
+    ("post", "/api/v1/rooms/{room}/events"),
+    ("get", "/api/v1/rooms/{room}/presence"),
+    ("get", "/api/v1/rooms/{room}/history"),
+    ("get", "/api/v1/users/{user_id}/online"),
+    ("post", "/api/v1/users/{user_id}/disconnect"),
+    ("get", "/api/v1/online-users"),
+    ("get", "/api/v1/stats"),
+    ("get", "/api/v1/stats/pubsub"),
+    ("get", "/api/v1/offline/stats"),
+    ("get", "/api/v1/offline/messages"),
+    ("post", "/api/v1/offline/ack"),
+    ("post", "/api/v1/offline/ack/batch"),
+    ("get", "/api/v1/offline/count"),
+    ("get", "/health"),
+    ("get", "/ready"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+];
+
+pub fn router(node: Arc<Node>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/events", post(publish::events))
+        .route("/api/v1/events/batch", post(publish::batch))
+        .route("/api/v1/events/broadcast", post(publish::broadcast))
+        .route("/api/v1/rooms/{room}/events", post(publish::room_events))
+        .route("/api/v1/rooms/{room}/presence", get(query::presence))
+        .route("/api/v1/rooms/{room}/history", get(query::history))
+        .route("/api/v1/users/{user_id}/online", get(query::user_online))
+        .route("/api/v1/users/{user_id}/disconnect", post(query::disconnect))
+        .route("/api/v1/online-users", get(query::online_users))
+        .route("/api/v1/stats", get(query::stats))
+        .route("/api/v1/stats/pubsub", get(query::pubsub_stats))
+        .route("/api/v1/offline/stats", get(query::offline_stats))
+        .route("/api/v1/offline/messages", get(offline::messages))
+        .route("/api/v1/offline/ack", post(offline::ack))
+        .route("/api/v1/offline/ack/batch", post(offline::ack_batch))
+        .route("/api/v1/offline/count", get(offline::count))
+        .layer(cors(&node.cfg.server.cors_origins));
+    Router::new()
+        .merge(api)
+        .route("/ws", get(crate::transport::upgrade))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(node.clone(), observe))
+        .with_state(node)
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            "x-api-key".parse().unwrap_or(header::AUTHORIZATION),
+            "idempotency-key".parse().unwrap_or(header::AUTHORIZATION),
+            "x-request-id".parse().unwrap_or(header::AUTHORIZATION),
+        ])
+        .expose_headers([
+            "x-request-id".parse().unwrap_or(header::AUTHORIZATION),
+            "retry-after".parse().unwrap_or(header::AUTHORIZATION),
+            "x-ratelimit-limit".parse().unwrap_or(header::AUTHORIZATION),
+            "x-ratelimit-remaining".parse().unwrap_or(header::AUTHORIZATION),
+        ])
+}
+
+/// Slot the auth extractors fill with the caller's rate-limit state, for response headers.
+#[derive(Clone, Default)]
+pub struct RateSlot(pub Arc<parking_lot::Mutex<Option<crate::limits::Allowed>>>);
+
+/// Request id, JSON request log, metrics by route and status, rate-limit headers.
+async fn observe(State(node): State<Arc<Node>>, mut req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let route =
+        req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let method = req.method().clone();
+    let slot = RateSlot::default();
+    req.extensions_mut().insert(slot.clone());
+    let mut resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        h.insert("x-request-id", v);
+    }
+    if let Some(a) = *slot.0.lock() {
+        h.entry("x-ratelimit-limit").or_insert(HeaderValue::from(a.limit));
+        h.entry("x-ratelimit-remaining").or_insert(HeaderValue::from(a.remaining));
+    }
+    node.metrics
+        .http_requests
+        .get_or_create(&HttpLabels { route: route.clone(), method: method.to_string(), status })
+        .inc();
+    if route != "/ws" || status != 101 {
+        tracing::info!(request_id, method = %method, route, status, latency_us = start.elapsed().as_micros() as u64, "http");
+    }
+    resp
+}
+
+async fn not_found() -> Response {
+    error::ApiError::from(Error::not_found("no such route")).into_response()
+}
+
+#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, description = "{\"status\":\"healthy\",\"instance_id\",\"timestamp\"}")))]
+pub async fn health(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
+    Json(json!({"status": "healthy", "instance_id": node.instance_id, "timestamp": crate::node::now_ms()}))
+}
+
+#[utoipa::path(get, path = "/ready", tag = "operations", responses((status = 200, description = "ready"), (status = 503, description = "not ready")))]
+pub async fn ready(State(node): State<Arc<Node>>) -> Response {
+    if node.is_ready() {
+        Json(json!({"status": "ready", "instance_id": node.instance_id})).into_response()
+    } else {
+        let reason = if node.is_shutting_down() { "shutting down" } else { "a dependency is unreachable" };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": reason, "instance_id": node.instance_id})),
+        )
+            .into_response()
+    }
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
+pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], node.metrics.render()).into_response()
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "this document")))]
+pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

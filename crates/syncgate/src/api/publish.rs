@@ -1,0 +1,272 @@
+//! Publishing endpoints for backends: to users, to many users, to everyone, to a room;
+//! with Idempotency-Key support.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use utoipa::ToSchema;
+
+use super::error::ApiResult;
+use super::extract::{ApiKey, JsonBody};
+use crate::error::{Code, Error};
+use crate::node::{Message, Node};
+use crate::store::IdemRecord;
+
+/// Message priority (accepted and validated; delivery order is per stream regardless).
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    Low,
+    #[default]
+    Normal,
+    High,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserEvent {
+    /// Recipient user id.
+    pub user_id: String,
+    /// Message type (checked against `messages.allowed_types`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Any JSON value.
+    #[schema(value_type = Object)]
+    pub data: Box<RawValue>,
+    /// Keep in the user's durable stream (default true); false = live only.
+    pub persist: Option<bool>,
+    /// Drop from the stream after this many seconds (shorter than retention).
+    pub ttl_s: Option<u64>,
+    /// Accepted and validated; delivery order is per stream whatever the priority.
+    #[allow(dead_code)]
+    pub priority: Option<Priority>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchEvent {
+    pub user_ids: Vec<String>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[schema(value_type = Object)]
+    pub data: Box<RawValue>,
+    pub persist: Option<bool>,
+    pub ttl_s: Option<u64>,
+    /// Accepted and validated; delivery order is per stream whatever the priority.
+    #[allow(dead_code)]
+    pub priority: Option<Priority>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastEvent {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[schema(value_type = Object)]
+    pub data: Box<RawValue>,
+    /// Accepted and validated; delivery order is per stream whatever the priority.
+    #[allow(dead_code)]
+    pub priority: Option<Priority>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoomEvent {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[schema(value_type = Object)]
+    pub data: Box<RawValue>,
+    /// Keep in the room's history (default true).
+    pub persist: Option<bool>,
+    pub ttl_s: Option<u64>,
+    /// Accepted and validated; delivery order is per stream whatever the priority.
+    #[allow(dead_code)]
+    pub priority: Option<Priority>,
+}
+
+fn message<'a>(
+    node: &Node,
+    kind: &'a str,
+    data: &RawValue,
+    persist: Option<bool>,
+    ttl_s: Option<u64>,
+) -> Result<Message<'a>, Error> {
+    node.check_type(kind)?;
+    if ttl_s == Some(0) {
+        return Err(Error::invalid("ttl_s must be at least 1"));
+    }
+    Ok(Message {
+        kind,
+        data: Bytes::copy_from_slice(data.get().as_bytes()),
+        persist: persist.unwrap_or(true),
+        ttl: ttl_s.map(Duration::from_secs),
+        except: None,
+    })
+}
+
+/// Runs `publish` under the request's Idempotency-Key, if it has one.
+async fn idempotent<F>(
+    node: &Node,
+    key: &ApiKey,
+    headers: &HeaderMap,
+    route: &str,
+    raw: &Bytes,
+    publish: F,
+) -> ApiResult<Response>
+where
+    F: std::future::Future<Output = ApiResult<serde_json::Value>>,
+{
+    let Some(idem) = headers.get("idempotency-key") else {
+        let body = publish.await?;
+        return Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response());
+    };
+    let idem = idem
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .ok_or_else(|| Error::invalid("Idempotency-Key must be 1 to 255 visible ASCII characters"))?;
+    let scope = format!("{}:{}:{}", key.fingerprint, route, idem);
+    let hash = request_hash(route, raw);
+    if let Some(rec) = node.store.idem_get(&scope).await? {
+        return replay(rec, hash);
+    }
+    let _guard = node.idempotency_inflight(&scope).ok_or_else(|| {
+        Error::new(Code::IdempotencyConflict, "a request with this Idempotency-Key is still in progress")
+    })?;
+    // Checked again under the in-flight guard: a twin may have finished meanwhile.
+    if let Some(rec) = node.store.idem_get(&scope).await? {
+        return replay(rec, hash);
+    }
+    let body = publish.await?;
+    let bytes = Bytes::from(body.to_string());
+    let record = IdemRecord { request_hash: hash, status: StatusCode::ACCEPTED.as_u16(), body: bytes.clone() };
+    if let Err(e) = node.store.idem_put(&scope, record).await {
+        tracing::warn!(error = %e, "could not store idempotency key");
+    }
+    let mut resp = (StatusCode::ACCEPTED, [("content-type", "application/json")], bytes).into_response();
+    resp.headers_mut().insert("idempotency-key", HeaderValue::from_str(idem).unwrap_or(HeaderValue::from_static("")));
+    Ok(resp)
+}
+
+fn replay(rec: IdemRecord, hash: u64) -> ApiResult<Response> {
+    if rec.request_hash != hash {
+        return Err(
+            Error::new(Code::IdempotencyConflict, "this Idempotency-Key was used with another request body").into()
+        );
+    }
+    let status = StatusCode::from_u16(rec.status).unwrap_or(StatusCode::ACCEPTED);
+    let mut resp = (status, [("content-type", "application/json")], rec.body).into_response();
+    resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    Ok(resp)
+}
+
+/// A stable hash of the request (route and body), kept with the key.
+fn request_hash(route: &str, raw: &[u8]) -> u64 {
+    use sha1::{Digest, Sha1};
+    let mut h = Sha1::new();
+    h.update(route.as_bytes());
+    h.update([0]);
+    h.update(raw);
+    let d = h.finalize();
+    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+#[utoipa::path(post, path = "/api/v1/events", tag = "publish", request_body = UserEvent,
+    params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe publishing")),
+    responses((status = 202, description = "accepted; body {\"id\"}"), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429), (status = 503)))]
+pub async fn events(
+    State(node): State<Arc<Node>>,
+    key: ApiKey,
+    headers: HeaderMap,
+    body: JsonBody<UserEvent>,
+) -> ApiResult<Response> {
+    let b = &body.value;
+    idempotent(&node, &key, &headers, "events", &body.raw, async {
+        node.check_name("user_id", &b.user_id)?;
+        let msg = message(&node, &b.kind, &b.data, b.persist, b.ttl_s)?;
+        let ids = node.publish_users(std::slice::from_ref(&b.user_id), msg).await?;
+        node.count_in("api", 1);
+        Ok(json!({"id": ids.into_iter().next()}))
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/api/v1/events/batch", tag = "publish", request_body = BatchEvent,
+    params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe publishing")),
+    responses((status = 202, description = "accepted; body {\"ids\":{user_id:id}}"), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429), (status = 503)))]
+pub async fn batch(
+    State(node): State<Arc<Node>>,
+    key: ApiKey,
+    headers: HeaderMap,
+    body: JsonBody<BatchEvent>,
+) -> ApiResult<Response> {
+    let b = &body.value;
+    idempotent(&node, &key, &headers, "batch", &body.raw, async {
+        let max = node.cfg.limits.max_batch_users;
+        if b.user_ids.is_empty() || b.user_ids.len() > max {
+            return Err(Error::invalid(format!("user_ids must have 1 to {max} entries")).into());
+        }
+        let mut users = b.user_ids.clone();
+        users.sort();
+        users.dedup();
+        for u in &users {
+            node.check_name("user_id", u)?;
+        }
+        let msg = message(&node, &b.kind, &b.data, b.persist, b.ttl_s)?;
+        let ids = node.publish_users(&users, msg).await?;
+        node.count_in("api", users.len() as u64);
+        let map: BTreeMap<&String, String> = users.iter().zip(ids).collect();
+        Ok(json!({"ids": map}))
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/api/v1/events/broadcast", tag = "publish", request_body = BroadcastEvent,
+    params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe publishing")),
+    responses((status = 202, description = "accepted; body {\"id\"}"), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429)))]
+pub async fn broadcast(
+    State(node): State<Arc<Node>>,
+    key: ApiKey,
+    headers: HeaderMap,
+    body: JsonBody<BroadcastEvent>,
+) -> ApiResult<Response> {
+    let b = &body.value;
+    idempotent(&node, &key, &headers, "broadcast", &body.raw, async {
+        let mut msg = message(&node, &b.kind, &b.data, Some(false), None)?;
+        msg.persist = false;
+        let id = node.broadcast(msg).await?;
+        node.count_in("api", 1);
+        Ok(json!({"id": id}))
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/api/v1/rooms/{room}/events", tag = "publish", request_body = RoomEvent,
+    params(("room" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe publishing")),
+    responses((status = 202, description = "accepted; body {\"id\"}"), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429), (status = 503)))]
+pub async fn room_events(
+    State(node): State<Arc<Node>>,
+    key: ApiKey,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: JsonBody<RoomEvent>,
+) -> ApiResult<Response> {
+    let b = &body.value;
+    let route = format!("rooms/{room}");
+    idempotent(&node, &key, &headers, &route, &body.raw, async {
+        node.check_name("room", &room)?;
+        let msg = message(&node, &b.kind, &b.data, b.persist, b.ttl_s)?;
+        let id = node.publish_room(&room, msg).await?;
+        node.count_in("api", 1);
+        Ok(json!({"id": id}))
+    })
+    .await
+}

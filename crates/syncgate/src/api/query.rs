@@ -1,0 +1,152 @@
+//! Read endpoints for backends: presence, room history, online users, stats; and the
+//! disconnect command.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use utoipa::IntoParams;
+
+use super::error::ApiResult;
+use super::extract::ApiKey;
+use crate::error::Error;
+use crate::metrics::KindLabels;
+use crate::node::Node;
+use crate::store::{EventId, StoredEvent, StreamKey};
+
+/// Renders stored events as the contract's event objects.
+pub fn events_json(node: &Node, key: StreamKey<'_>, label: &str, events: &[StoredEvent]) -> Vec<Value> {
+    events
+        .iter()
+        .map(|e| {
+            let data: Value = serde_json::from_slice(&e.data).unwrap_or(Value::Null);
+            json!({"id": EventId::format(node.epoch(), key, e.seq), "stream": label, "type": e.kind, "data": data, "ts": e.ts})
+        })
+        .collect()
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct HistoryQuery {
+    /// Return events after this id.
+    pub since: Option<String>,
+    /// At most this many (default 100, at most limits.max_page).
+    pub limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/api/v1/rooms/{room}/presence", tag = "rooms", params(("room" = String, Path)),
+    responses((status = 200, description = "{\"room\",\"users\",\"connections\"}"), (status = 401)))]
+pub async fn presence(State(node): State<Arc<Node>>, _key: ApiKey, Path(room): Path<String>) -> ApiResult<Json<Value>> {
+    node.check_name("room", &room)?;
+    let (users, connections) = node.hub.presence(&room);
+    Ok(Json(json!({"room": room, "users": users, "connections": connections})))
+}
+
+#[utoipa::path(get, path = "/api/v1/rooms/{room}/history", tag = "rooms", params(("room" = String, Path), HistoryQuery),
+    responses((status = 200, description = "{\"events\":[..]}"), (status = 400), (status = 401)))]
+pub async fn history(
+    State(node): State<Arc<Node>>,
+    _key: ApiKey,
+    Path(room): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> ApiResult<Json<Value>> {
+    node.check_name("room", &room)?;
+    let key = StreamKey::Room(&room);
+    let after = match &q.since {
+        Some(s) => EventId::parse(s, node.epoch(), key)?,
+        None => 0,
+    };
+    let limit = page_limit(&node, q.limit)?;
+    let page = node.store.read_room(&room, after, limit).await?;
+    if after > page.head {
+        return Err(Error::invalid("since is ahead of the room's history").into());
+    }
+    let events = events_json(&node, key, &format!("room:{room}"), &page.events);
+    Ok(Json(json!({"events": events})))
+}
+
+pub fn page_limit(node: &Node, limit: Option<usize>) -> Result<usize, Error> {
+    let max = node.cfg.limits.max_page;
+    match limit {
+        None => Ok(100.min(max)),
+        Some(n) if n >= 1 && n <= max => Ok(n),
+        Some(_) => Err(Error::invalid(format!("limit must be 1 to {max}"))),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/users/{user_id}/online", tag = "users", params(("user_id" = String, Path)),
+    responses((status = 200, description = "{\"user_id\",\"online\",\"connections\"}"), (status = 401)))]
+pub async fn user_online(
+    State(node): State<Arc<Node>>,
+    _key: ApiKey,
+    Path(user): Path<String>,
+) -> ApiResult<Json<Value>> {
+    node.check_name("user_id", &user)?;
+    let n = node.hub.user_connections(&user);
+    Ok(Json(json!({"user_id": user, "online": n > 0, "connections": n})))
+}
+
+#[utoipa::path(post, path = "/api/v1/users/{user_id}/disconnect", tag = "users", params(("user_id" = String, Path)),
+    responses((status = 200, description = "{\"disconnected\":n}"), (status = 401)))]
+pub async fn disconnect(
+    State(node): State<Arc<Node>>,
+    _key: ApiKey,
+    Path(user): Path<String>,
+) -> ApiResult<Json<Value>> {
+    node.check_name("user_id", &user)?;
+    let n = node.disconnect_user(&user).await;
+    Ok(Json(json!({"disconnected": n})))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct OnlineQuery {
+    /// Page size (default 100, at most limits.max_page).
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/online-users", tag = "users", params(OnlineQuery),
+    responses((status = 200, description = "{\"users\":[..],\"next_cursor\"}"), (status = 400), (status = 401)))]
+pub async fn online_users(
+    State(node): State<Arc<Node>>,
+    _key: ApiKey,
+    Query(q): Query<OnlineQuery>,
+) -> ApiResult<Json<Value>> {
+    let limit = page_limit(&node, q.limit)?;
+    let (users, next) = node.hub.online_users(q.cursor.as_deref(), limit);
+    Ok(Json(json!({"users": users, "next_cursor": next})))
+}
+
+#[utoipa::path(get, path = "/api/v1/stats", tag = "stats",
+    responses((status = 200, description = "connections, users, rooms, messages in/out, instance_id, uptime"), (status = 401)))]
+pub async fn stats(State(node): State<Arc<Node>>, _key: ApiKey) -> ApiResult<Json<Value>> {
+    let (connections, users, rooms) = node.hub.counts();
+    let m = &node.metrics;
+    let messages_in: u64 =
+        ["api", "client"].iter().map(|k| m.messages_in.get_or_create(&KindLabels { kind: k }).get()).sum();
+    Ok(Json(json!({
+        "instance_id": node.instance_id,
+        "connections": connections,
+        "users": users,
+        "rooms": rooms,
+        "messages_in": messages_in,
+        "messages_out": m.messages_out.get(),
+        "slow_consumer_closes": m.slow_consumer_closes.get(),
+        "uptime_s": node.started.elapsed().as_secs(),
+    })))
+}
+
+#[utoipa::path(get, path = "/api/v1/stats/pubsub", tag = "stats",
+    responses((status = 200, description = "published, received, dropped_own, failed, reconnects"), (status = 401)))]
+pub async fn pubsub_stats(State(node): State<Arc<Node>>, _key: ApiKey) -> ApiResult<Json<Value>> {
+    Ok(Json(serde_json::to_value(node.broker.stats()).unwrap_or(Value::Null)))
+}
+
+#[utoipa::path(get, path = "/api/v1/offline/stats", tag = "offline",
+    responses((status = 200, description = "stored_messages, streams, oldest_age_ms, cursors"), (status = 401)))]
+pub async fn offline_stats(State(node): State<Arc<Node>>, _key: ApiKey) -> ApiResult<Json<Value>> {
+    let s = node.store.stats().await?;
+    Ok(Json(serde_json::to_value(s).unwrap_or(Value::Null)))
+}

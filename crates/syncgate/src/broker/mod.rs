@@ -1,0 +1,74 @@
+//! Fan-out between nodes: a published frame reaches the hub of every node that has a
+//! recipient.
+//!
+//! Owns: the `Broker` trait and the `Envelope` it carries; implementations: `memory` (one
+//! node: hands envelopes straight to the local hub). A cluster broker subscribes only to
+//! what its node's connections need, filters its own messages, and resubscribes after a
+//! reconnect.
+//!
+//! Must never: store anything (durability is the store's job, done before publishing) or
+//! re-encode frames.
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// Who an envelope is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// All connections of a user.
+    User(Arc<str>),
+    /// All members of a room.
+    Room(Arc<str>),
+    /// Every connection.
+    All,
+    /// Close every connection of a user with 4009 (the frame is unused).
+    Disconnect(Arc<str>),
+}
+
+/// One encoded frame on its way to the hubs.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub target: Target,
+    /// Stream position for persisted messages (user stream or room history).
+    pub seq: Option<u64>,
+    /// The encoded WebSocket frame.
+    pub frame: Bytes,
+    /// A connection that must not receive the frame (the publisher's own), on its node.
+    pub except: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Counters for GET /api/v1/stats/pubsub.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct BrokerStats {
+    pub mode: &'static str,
+    pub published: u64,
+    pub received: u64,
+    pub dropped_own: u64,
+    pub failed: u64,
+    pub reconnects: u64,
+}
+
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Publishes an envelope to every node (this one included). Returns the number of
+    /// deliveries made on this node.
+    async fn publish(&self, envelope: Envelope) -> Result<usize, BrokerError>;
+
+    /// Counters since start.
+    fn stats(&self) -> BrokerStats;
+
+    /// Whether the broker can currently publish (for /ready).
+    fn is_ready(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,504 @@
+//! Configuration: the YAML file, environment overrides, defaults and validation.
+//!
+//! Owns: the `Config` tree (one struct per YAML section), loading it from a file plus
+//! `SYNCGATE_*` variables, and checking it. The documented default config is
+//! `default.yaml` beside this file; a test keeps it equal to `Config::default()`.
+//!
+//! Must never: read configuration anywhere else, or start anything.
+
+mod rate;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_yaml::Value;
+
+pub use rate::{duration, Rate, RateSetting};
+
+use crate::store::embedded::FsyncPolicy;
+
+/// The documented default configuration (printed by `syncgate config default`).
+pub const DEFAULT_YAML: &str = include_str!("default.yaml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config is not valid YAML: {0}")]
+    Yaml(String),
+    #[error("config key `{path}`: {message}")]
+    Key { path: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub limits: Limits,
+    pub rate_limits: RateLimits,
+    pub heartbeat: Heartbeat,
+    pub messages: Messages,
+    pub rooms: Rooms,
+    pub store: StoreConfig,
+    pub redis: RedisConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub instance_id: String,
+    pub data_dir: PathBuf,
+    pub cors_origins: Vec<String>,
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            instance_id: String::new(),
+            data_dir: PathBuf::from("./data"),
+            cors_origins: vec!["*".into()],
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub jwt_secret: String,
+    pub jwt_public_keys: Vec<PublicKey>,
+    pub issuer: String,
+    pub audience: String,
+    #[serde(with = "duration")]
+    pub leeway: Duration,
+    pub api_keys: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_secret: String::new(),
+            jwt_public_keys: Vec::new(),
+            issuer: String::new(),
+            audience: String::new(),
+            leeway: Duration::from_secs(5),
+            api_keys: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKey {
+    pub alg: KeyAlg,
+    #[serde(default)]
+    pub pem: String,
+    #[serde(default)]
+    pub pem_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum KeyAlg {
+    RS256,
+    ES256,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_frame_bytes: usize,
+    pub max_body_bytes: usize,
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    pub send_queue: usize,
+    pub max_rooms_per_connection: usize,
+    pub max_name_bytes: usize,
+    pub max_batch_users: usize,
+    pub max_page: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 65536,
+            max_body_bytes: 1 << 20,
+            max_connections: 100_000,
+            max_connections_per_user: 10,
+            send_queue: 256,
+            max_rooms_per_connection: 100,
+            max_name_bytes: 128,
+            max_batch_users: 10_000,
+            max_page: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimits {
+    pub ws_connect_per_user: RateSetting,
+    pub ws_connect_per_ip: RateSetting,
+    pub client_frames: RateSetting,
+    pub client_frames_strikes: u32,
+    pub api_per_user: RateSetting,
+    pub api_per_key: RateSetting,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            ws_connect_per_user: RateSetting::new(10, Duration::from_secs(60), 10),
+            ws_connect_per_ip: RateSetting::off(),
+            client_frames: RateSetting::new(100, Duration::from_secs(1), 200),
+            client_frames_strikes: 20,
+            api_per_user: RateSetting::new(100, Duration::from_secs(60), 100),
+            api_per_key: RateSetting::off(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Heartbeat {
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat { interval: Duration::from_secs(30), timeout: Duration::from_secs(90) }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Messages {
+    pub allowed_types: Vec<String>,
+    pub max_type_bytes: usize,
+}
+
+impl Default for Messages {
+    fn default() -> Self {
+        Messages { allowed_types: Vec::new(), max_type_bytes: 64 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Rooms {
+    pub client_publish: Vec<String>,
+    pub history_size: u64,
+    #[serde(with = "duration")]
+    pub history_ttl: Duration,
+}
+
+impl Default for Rooms {
+    fn default() -> Self {
+        Rooms { client_publish: Vec::new(), history_size: 1000, history_ttl: Duration::from_secs(24 * 3600) }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    pub fsync: FsyncPolicy,
+    #[serde(with = "duration")]
+    pub retention: Duration,
+    pub max_stream_len: u64,
+    #[serde(with = "duration")]
+    pub cursor_ttl: Duration,
+    #[serde(with = "duration")]
+    pub idempotency_ttl: Duration,
+    #[serde(with = "duration")]
+    pub sweep_interval: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 3600;
+        StoreConfig {
+            fsync: FsyncPolicy::Always,
+            retention: Duration::from_secs(7 * DAY),
+            max_stream_len: 10_000,
+            cursor_ttl: Duration::from_secs(30 * DAY),
+            idempotency_ttl: Duration::from_secs(DAY),
+            sweep_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: LogFormat::Json }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Short variables of the contract and the config key each one sets.
+const SHORT_VARS: &[(&str, &str, &str)] = &[
+    ("SYNCGATE_LISTEN", "server", "listen"),
+    ("SYNCGATE_DATA_DIR", "server", "data_dir"),
+    ("SYNCGATE_JWT_SECRET", "auth", "jwt_secret"),
+    ("SYNCGATE_API_KEY", "auth", "api_keys"),
+    ("SYNCGATE_REDIS_URL", "redis", "url"),
+    ("SYNCGATE_INSTANCE_ID", "server", "instance_id"),
+    ("SYNCGATE_LOG", "log", "level"),
+];
+
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: &[(&str, &str)] =
+    &[("auth", "api_keys"), ("server", "cors_origins"), ("messages", "allowed_types"), ("rooms", "client_publish")];
+
+impl Config {
+    /// Loads the config: `file` (or SYNCGATE_CONFIG) if given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// Like `load`, with the environment given explicitly (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with("SYNCGATE_")).collect();
+        let env_file = env.iter().find(|(k, _)| k == "SYNCGATE_CONFIG").map(|(_, v)| PathBuf::from(v));
+        let path = file.map(Path::to_path_buf).or(env_file);
+        let mut tree = match &path {
+            Some(p) => {
+                let text =
+                    std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+                parse_yaml(&text)?
+            }
+            None => Value::Mapping(Default::default()),
+        };
+        apply_env(&mut tree, &env)?;
+        let config = from_tree(tree)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a YAML text alone (no environment), validated.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let config = from_tree(parse_yaml(text)?)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks relations between keys that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let key = |path: &str, message: String| Err(ConfigError::Key { path: path.into(), message });
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            return key("server.listen", format!("{:?} is not an address like 127.0.0.1:8080", self.server.listen));
+        }
+        let l = &self.limits;
+        for (name, v) in [
+            ("limits.max_frame_bytes", l.max_frame_bytes),
+            ("limits.max_body_bytes", l.max_body_bytes),
+            ("limits.max_connections", l.max_connections),
+            ("limits.max_connections_per_user", l.max_connections_per_user),
+            ("limits.send_queue", l.send_queue),
+            ("limits.max_rooms_per_connection", l.max_rooms_per_connection),
+            ("limits.max_name_bytes", l.max_name_bytes),
+            ("limits.max_batch_users", l.max_batch_users),
+            ("limits.max_page", l.max_page),
+            ("messages.max_type_bytes", self.messages.max_type_bytes),
+        ] {
+            if v == 0 {
+                return key(name, "must be at least 1".into());
+            }
+        }
+        if l.max_frame_bytes < 128 {
+            return key("limits.max_frame_bytes", "must be at least 128".into());
+        }
+        if self.heartbeat.interval.is_zero() {
+            return key("heartbeat.interval", "must be more than 0".into());
+        }
+        if self.heartbeat.timeout <= self.heartbeat.interval {
+            return key("heartbeat.timeout", "must be longer than heartbeat.interval".into());
+        }
+        if self.rate_limits.client_frames_strikes == 0 {
+            return key("rate_limits.client_frames_strikes", "must be at least 1".into());
+        }
+        if self.store.sweep_interval.is_zero() {
+            return key("store.sweep_interval", "must be more than 0".into());
+        }
+        if self.store.max_stream_len == 0 {
+            return key("store.max_stream_len", "must be at least 1".into());
+        }
+        for (i, k) in self.auth.jwt_public_keys.iter().enumerate() {
+            if k.pem.is_empty() == k.pem_file.is_none() {
+                return key(&format!("auth.jwt_public_keys[{i}]"), "give exactly one of `pem` or `pem_file`".into());
+            }
+        }
+        if self.auth.api_keys.iter().any(|k| k.trim().len() < 8) {
+            return key("auth.api_keys", "every API key must have at least 8 characters".into());
+        }
+        if !self.redis.url.is_empty()
+            && !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://"))
+        {
+            return key("redis.url", "must start with redis:// or rediss://".into());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return key("log.level", format!("{e}"));
+        }
+        Ok(())
+    }
+
+    /// The default config as YAML (the documented file).
+    pub fn default_yaml() -> &'static str {
+        DEFAULT_YAML
+    }
+}
+
+fn parse_yaml(text: &str) -> Result<Value, ConfigError> {
+    let v: Value = serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+    Ok(if v.is_null() { Value::Mapping(Default::default()) } else { v })
+}
+
+fn from_tree(tree: Value) -> Result<Config, ConfigError> {
+    serde_path_to_error::deserialize(tree).map_err(|e| {
+        let path = e.path().to_string();
+        ConfigError::Key {
+            path: if path == "." { "(top level)".into() } else { path },
+            message: e.into_inner().to_string(),
+        }
+    })
+}
+
+/// Writes `SYNCGATE_*` variables into the YAML tree, so that they get the same checks and
+/// error paths as keys written in the file.
+fn apply_env(tree: &mut Value, env: &[(String, String)]) -> Result<(), ConfigError> {
+    let mut sets: Vec<(String, String, String, &str)> = Vec::new();
+    for (var, value) in env {
+        if var == "SYNCGATE_CONFIG" {
+            continue;
+        }
+        if let Some((_, section, key)) = SHORT_VARS.iter().find(|(v, _, _)| v == var) {
+            sets.push((var.clone(), section.to_string(), key.to_string(), value));
+        } else if let Some(rest) = var.strip_prefix("SYNCGATE_") {
+            let Some((section, key)) = rest.split_once("__") else {
+                return Err(ConfigError::Env {
+                    var: var.clone(),
+                    message: "unknown variable; use SYNCGATE_<SECTION>__<KEY> or one of the documented short names"
+                        .into(),
+                });
+            };
+            sets.push((var.clone(), section.to_ascii_lowercase(), key.to_ascii_lowercase(), value));
+        }
+    }
+    let Value::Mapping(root) = tree else {
+        return Err(ConfigError::Yaml("the top level must be a mapping of sections".into()));
+    };
+    for (var, section, key, raw) in sets {
+        let value = if LIST_KEYS.contains(&(section.as_str(), key.as_str())) {
+            Value::Sequence(
+                raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.into())).collect(),
+            )
+        } else {
+            // Numbers and booleans keep their type; anything else stays a string.
+            match serde_yaml::from_str::<Value>(raw) {
+                Ok(v @ (Value::Number(_) | Value::Bool(_))) => v,
+                _ => Value::String(raw.to_string()),
+            }
+        };
+        let sec = root.entry(Value::String(section.clone())).or_insert_with(|| Value::Mapping(Default::default()));
+        match sec {
+            Value::Mapping(m) => {
+                m.insert(Value::String(key), value);
+            }
+            _ => return Err(ConfigError::Env { var, message: format!("config section `{section}` is not a mapping") }),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn documented_default_equals_code_default() {
+        let from_file = Config::from_yaml(DEFAULT_YAML).unwrap();
+        let a = serde_yaml::to_string(&from_file).unwrap();
+        let b = serde_yaml::to_string(&Config::default()).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn env_overrides_file_and_short_names_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.yaml");
+        std::fs::write(&f, "limits:\n  send_queue: 10\nserver:\n  listen: 127.0.0.1:1\n").unwrap();
+        let c = Config::load_from(
+            Some(&f),
+            env(&[
+                ("SYNCGATE_LISTEN", "0.0.0.0:9000"),
+                ("SYNCGATE_LIMITS__SEND_QUEUE", "512"),
+                ("SYNCGATE_API_KEY", "key-one-123, key-two-456"),
+                ("SYNCGATE_RATE_LIMITS__CLIENT_FRAMES", "5/s burst 7"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "0.0.0.0:9000");
+        assert_eq!(c.limits.send_queue, 512);
+        assert_eq!(c.auth.api_keys, vec!["key-one-123", "key-two-456"]);
+        assert_eq!(c.rate_limits.client_frames.0.unwrap().burst.get(), 7);
+    }
+
+    #[test]
+    fn reports_first_bad_key_with_its_path() {
+        let e = Config::from_yaml("limits:\n  send_queue: many\n").unwrap_err().to_string();
+        assert!(e.contains("limits.send_queue"), "{e}");
+        let e = Config::from_yaml("limits:\n  sendqueue: 3\n").unwrap_err().to_string();
+        assert!(e.contains("limits") && e.contains("sendqueue"), "{e}");
+        let e = Config::from_yaml("rate_limits:\n  client_frames: 10/day\n").unwrap_err().to_string();
+        assert!(e.contains("rate_limits.client_frames"), "{e}");
+        let e = Config::from_yaml("heartbeat:\n  interval: 30s\n  timeout: 10s\n").unwrap_err().to_string();
+        assert!(e.contains("heartbeat.timeout"), "{e}");
+        let e = Config::load_from(None, env(&[("SYNCGATE_LIMITS__MAX_FRAME_BYTES", "lots")])).unwrap_err().to_string();
+        assert!(e.contains("limits.max_frame_bytes"), "{e}");
+        let e = Config::load_from(None, env(&[("SYNCGATE_NOPE", "1")])).unwrap_err().to_string();
+        assert!(e.contains("SYNCGATE_NOPE"), "{e}");
+    }
+
+    #[test]
+    fn music_example_config_is_valid() {
+        let text = include_str!("../../../../examples/config/music-sync.yaml");
+        let c = Config::from_yaml(text).unwrap();
+        assert_eq!(c.messages.allowed_types.len(), 8);
+    }
+}

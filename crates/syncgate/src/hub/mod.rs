@@ -1,0 +1,286 @@
+//! The hub: who is connected on this node, to which user and rooms, and local delivery.
+//!
+//! Owns: the indexes user -> connections, room -> connections, all connections; admission
+//! limits (per node, per user); delivery of already-encoded frames to local connections;
+//! presence and online-user queries; server-side closes (disconnect, shutdown, heartbeat).
+//!
+//! Must never: encode a message per recipient (frames arrive encoded, fan-out clones the
+//! `Bytes` handle), await while holding an index lock, or know about wire protocols or
+//! brokers: it delivers what it is given to the connections it has.
+
+pub mod outbox;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use parking_lot::RwLock;
+
+pub use outbox::{CloseReason, Conn, Offer, StreamPos, StreamRef};
+
+use crate::metrics::Metrics;
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AdmitError {
+    #[error("this node has reached its connection limit")]
+    NodeFull,
+    #[error("this user has reached the per-user connection limit")]
+    UserFull,
+}
+
+pub struct Hub {
+    conns: DashMap<u64, Arc<Conn>>,
+    users: RwLock<BTreeMap<Arc<str>, Vec<Arc<Conn>>>>,
+    rooms: DashMap<Arc<str>, HashMap<u64, Arc<Conn>>>,
+    count: AtomicUsize,
+    next_id: AtomicU64,
+    max_connections: usize,
+    max_per_user: usize,
+    started: Instant,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    pub fn new(max_connections: usize, max_per_user: usize, metrics: Arc<Metrics>) -> Self {
+        Hub {
+            conns: DashMap::new(),
+            users: RwLock::new(BTreeMap::new()),
+            rooms: DashMap::new(),
+            count: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            max_connections,
+            max_per_user,
+            started: Instant::now(),
+            metrics,
+        }
+    }
+
+    /// Milliseconds since the hub started (the clock of `Conn::last_seen`).
+    pub fn clock(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Cheap pre-check before doing any work for an upgrade.
+    pub fn has_room(&self) -> bool {
+        self.count.load(Ordering::Relaxed) < self.max_connections
+    }
+
+    /// Connections of `user` on this node.
+    pub fn user_connections(&self, user: &str) -> usize {
+        self.users.read().get(user).map_or(0, Vec::len)
+    }
+
+    /// Admits a connection: checks the node and per-user limits and indexes it.
+    pub fn admit(&self, conn: Arc<Conn>) -> Result<(), AdmitError> {
+        if self.count.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            return Err(AdmitError::NodeFull);
+        }
+        {
+            let mut users = self.users.write();
+            let list = users.entry(conn.user.clone()).or_default();
+            if list.len() >= self.max_per_user {
+                if list.is_empty() {
+                    users.remove(&conn.user);
+                }
+                drop(users);
+                self.count.fetch_sub(1, Ordering::AcqRel);
+                return Err(AdmitError::UserFull);
+            }
+            list.push(conn.clone());
+        }
+        conn.touch(self.clock());
+        self.conns.insert(conn.id, conn);
+        self.metrics.connections.inc();
+        self.metrics.connections_total.inc();
+        Ok(())
+    }
+
+    /// Removes a connection from every index (idempotent).
+    pub fn remove(&self, conn: &Conn) {
+        if self.conns.remove(&conn.id).is_none() {
+            return;
+        }
+        for room in conn.rooms() {
+            self.drop_member(&room, conn.id);
+        }
+        let mut users = self.users.write();
+        if let Some(list) = users.get_mut(&conn.user) {
+            list.retain(|c| c.id != conn.id);
+            if list.is_empty() {
+                users.remove(&conn.user);
+            }
+        }
+        drop(users);
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.connections.dec();
+    }
+
+    /// Adds `conn` to `room`. Returns false if it was already a member.
+    pub fn join(&self, conn: &Arc<Conn>, room: &str, pos: Option<StreamPos>) -> bool {
+        let name: Arc<str> = self.rooms.get(room).map(|r| r.key().clone()).unwrap_or_else(|| room.into());
+        if !conn.add_room(name.clone(), pos) {
+            return false;
+        }
+        self.rooms.entry(name).or_default().insert(conn.id, conn.clone());
+        true
+    }
+
+    /// Removes `conn` from `room`. Returns false if it was not a member.
+    pub fn leave(&self, conn: &Conn, room: &str) -> bool {
+        if !conn.remove_room(room) {
+            return false;
+        }
+        self.drop_member(room, conn.id);
+        true
+    }
+
+    fn drop_member(&self, room: &str, id: u64) {
+        self.rooms.remove_if_mut(room, |_, members| {
+            members.remove(&id);
+            members.is_empty()
+        });
+    }
+
+    fn count_offer(&self, r: Offer) -> usize {
+        match r {
+            Offer::Queued => 1,
+            Offer::Skipped => 0,
+            Offer::Overflow => {
+                self.metrics.slow_consumer_closes.inc();
+                0
+            }
+        }
+    }
+
+    /// Delivers a user-stream frame to every local connection of `user`. `seq` is the
+    /// stream position for persisted messages, None for transient ones.
+    pub fn deliver_user(&self, user: &str, seq: Option<u64>, frame: &Bytes, except: Option<u64>) -> usize {
+        let users = self.users.read();
+        let Some(list) = users.get(user) else {
+            return 0;
+        };
+        let mut n = 0;
+        for c in list {
+            let own = Some(c.id) == except;
+            let r = match seq {
+                Some(seq) => c.offer(&StreamRef::User, seq, frame, own),
+                None if own => Offer::Skipped,
+                None => c.push(frame.clone()),
+            };
+            n += self.count_offer(r);
+        }
+        self.metrics.messages_out.inc_by(n as u64);
+        n
+    }
+
+    /// Delivers a room frame to the room's local members, except connection `except`.
+    pub fn deliver_room(&self, room: &str, seq: Option<u64>, frame: &Bytes, except: Option<u64>) -> usize {
+        let Some(members) = self.rooms.get(room) else {
+            return 0;
+        };
+        let stream = StreamRef::Room(members.key().clone());
+        let mut n = 0;
+        for (id, c) in members.iter() {
+            let own = Some(*id) == except;
+            let r = match seq {
+                Some(seq) => c.offer(&stream, seq, frame, own),
+                None if own => Offer::Skipped,
+                None => c.push(frame.clone()),
+            };
+            n += self.count_offer(r);
+        }
+        self.metrics.messages_out.inc_by(n as u64);
+        n
+    }
+
+    /// Delivers a frame to every local connection.
+    pub fn deliver_all(&self, frame: &Bytes) -> usize {
+        let mut n = 0;
+        for c in self.conns.iter() {
+            n += self.count_offer(c.push(frame.clone()));
+        }
+        self.metrics.messages_out.inc_by(n as u64);
+        n
+    }
+
+    /// Closes every local connection of `user`. Returns how many.
+    pub fn disconnect_user(&self, user: &str, reason: CloseReason) -> usize {
+        let list: Vec<Arc<Conn>> = self.users.read().get(user).cloned().unwrap_or_default();
+        for c in &list {
+            c.close(reason);
+        }
+        list.len()
+    }
+
+    /// Closes every connection (shutdown).
+    pub fn close_all(&self, reason: CloseReason) {
+        for c in self.conns.iter() {
+            c.close(reason);
+        }
+    }
+
+    /// Heartbeat and expiry sweep: pings every connection, closes the silent and the expired.
+    pub fn sweep(&self, ping: &Bytes, timeout: std::time::Duration, now_unix: u64) {
+        let timeout_ms = timeout.as_millis() as u64;
+        let now = self.clock();
+        for c in self.conns.iter() {
+            if c.token_exp <= now_unix {
+                c.close(CloseReason { code: 4001, reason: "token expired", flush_first: true });
+            } else if now.saturating_sub(c.last_seen.load(Ordering::Relaxed)) >= timeout_ms {
+                self.metrics.heartbeat_timeouts.inc();
+                c.close(CloseReason { code: 1008, reason: "heartbeat timeout", flush_first: false });
+            } else {
+                c.push(ping.clone());
+            }
+        }
+    }
+
+    /// Users and connection count of a room on this node.
+    pub fn presence(&self, room: &str) -> (Vec<String>, usize) {
+        let Some(members) = self.rooms.get(room) else {
+            return (Vec::new(), 0);
+        };
+        let mut users: Vec<String> = members.values().map(|c| c.user.to_string()).collect();
+        users.sort();
+        users.dedup();
+        (users, members.len())
+    }
+
+    /// A page of online users in id order, after `after`.
+    pub fn online_users(&self, after: Option<&str>, limit: usize) -> (Vec<String>, Option<String>) {
+        use std::ops::Bound;
+        let users = self.users.read();
+        let lower = match after {
+            Some(a) => Bound::Excluded(a),
+            None => Bound::Unbounded,
+        };
+        let mut page: Vec<String> =
+            users.range::<str, _>((lower, Bound::Unbounded)).take(limit + 1).map(|(u, _)| u.to_string()).collect();
+        let next = if page.len() > limit {
+            page.truncate(limit);
+            page.last().cloned()
+        } else {
+            None
+        };
+        (page, next)
+    }
+
+    /// (connections, users, rooms) on this node.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (self.count.load(Ordering::Relaxed), self.users.read().len(), self.rooms.len())
+    }
+
+    /// Whether any connection is still open (used while draining).
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+}

@@ -1,0 +1,35 @@
+//! syncgate: a real-time sync and push gateway.
+//!
+//! Devices hold one WebSocket each; backends publish over HTTP to a user (all of their
+//! devices), many users, a room, or everyone. Persisted messages go to a durable per-user
+//! stream and are replayed to a device that comes back, once and in order.
+//!
+//! The map of the crate, from the outside in:
+//!
+//! - [`server`]: start-up, the accept loop (HTTP/1 with upgrades), graceful shutdown.
+//! - [`api`]: the HTTP API (server API for backends, offline API for devices, operations).
+//! - [`transport`]: the WebSocket upgrade at `/ws`, RFC 6455 framing ([`transport::codec`]),
+//!   and the task of each connection.
+//! - [`protocol`]: the client protocol's frames (JSON), parsed and encoded.
+//! - [`session`]: what a connected client may do with the frames it sends.
+//! - [`node`]: the publish paths and catch-up reads, wiring everything below together.
+//! - [`hub`]: local connections, users, rooms; delivery of encoded frames.
+//! - [`broker`]: fan-out between nodes (`Broker` trait; in-memory for one node).
+//! - [`store`]: durable user streams, room history, cursors, idempotency (`Store` trait;
+//!   embedded redb for one node).
+//! - [`auth`], [`limits`], [`metrics`], [`config`], [`error`]: the cross-cutting parts.
+
+pub mod api;
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod limits;
+pub mod metrics;
+pub mod node;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod transport;

@@ -1,0 +1,124 @@
+//! Prometheus metrics of one node (`syncgate_*`), rendered at GET /metrics.
+//!
+//! Owns: the registry and every metric handle. Each node has its own registry (no global
+//! state), so several nodes in one process (tests) keep separate counts.
+//!
+//! Must never: take a lock on the delivery hot path (counters are atomics).
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limiter: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Gauge,
+    pub connections_total: Counter,
+    pub connections_refused: Family<KindLabels, Counter>,
+    pub messages_in: Family<KindLabels, Counter>,
+    pub messages_out: Counter,
+    pub frames_in: Counter,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub rate_limited: Family<LimitLabels, Counter>,
+    pub slow_consumer_closes: Counter,
+    pub heartbeat_timeouts: Counter,
+    pub client_errors: Family<KindLabels, Counter>,
+    pub replayed: Counter,
+    pub trimmed: Counter<u64, AtomicU64>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("syncgate");
+        let m = Metrics {
+            connections: Gauge::default(),
+            connections_total: Counter::default(),
+            connections_refused: Family::default(),
+            messages_in: Family::default(),
+            messages_out: Counter::default(),
+            frames_in: Counter::default(),
+            http_requests: Family::default(),
+            rate_limited: Family::default(),
+            slow_consumer_closes: Counter::default(),
+            heartbeat_timeouts: Counter::default(),
+            client_errors: Family::default(),
+            replayed: Counter::default(),
+            trimmed: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("websocket_connections", "Open WebSocket connections", m.connections.clone());
+        registry.register(
+            "websocket_connections_accepted",
+            "WebSocket connections accepted",
+            m.connections_total.clone(),
+        );
+        registry.register(
+            "websocket_connections_refused",
+            "WebSocket upgrades refused, by reason",
+            m.connections_refused.clone(),
+        );
+        registry.register("messages_in", "Messages published, by source", m.messages_in.clone());
+        registry.register("messages_out", "Event frames queued to connections", m.messages_out.clone());
+        registry.register("websocket_frames_in", "Frames received from clients", m.frames_in.clone());
+        registry.register("http_requests", "HTTP requests by route, method and status", m.http_requests.clone());
+        registry.register("rate_limited", "Requests or frames refused by a rate limiter", m.rate_limited.clone());
+        registry.register(
+            "slow_consumer_closes",
+            "Connections closed because their send queue was full (4008)",
+            m.slow_consumer_closes.clone(),
+        );
+        registry.register(
+            "heartbeat_timeouts",
+            "Connections closed after heartbeat.timeout of silence",
+            m.heartbeat_timeouts.clone(),
+        );
+        registry.register("client_errors", "Error frames sent to clients, by code", m.client_errors.clone());
+        registry.register("replayed_messages", "Stored messages replayed to resuming connections", m.replayed.clone());
+        registry.register(
+            "trimmed_messages",
+            "Messages a resuming connection missed because retention removed them",
+            m.trimmed.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Adds a gauge computed at scrape time (e.g. stored messages) under `name`.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Renders the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,203 @@
+//! Running a node: building it from the config, the accept loop (hyper HTTP/1 with
+//! upgrades, so /ws and the API share one port), and graceful shutdown.
+//!
+//! Owns: start-up (data dir, development secrets, store, broker), the listener, and the
+//! shutdown sequence: stop accepting, mark not ready, close WebSockets with 1001 after
+//! flushing what is queued, finish in-flight HTTP requests, close the store.
+//!
+//! Must never: exit before the store is closed, or wait for stragglers past the grace time.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::auth::Auth;
+use crate::broker::memory::MemoryBroker;
+use crate::config::Config;
+use crate::hub::{CloseReason, Hub};
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
+use crate::store::Store;
+use crate::transport::codec::close;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("data dir {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("auth: {0}")]
+    Auth(#[from] crate::auth::AuthError),
+}
+
+/// Development credentials, created under the data dir when the config has none.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct DevSecrets {
+    pub jwt_secret: String,
+    pub api_key: String,
+}
+
+fn random_token(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut b = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Loads (or creates and announces) the development secrets. Returns (secrets, created).
+pub fn dev_secrets(data_dir: &Path) -> Result<(DevSecrets, bool), ServerError> {
+    let path = data_dir.join("dev-secrets.json");
+    let dd = |source| ServerError::DataDir { path: data_dir.display().to_string(), source };
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(s) = serde_json::from_str::<DevSecrets>(&text) {
+            return Ok((s, false));
+        }
+    }
+    std::fs::create_dir_all(data_dir).map_err(dd)?;
+    let s = DevSecrets { jwt_secret: random_token(32), api_key: format!("sk_dev_{}", random_token(16)) };
+    let text = serde_json::to_string_pretty(&s).unwrap_or_default();
+    std::fs::write(&path, text).map_err(dd)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    }
+    Ok((s, true))
+}
+
+/// The effective (jwt secret, api keys), using development ones where the config has none.
+pub fn effective_credentials(cfg: &Config) -> Result<(String, Vec<String>, Option<(DevSecrets, bool)>), ServerError> {
+    let needs_secret = cfg.auth.jwt_secret.is_empty() && cfg.auth.jwt_public_keys.is_empty();
+    let needs_key = cfg.auth.api_keys.is_empty();
+    if !needs_secret && !needs_key {
+        return Ok((cfg.auth.jwt_secret.clone(), cfg.auth.api_keys.clone(), None));
+    }
+    let (dev, created) = dev_secrets(&cfg.server.data_dir)?;
+    let secret = if needs_secret { dev.jwt_secret.clone() } else { cfg.auth.jwt_secret.clone() };
+    let keys = if needs_key { vec![dev.api_key.clone()] } else { cfg.auth.api_keys.clone() };
+    Ok((secret, keys, Some((dev, created))))
+}
+
+pub fn instance_id(cfg: &Config) -> String {
+    if !cfg.server.instance_id.is_empty() {
+        return cfg.server.instance_id.clone();
+    }
+    let host = hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "syncgate".into());
+    format!("{host}-{}", &random_token(3))
+}
+
+/// A bound, ready-to-run node.
+pub struct Server {
+    pub node: Arc<Node>,
+    listener: TcpListener,
+    /// Development credentials, when they are in use (for the start-up banner).
+    pub dev: Option<(DevSecrets, bool)>,
+}
+
+impl Server {
+    pub async fn build(cfg: Config) -> Result<Server, ServerError> {
+        let cfg = Arc::new(cfg);
+        let (secret, keys, dev) = effective_credentials(&cfg)?;
+        let auth = Auth::new(&cfg.auth, &secret, &keys)?;
+        let dir = cfg.server.data_dir.clone();
+        std::fs::create_dir_all(&dir)
+            .map_err(|source| ServerError::DataDir { path: dir.display().to_string(), source })?;
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(EmbeddedOptions {
+            dir: dir.clone(),
+            fsync: cfg.store.fsync,
+            max_batch: 1024,
+        })?);
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(cfg.limits.max_connections, cfg.limits.max_connections_per_user, metrics.clone()));
+        let broker = Arc::new(MemoryBroker::new(hub.clone()));
+        let listener = TcpListener::bind(&cfg.server.listen)
+            .await
+            .map_err(|source| ServerError::Listen { addr: cfg.server.listen.clone(), source })?;
+        let node = Arc::new(Node::new(cfg.clone(), instance_id(&cfg), hub, store, broker, auth, metrics));
+        Ok(Server { node, listener, dev })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Serves until `signal` completes, then shuts down gracefully.
+    pub async fn run(self, signal: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let Server { node, listener, .. } = self;
+        let shutdown = CancellationToken::new();
+        node.spawn_housekeeping(shutdown.clone());
+        let router = crate::api::router(node.clone());
+        let tracker = TaskTracker::new();
+        let http_stop = CancellationToken::new();
+        tokio::pin!(signal);
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = &mut signal => break,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let router = router.clone();
+            let stop = http_stop.clone();
+            tracker.spawn(async move {
+                let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    router.clone().oneshot(req)
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades();
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = stop.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            });
+        }
+        drop(listener);
+        tracing::info!("shutting down: closing connections");
+        node.begin_shutdown();
+        node.hub.close_all(CloseReason { code: close::GOING_AWAY, reason: "node shutting down", flush_first: true });
+        http_stop.cancel();
+        tracker.close();
+        let grace = node.cfg.server.shutdown_grace;
+        let drained = tokio::time::timeout(grace, async {
+            tracker.wait().await;
+            while !node.hub.is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(left = node.hub.counts().0, "shutdown grace time over; dropping the rest");
+        }
+        shutdown.cancel();
+        node.store.close().await?;
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}

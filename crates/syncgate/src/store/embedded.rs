@@ -1,0 +1,561 @@
+//! Embedded store: redb on local disk, the single-node default.
+//!
+//! Owns: the database file `syncgate.redb` in the data dir, its table layout and value
+//! encoding, the one writer thread with its group commit, and the chunked retention sweep.
+//!
+//! Must never: write outside the writer thread, answer a write before its transaction is
+//! committed with the configured durability, run a blocking redb call on an async worker
+//! thread, or hold one write transaction for an unbounded amount of work.
+//!
+//! Why redb: pure Rust (no C toolchain, unlike RocksDB or SQLite), ACID transactions on
+//! copy-on-write B-trees, MVCC reads that run next to the single writer and only ever see
+//! whole committed transactions (so a reader never sees seq N+1 without N), and a stable
+//! file format since 2.0.
+//!
+//! Group commit: every write is a request on one bounded channel to one writer thread. The
+//! writer takes a request, drains whatever else is already queued (up to `max_batch`
+//! events), applies it all in one write transaction, commits once (one fsync with
+//! `FsyncPolicy::Always`), and only then answers each request. N concurrent publishers thus
+//! cost about one fsync per batch, not N; a failed commit fails every request of the batch.
+//!
+//! Layout. Per kind (user streams, room histories): `events (stream, seq) -> event`,
+//! `heads stream -> (head, count)` (kept when a stream is trimmed to empty, so numbering
+//! never restarts), and two indexes `(ts | expires_at, stream, seq) -> ()` that let age and
+//! ttl expiry find their victims without a scan. Plus `cursors (user, client) -> (seq,
+//! last_used_ms)`, `idem key -> record` with its `(created_ms, key)` index, `counters`
+//! (stats without a scan) and `meta` (epoch, format). Heads are never deleted: a stream's
+//! numbering must not restart within an epoch.
+//!
+//! Files: this one holds the API, the layout, the reads and the sweep's planning;
+//! `embedded_writer.rs` the writer thread and every mutation; `embedded_tests.rs` the tests.
+
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redb::{Database, ReadableTable, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{IdemRecord, NewEvent, Page, Retention, Store, StoreError, StoreResult, StoreStats, StoredEvent};
+use writer::{writer_loop, Req, SweepOp, Tables, Tx};
+
+/// Name of the database file inside `EmbeddedOptions::dir`.
+pub const FILE_NAME: &str = "syncgate.redb";
+const FORMAT: &str = "1";
+/// Bound of the writer's request queue: callers wait (backpressure) when it is full.
+const QUEUE: usize = 4096;
+/// Most deletions one sweep request makes in one transaction, so publishes never wait long.
+const SWEEP_CHUNK: usize = 512;
+/// Heads or cursors looked at per read transaction while a sweep searches for work.
+const SCAN_PAGE: usize = 2048;
+/// A cursor read refreshes `last_used` only when it is older than this (expiry is days).
+const TOUCH_AFTER_MS: i64 = 60_000;
+/// With `FsyncPolicy::Never`, one commit in this interval is made durable anyway: redb only
+/// frees pages on durable commits, so the file would otherwise grow without bound.
+const NEVER_FLUSH_EVERY: Duration = Duration::from_secs(1);
+const NO_EXPIRY: i64 = i64::MAX;
+const DEFAULT_IDEM_TTL_MS: i64 = 24 * 3600 * 1000;
+
+/// When a group commit is answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// Each group commit is fsynced before any of its requests is answered (redb
+    /// `Durability::Immediate`).
+    #[default]
+    Always,
+    /// Commits are not written durably (redb `Durability::None`), except one per second and
+    /// at close: fast, but any crash, of the process as well as of the machine, loses what
+    /// was answered since the last durable commit. For tests and benchmarks.
+    Never,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct EmbeddedOptions {
+    /// Data directory; created if missing. Holds `syncgate.redb`.
+    pub dir: PathBuf,
+    #[serde(default)]
+    pub fsync: FsyncPolicy,
+    /// Most events applied in one group commit.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+}
+
+fn default_max_batch() -> usize {
+    1024
+}
+
+impl EmbeddedOptions {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        EmbeddedOptions { dir: dir.into(), fsync: FsyncPolicy::Always, max_batch: default_max_batch() }
+    }
+}
+
+type EventsDef = TableDefinition<'static, (&'static str, u64), &'static [u8]>;
+type IndexDef = TableDefinition<'static, (i64, &'static str, u64), ()>;
+
+/// The tables of one kind of stream.
+struct Kind {
+    events: EventsDef,
+    heads: TableDefinition<'static, &'static str, (u64, u64)>,
+    by_time: IndexDef,
+    expiry: IndexDef,
+}
+
+static USER: Kind = Kind {
+    events: TableDefinition::new("user_events"),
+    heads: TableDefinition::new("user_heads"),
+    by_time: TableDefinition::new("user_by_time"),
+    expiry: TableDefinition::new("user_expiry"),
+};
+static ROOM: Kind = Kind {
+    events: TableDefinition::new("room_events"),
+    heads: TableDefinition::new("room_heads"),
+    by_time: TableDefinition::new("room_by_time"),
+    expiry: TableDefinition::new("room_expiry"),
+};
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+const CURSORS: TableDefinition<(&str, &str), (u64, i64)> = TableDefinition::new("cursors");
+const IDEM: TableDefinition<&str, &[u8]> = TableDefinition::new("idem");
+const IDEM_TIME: TableDefinition<(i64, &str), ()> = TableDefinition::new("idem_by_time");
+const C_MESSAGES: &str = "user_messages";
+const C_STREAMS: &str = "user_streams";
+const C_CURSORS: &str = "cursors";
+
+/// Maps any redb error to a `StoreError` with context: I/O trouble is `Unavailable` (the
+/// disk, retry later or elsewhere), anything else `Internal`.
+trait Ctx<T> {
+    fn ctx(self, what: &str) -> StoreResult<T>;
+}
+impl<T, E: Into<redb::Error>> Ctx<T> for Result<T, E> {
+    fn ctx(self, what: &str) -> StoreResult<T> {
+        self.map_err(|e| match e.into() {
+            e @ (redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseAlreadyOpen) => {
+                StoreError::Unavailable(format!("{what}: {e}"))
+            }
+            e => StoreError::Internal(format!("{what}: {e}")),
+        })
+    }
+}
+
+fn dup(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::Closed => StoreError::Closed,
+        StoreError::Internal(m) => StoreError::Internal(m.clone()),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, ms)
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+// Event value: ts i64 | expires_at i64 | kind length u32 | kind | data (little endian).
+// Hand-written: three fixed fields and two byte strings do not need a serde format.
+fn encode_event(ev: &NewEvent, expires: i64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(20 + ev.kind.len() + ev.data.len());
+    v.extend_from_slice(&ev.ts.to_le_bytes());
+    v.extend_from_slice(&expires.to_le_bytes());
+    v.extend_from_slice(&(ev.kind.len() as u32).to_le_bytes());
+    v.extend_from_slice(ev.kind.as_bytes());
+    v.extend_from_slice(&ev.data);
+    v
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Internal(format!("corrupt {what} record in {FILE_NAME}"))
+}
+
+fn le8(v: &[u8], at: usize) -> Option<[u8; 8]> {
+    v.get(at..at + 8)?.try_into().ok()
+}
+
+/// (ts, expires_at) of an encoded event.
+fn event_times(v: &[u8]) -> StoreResult<(i64, i64)> {
+    match (le8(v, 0), le8(v, 8)) {
+        (Some(t), Some(e)) => Ok((i64::from_le_bytes(t), i64::from_le_bytes(e))),
+        _ => Err(corrupt("event")),
+    }
+}
+
+fn decode_event(seq: u64, v: &[u8]) -> StoreResult<StoredEvent> {
+    let (ts, _) = event_times(v)?;
+    let len = v.get(16..20).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
+    let kind_end = 20 + len.ok_or_else(|| corrupt("event"))? as usize;
+    let kind = v.get(20..kind_end).and_then(|k| std::str::from_utf8(k).ok());
+    let kind = kind.ok_or_else(|| corrupt("event"))?.to_string();
+    Ok(StoredEvent { seq, kind, data: Bytes::copy_from_slice(&v[kind_end..]), ts })
+}
+
+// Idempotency value: created_ms i64 | request_hash u64 | status u16 | body.
+fn encode_idem(created: i64, r: &IdemRecord) -> Vec<u8> {
+    let mut v = Vec::with_capacity(18 + r.body.len());
+    v.extend_from_slice(&created.to_le_bytes());
+    v.extend_from_slice(&r.request_hash.to_le_bytes());
+    v.extend_from_slice(&r.status.to_le_bytes());
+    v.extend_from_slice(&r.body);
+    v
+}
+
+fn decode_idem(v: &[u8]) -> StoreResult<(i64, IdemRecord)> {
+    let status = v.get(16..18).and_then(|b| b.try_into().ok()).map(u16::from_le_bytes);
+    match (le8(v, 0), le8(v, 8), status) {
+        (Some(c), Some(h), Some(status)) => Ok((
+            i64::from_le_bytes(c),
+            IdemRecord { request_hash: u64::from_le_bytes(h), status, body: Bytes::copy_from_slice(&v[18..]) },
+        )),
+        _ => Err(corrupt("idempotency")),
+    }
+}
+
+/// The redb store. Cheap reads run on the blocking pool; writes go to the writer thread.
+pub struct EmbeddedStore {
+    epoch: String,
+    /// `None` after `close`, so the file is released once in-flight reads finish.
+    db: RwLock<Option<Arc<Database>>>,
+    tx: mpsc::Sender<Req>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    closed: AtomicBool,
+    /// Idempotency ttl of the last sweep (24 h until then): older records are not answered.
+    idem_ttl_ms: AtomicI64,
+}
+
+impl EmbeddedStore {
+    /// Opens or creates the store in `opts.dir` and starts its writer thread. Blocking (it
+    /// may recover a file that was not closed cleanly): call it before serving, or from
+    /// `spawn_blocking`.
+    pub fn open(opts: EmbeddedOptions) -> StoreResult<Self> {
+        std::fs::create_dir_all(&opts.dir)
+            .map_err(|e| StoreError::Unavailable(format!("cannot create data dir {}: {e}", opts.dir.display())))?;
+        let path = opts.dir.join(FILE_NAME);
+        let db = Database::create(&path).ctx(&format!("cannot open {}", path.display()))?;
+        let epoch = init(&db)?;
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (wdb, fsync, max_batch) = (db.clone(), opts.fsync, opts.max_batch.max(1));
+        let writer = std::thread::Builder::new()
+            .name("syncgate-store".into())
+            .spawn(move || writer_loop(&wdb, rx, fsync, max_batch))
+            .map_err(|e| StoreError::Internal(format!("cannot start the store writer thread: {e}")))?;
+        Ok(EmbeddedStore {
+            epoch,
+            db: RwLock::new(Some(db)),
+            tx,
+            writer: Mutex::new(Some(writer)),
+            closed: AtomicBool::new(false),
+            idem_ttl_ms: AtomicI64::new(DEFAULT_IDEM_TTL_MS),
+        })
+    }
+
+    fn stopped(&self) -> StoreError {
+        if self.closed.load(Ordering::Acquire) {
+            StoreError::Closed
+        } else {
+            StoreError::Unavailable("the store writer stopped".into())
+        }
+    }
+
+    /// Sends one write to the writer and waits until its group commit is done.
+    async fn write<T>(&self, make: impl FnOnce(Tx<T>) -> Req) -> StoreResult<T> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| self.stopped())?;
+        rx.await.map_err(|_| self.stopped())?
+    }
+
+    /// Runs `f` in a read transaction on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&redb::ReadTransaction) -> StoreResult<T> + Send + 'static,
+    {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let db = self.db.read().map_err(|_| StoreError::Internal("store lock poisoned".into()))?.clone();
+        let db = db.ok_or(StoreError::Closed)?;
+        tokio::task::spawn_blocking(move || f(&db.begin_read().ctx("begin read")?))
+            .await
+            .map_err(|e| StoreError::Internal(format!("store read task failed: {e}")))?
+    }
+
+    /// Repeats one sweep request until the writer says there is nothing more to do.
+    async fn sweep_loop(&self, op: impl Fn() -> SweepOp) -> StoreResult<u64> {
+        let mut total = 0;
+        loop {
+            let (n, more) = self.write(|tx| Req::Sweep(op(), tx)).await?;
+            total += n;
+            if !more {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Trims every stream of `kind` longer than `max_len`; the streams are found by paging
+    /// through the heads table in read transactions (which never block the writer).
+    async fn trim_len(&self, kind: &'static Kind, max_len: u64) -> StoreResult<u64> {
+        let (mut removed, mut from) = (0, None::<String>);
+        loop {
+            let start = from.take();
+            let (long, next) = self
+                .read(move |rtx| {
+                    let heads = rtx.open_table(kind.heads).ctx("open heads")?;
+                    let lower = start.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+                    let (mut long, mut last, mut seen) = (Vec::new(), None, 0);
+                    for r in heads.range::<&str>((lower, Bound::Unbounded)).ctx("scan heads")? {
+                        let (k, v) = r.ctx("scan heads")?;
+                        if v.value().1 > max_len {
+                            long.push(k.value().to_string());
+                        }
+                        seen += 1;
+                        if seen == SCAN_PAGE {
+                            last = Some(k.value().to_string());
+                            break;
+                        }
+                    }
+                    Ok((long, last))
+                })
+                .await?;
+            for group in long.chunks(256) {
+                let op = || SweepOp::TrimLen { kind, streams: group.to_vec(), max_len };
+                removed += self.sweep_loop(op).await?;
+            }
+            match next {
+                Some(n) => from = Some(n),
+                None => return Ok(removed),
+            }
+        }
+    }
+
+    /// Forgets cursors unused since `cutoff`, paging through the cursor table.
+    async fn sweep_cursors(&self, cutoff: i64) -> StoreResult<()> {
+        let mut from = None::<(String, String)>;
+        loop {
+            let start = from.take();
+            let (old, next) = self
+                .read(move |rtx| {
+                    let cursors = rtx.open_table(CURSORS).ctx("open cursors")?;
+                    let lower =
+                        start.as_ref().map_or(Bound::Unbounded, |(u, c)| Bound::Excluded((u.as_str(), c.as_str())));
+                    let (mut old, mut last, mut seen) = (Vec::new(), None, 0);
+                    for r in cursors.range::<(&str, &str)>((lower, Bound::Unbounded)).ctx("scan cursors")? {
+                        let (k, v) = r.ctx("scan cursors")?;
+                        let (u, c) = k.value();
+                        if v.value().1 < cutoff {
+                            old.push((u.to_string(), c.to_string()));
+                        }
+                        seen += 1;
+                        if seen == SCAN_PAGE {
+                            last = Some((u.to_string(), c.to_string()));
+                            break;
+                        }
+                    }
+                    Ok((old, last))
+                })
+                .await?;
+            for keys in old.chunks(SWEEP_CHUNK) {
+                self.write(|tx| Req::Sweep(SweepOp::Cursors { keys: keys.to_vec(), cutoff }, tx)).await?;
+            }
+            match next {
+                Some(n) => from = Some(n),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    fn join_writer(&self) -> Option<JoinHandle<()>> {
+        self.writer.lock().ok().and_then(|mut w| w.take())
+    }
+}
+
+impl Drop for EmbeddedStore {
+    /// Dropping without `close` still finishes queued writes and releases the file (the
+    /// writer ends when the channel closes); this waits for that, at most one group commit.
+    fn drop(&mut self) {
+        let (dummy, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, dummy));
+        if let Some(h) = self.join_writer() {
+            let _ = h.join(); // a panicked writer has nothing left to release
+        }
+    }
+}
+
+/// Creates the tables of a new file and loads (or, on a new file, draws) the epoch.
+fn init(db: &Database) -> StoreResult<String> {
+    let txn = db.begin_write().ctx("begin init")?;
+    let epoch = {
+        Tables::open(&txn)?;
+        let mut meta = txn.open_table(META).ctx("open meta")?;
+        let format = meta.get("format").ctx("read format")?.map(|g| g.value().to_string());
+        if let Some(f) = format.filter(|f| f != FORMAT) {
+            return Err(StoreError::Internal(format!("{FILE_NAME} has format {f}, this build reads {FORMAT}")));
+        }
+        let existing = meta.get("epoch").ctx("read epoch")?.map(|g| g.value().to_string());
+        match existing {
+            Some(e) => e,
+            None => {
+                let e = format!("{:08x}", rand::random::<u32>());
+                meta.insert("epoch", e.as_str()).ctx("write epoch")?;
+                meta.insert("format", FORMAT).ctx("write format")?;
+                e
+            }
+        }
+    };
+    txn.commit().ctx("commit init")?;
+    Ok(epoch)
+}
+
+fn read_page(rtx: &redb::ReadTransaction, kind: &Kind, stream: &str, after: u64, limit: usize) -> StoreResult<Page> {
+    let head = rtx.open_table(kind.heads).ctx("open heads")?.get(stream).ctx("read head")?.map_or(0, |g| g.value().0);
+    let events = rtx.open_table(kind.events).ctx("open events")?;
+    let all = (stream, 0u64)..=(stream, u64::MAX);
+    let first = events.range(all).ctx("read stream")?.next().transpose().ctx("read stream")?;
+    let first = first.map_or(head + 1, |(k, _)| k.value().1);
+    let mut out = Vec::with_capacity(limit.min(1024));
+    if limit > 0 && after < u64::MAX {
+        for r in events.range((stream, after + 1)..=(stream, u64::MAX)).ctx("read stream")?.take(limit) {
+            let (k, v) = r.ctx("read stream")?;
+            out.push(decode_event(k.value().1, v.value())?);
+        }
+    }
+    Ok(Page { events: out, head, first })
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    async fn append_user(&self, events: Vec<NewEvent>) -> StoreResult<Vec<u64>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|tx| Req::AppendUser(events, tx)).await
+    }
+
+    async fn read_user(&self, user: &str, after: u64, limit: usize) -> StoreResult<Page> {
+        let user = user.to_string();
+        self.read(move |rtx| read_page(rtx, &USER, &user, after, limit)).await
+    }
+
+    async fn append_room(&self, event: NewEvent) -> StoreResult<u64> {
+        self.write(|tx| Req::AppendRoom(event, tx)).await
+    }
+
+    async fn read_room(&self, room: &str, after: u64, limit: usize) -> StoreResult<Page> {
+        let room = room.to_string();
+        self.read(move |rtx| read_page(rtx, &ROOM, &room, after, limit)).await
+    }
+
+    async fn cursor(&self, user: &str, client_id: &str) -> StoreResult<Option<u64>> {
+        let (u, c) = (user.to_string(), client_id.to_string());
+        let found = self
+            .read(move |rtx| {
+                let t = rtx.open_table(CURSORS).ctx("open cursors")?;
+                Ok(t.get((u.as_str(), c.as_str())).ctx("read cursor")?.map(|g| g.value()))
+            })
+            .await?;
+        let now = now_ms();
+        if found.is_some_and(|(_, used)| now.saturating_sub(used) > TOUCH_AFTER_MS) {
+            // Fire and forget: a touch lost to a full queue only shortens a 30-day expiry.
+            let _ = self.tx.try_send(Req::Touch { user: user.to_string(), client: client_id.to_string(), now });
+        }
+        Ok(found.map(|(seq, _)| seq))
+    }
+
+    async fn set_cursor(&self, user: &str, client_id: &str, seq: u64) -> StoreResult<u64> {
+        let (user, client, now) = (user.to_string(), client_id.to_string(), now_ms());
+        self.write(|reply| Req::SetCursor { user, client, seq, now, reply }).await
+    }
+
+    async fn idem_get(&self, key: &str) -> StoreResult<Option<IdemRecord>> {
+        let (key, ttl, now) = (key.to_string(), self.idem_ttl_ms.load(Ordering::Relaxed), now_ms());
+        self.read(move |rtx| {
+            let t = rtx.open_table(IDEM).ctx("open idempotency")?;
+            let found = t.get(key.as_str()).ctx("read idempotency")?.map(|g| decode_idem(g.value())).transpose()?;
+            Ok(found.filter(|(created, _)| created.saturating_add(ttl) > now).map(|(_, r)| r))
+        })
+        .await
+    }
+
+    async fn idem_put(&self, key: &str, record: IdemRecord) -> StoreResult<Option<IdemRecord>> {
+        let (key, ttl_ms, now) = (key.to_string(), self.idem_ttl_ms.load(Ordering::Relaxed), now_ms());
+        self.write(|reply| Req::IdemPut { key, record, now, ttl_ms, reply }).await
+    }
+
+    async fn stats(&self) -> StoreResult<StoreStats> {
+        let now = now_ms();
+        self.read(move |rtx| {
+            let counters = rtx.open_table(COUNTERS).ctx("open counters")?;
+            let get =
+                |k: &str| -> StoreResult<u64> { Ok(counters.get(k).ctx("read counter")?.map_or(0, |g| g.value())) };
+            let by_time = rtx.open_table(USER.by_time).ctx("open time index")?;
+            let oldest = by_time.first().ctx("read time index")?.map(|(k, _)| k.value().0);
+            Ok(StoreStats {
+                stored_messages: get(C_MESSAGES)?,
+                streams: get(C_STREAMS)?,
+                oldest_age_ms: oldest.map(|ts| u64::try_from(now.saturating_sub(ts)).unwrap_or(0)),
+                cursors: get(C_CURSORS)?,
+            })
+        })
+        .await
+    }
+
+    /// Counts removed messages of user streams and room histories alike.
+    async fn sweep(&self, retention: &Retention, now_ms: i64) -> StoreResult<u64> {
+        self.idem_ttl_ms.store(ms(retention.idempotency_ttl), Ordering::Relaxed);
+        let mut removed = 0;
+        let kinds =
+            [(&USER, retention.max_age, retention.max_len), (&ROOM, retention.room_max_age, retention.room_max_len)];
+        for (kind, max_age, max_len) in kinds {
+            removed += self.sweep_loop(|| SweepOp::Expired { kind, now: now_ms }).await?;
+            let cutoff = now_ms.saturating_sub(ms(max_age));
+            removed += self.sweep_loop(|| SweepOp::Older { kind, cutoff }).await?;
+            removed += self.trim_len(kind, max_len).await?;
+        }
+        self.sweep_cursors(now_ms.saturating_sub(ms(retention.cursor_ttl))).await?;
+        let cutoff = now_ms.saturating_sub(ms(retention.idempotency_ttl));
+        self.sweep_loop(|| SweepOp::Idem { cutoff }).await?;
+        Ok(removed)
+    }
+
+    async fn close(&self) -> StoreResult<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // Queued writes are ahead of this request: they are committed, then made durable.
+        let (tx, rx) = oneshot::channel();
+        let stopped = || StoreError::Unavailable("the store writer stopped before close".into());
+        let flushed = match self.tx.send(Req::Close(tx)).await {
+            Ok(()) => rx.await.unwrap_or_else(|_| Err(stopped())),
+            Err(_) => Err(stopped()),
+        };
+        if let Some(h) = self.join_writer() {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        if let Ok(mut db) = self.db.write() {
+            db.take();
+        }
+        flushed
+    }
+}
+
+#[path = "embedded_writer.rs"]
+mod writer;
+
+#[cfg(test)]
+#[path = "embedded_tests.rs"]
+mod tests;

@@ -1,0 +1,479 @@
+//! Tests of the embedded store: numbering, paging, retention, cursors, idempotency, epoch,
+//! stats, shutdown and crash recovery (a child process killed with SIGKILL).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{now_ms, EmbeddedOptions, EmbeddedStore, FsyncPolicy};
+use crate::store::{IdemRecord, NewEvent, Retention, Store, StoreError};
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+fn opts(dir: &Path, fsync: FsyncPolicy) -> EmbeddedOptions {
+    EmbeddedOptions { dir: dir.to_path_buf(), fsync, max_batch: 1024 }
+}
+
+fn open(dir: &Path) -> EmbeddedStore {
+    EmbeddedStore::open(opts(dir, FsyncPolicy::Never)).expect("open store")
+}
+
+fn ev(stream: &str, ts: i64, data: &str) -> NewEvent {
+    NewEvent {
+        stream: stream.to_string(),
+        kind: "playlist.updated".to_string(),
+        data: Bytes::from(data.to_string()),
+        ts,
+        ttl: None,
+    }
+}
+
+/// Retention that removes nothing unless a test lowers a field.
+fn keep_all() -> Retention {
+    Retention {
+        max_age: DAY * 3650,
+        max_len: u64::MAX,
+        room_max_len: u64::MAX,
+        room_max_age: DAY * 3650,
+        cursor_ttl: DAY * 3650,
+        idempotency_ttl: DAY * 3650,
+    }
+}
+
+fn seqs(page: &crate::store::Page) -> Vec<u64> {
+    page.events.iter().map(|e| e.seq).collect()
+}
+
+#[tokio::test]
+async fn seqs_are_consecutive_across_batches_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_ms();
+    {
+        let s = open(dir.path());
+        assert_eq!(s.append_user(vec![ev("a", now, "1")]).await.unwrap(), vec![1]);
+        // Several events to one stream in one call, interleaved with another stream.
+        let got = s.append_user(vec![ev("a", now, "2"), ev("b", now, "x"), ev("a", now, "3")]).await.unwrap();
+        assert_eq!(got, vec![2, 1, 3]);
+        assert_eq!(s.append_user(vec![]).await.unwrap(), Vec::<u64>::new());
+        s.close().await.unwrap();
+    }
+    let s = open(dir.path());
+    assert_eq!(s.append_user(vec![ev("a", now, "4")]).await.unwrap(), vec![4]);
+    let page = s.read_user("a", 0, 100).await.unwrap();
+    assert_eq!(seqs(&page), vec![1, 2, 3, 4]);
+    let data: Vec<_> = page.events.iter().map(|e| e.data.clone()).collect();
+    assert_eq!(data, ["1", "2", "3", "4"].map(|s| Bytes::from_static(s.as_bytes())));
+    assert_eq!(page.events[0].kind, "playlist.updated");
+    assert_eq!(page.events[0].ts, now);
+    assert_eq!((page.head, page.first), (4, 1));
+    // Rooms are numbered on their own.
+    assert_eq!(s.append_room(ev("a", now, "r")).await.unwrap(), 1);
+    assert_eq!(s.append_room(ev("a", now, "r")).await.unwrap(), 2);
+    assert_eq!(seqs(&s.read_room("a", 0, 10).await.unwrap()), vec![1, 2]);
+    // A stream never written.
+    let page = s.read_user("nobody", 0, 10).await.unwrap();
+    assert_eq!((page.events.len(), page.head, page.first), (0, 0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_get_distinct_consecutive_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(EmbeddedStore::open(opts(dir.path(), FsyncPolicy::Always)).unwrap());
+    let mut tasks = Vec::new();
+    for t in 0..50 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let user = format!("user{}", t % 5);
+            let mut got = Vec::new();
+            for i in 0..20 {
+                let seq = s.append_user(vec![ev(&user, now_ms(), &format!("{t}:{i}"))]).await.unwrap()[0];
+                got.push((user.clone(), seq, format!("{t}:{i}")));
+            }
+            got
+        }));
+    }
+    let mut by_user: HashMap<String, HashMap<u64, String>> = HashMap::new();
+    for task in tasks {
+        for (user, seq, data) in task.await.unwrap() {
+            assert!(by_user.entry(user).or_default().insert(seq, data).is_none(), "duplicate seq");
+        }
+    }
+    for (user, answered) in &by_user {
+        let page = s.read_user(user, 0, 1000).await.unwrap();
+        assert_eq!(seqs(&page), (1..=200).collect::<Vec<_>>());
+        assert_eq!(page.head, 200);
+        let mut last_i: HashMap<String, u64> = HashMap::new();
+        for e in &page.events {
+            let data = std::str::from_utf8(&e.data).unwrap();
+            assert_eq!(answered[&e.seq], data, "seq answered for another event");
+            // Each task awaited its appends one by one, so its events are in its order.
+            let (t, i) = data.split_once(':').unwrap();
+            let i: u64 = i.parse().unwrap();
+            if let Some(prev) = last_i.insert(t.to_string(), i) {
+                assert!(prev < i);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn paging_with_after_and_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let evs = (0..25).map(|i| ev("u", now_ms(), &i.to_string())).collect();
+    s.append_user(evs).await.unwrap();
+    let mut after = 0;
+    let mut all = Vec::new();
+    loop {
+        let page = s.read_user("u", after, 10).await.unwrap();
+        assert!(page.events.len() <= 10);
+        assert_eq!((page.head, page.first), (25, 1));
+        let Some(last) = page.events.last() else {
+            break;
+        };
+        after = last.seq;
+        all.extend(seqs(&page));
+    }
+    assert_eq!(all, (1..=25).collect::<Vec<_>>());
+    assert_eq!(seqs(&s.read_user("u", 20, 100).await.unwrap()), vec![21, 22, 23, 24, 25]);
+    assert!(s.read_user("u", 3, 0).await.unwrap().events.is_empty());
+    assert!(s.read_user("u", u64::MAX, 10).await.unwrap().events.is_empty());
+}
+
+#[tokio::test]
+async fn trimming_by_len_and_age_keeps_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let now = now_ms();
+    let old = now - 10 * DAY.as_millis() as i64;
+    // Stream "len": 10 recent events, keep 4.
+    s.append_user((0..10).map(|_| ev("len", now, "x")).collect()).await.unwrap();
+    // Stream "age": 3 old then 2 recent events.
+    s.append_user((0..3).map(|_| ev("age", old, "old")).collect()).await.unwrap();
+    s.append_user((0..2).map(|_| ev("age", now, "new")).collect()).await.unwrap();
+    let retention = Retention { max_len: 4, max_age: DAY * 7, ..keep_all() };
+    assert_eq!(s.sweep(&retention, now).await.unwrap(), 6 + 3);
+
+    let page = s.read_user("len", 0, 100).await.unwrap();
+    assert_eq!((seqs(&page), page.head, page.first), (vec![7, 8, 9, 10], 10, 7));
+    let page = s.read_user("age", 0, 100).await.unwrap();
+    assert_eq!((seqs(&page), page.head, page.first), (vec![4, 5], 5, 4));
+
+    // Trimmed to empty: head stays, first is head + 1, numbering goes on.
+    let later = now + 8 * DAY.as_millis() as i64;
+    assert_eq!(s.sweep(&retention, later).await.unwrap(), 6);
+    let page = s.read_user("age", 0, 100).await.unwrap();
+    assert_eq!((page.events.len(), page.head, page.first), (0, 5, 6));
+    assert_eq!(s.append_user(vec![ev("age", later, "again")]).await.unwrap(), vec![6]);
+
+    // Rooms: history bounded by length and age.
+    for _ in 0..5 {
+        s.append_room(ev("lobby", old, "r")).await.unwrap();
+    }
+    s.append_room(ev("lobby", now, "r")).await.unwrap();
+    s.append_room(ev("lobby", now, "r")).await.unwrap();
+    let rooms = Retention { room_max_len: 3, room_max_age: DAY * 7, ..keep_all() };
+    assert_eq!(s.sweep(&rooms, now).await.unwrap(), 5);
+    let page = s.read_room("lobby", 0, 100).await.unwrap();
+    assert_eq!((seqs(&page), page.head, page.first), (vec![6, 7], 7, 6));
+}
+
+#[tokio::test]
+async fn sweep_works_in_chunks_on_long_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let now = now_ms();
+    for _ in 0..3 {
+        s.append_user((0..1000).map(|_| ev("big", now, "x")).collect()).await.unwrap();
+    }
+    let retention = Retention { max_len: 100, ..keep_all() };
+    assert_eq!(s.sweep(&retention, now).await.unwrap(), 2900);
+    let page = s.read_user("big", 0, 1000).await.unwrap();
+    assert_eq!((page.events.len(), page.first, page.head), (100, 2901, 3000));
+    let all_old = Retention { max_age: Duration::ZERO, ..keep_all() };
+    assert_eq!(s.sweep(&all_old, now + 1).await.unwrap(), 100);
+    assert_eq!(s.stats().await.unwrap().stored_messages, 0);
+}
+
+#[tokio::test]
+async fn per_event_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let now = now_ms();
+    let mut short = ev("u", now - 5000, "short");
+    short.ttl = Some(Duration::from_secs(1));
+    let mut long = ev("u", now - 5000, "long");
+    long.ttl = Some(Duration::from_secs(3600));
+    s.append_user(vec![short, ev("u", now - 5000, "forever"), long]).await.unwrap();
+    assert_eq!(s.sweep(&keep_all(), now).await.unwrap(), 1);
+    let page = s.read_user("u", 0, 10).await.unwrap();
+    assert_eq!((seqs(&page), page.first, page.head), (vec![2, 3], 2, 3));
+    assert_eq!(s.sweep(&keep_all(), now + 3_600_000).await.unwrap(), 1);
+    assert_eq!(seqs(&s.read_user("u", 0, 10).await.unwrap()), vec![2]);
+}
+
+#[tokio::test]
+async fn cursors_never_go_backwards_and_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = EmbeddedStore::open(opts(dir.path(), FsyncPolicy::Always)).unwrap();
+        assert_eq!(s.cursor("u", "phone").await.unwrap(), None);
+        assert_eq!(s.set_cursor("u", "phone", 5).await.unwrap(), 5);
+        assert_eq!(s.set_cursor("u", "phone", 3).await.unwrap(), 5);
+        assert_eq!(s.set_cursor("u", "phone", 9).await.unwrap(), 9);
+        assert_eq!(s.set_cursor("u", "laptop", 0).await.unwrap(), 0);
+        assert_eq!(s.cursor("u", "phone").await.unwrap(), Some(9));
+        assert_eq!(s.cursor("u", "laptop").await.unwrap(), Some(0));
+        assert_eq!(s.cursor("v", "phone").await.unwrap(), None);
+    }
+    let s = open(dir.path());
+    assert_eq!(s.cursor("u", "phone").await.unwrap(), Some(9));
+    assert_eq!(s.stats().await.unwrap().cursors, 2);
+    // Unused for longer than cursor_ttl: forgotten.
+    let retention = Retention { cursor_ttl: DAY * 30, ..keep_all() };
+    s.sweep(&retention, now_ms() + DAY.as_millis() as i64).await.unwrap();
+    assert_eq!(s.stats().await.unwrap().cursors, 2);
+    s.sweep(&retention, now_ms() + 31 * DAY.as_millis() as i64).await.unwrap();
+    assert_eq!(s.cursor("u", "phone").await.unwrap(), None);
+    assert_eq!(s.stats().await.unwrap().cursors, 0);
+}
+
+#[tokio::test]
+async fn cursor_read_touches_last_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.set_cursor("u", "c", 1).await.unwrap();
+    // Pretend the cursor was last used 10 days ago.
+    s.write(|reply| super::writer::Req::SetCursor {
+        user: "u".into(),
+        client: "c".into(),
+        seq: 1,
+        now: now_ms() - 10 * DAY.as_millis() as i64,
+        reply,
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.cursor("u", "c").await.unwrap(), Some(1)); // queues a touch
+    s.set_cursor("u", "other", 1).await.unwrap(); // a write behind the touch: it is applied
+    let retention = Retention { cursor_ttl: DAY * 5, ..keep_all() };
+    s.sweep(&retention, now_ms()).await.unwrap();
+    assert_eq!(s.cursor("u", "c").await.unwrap(), Some(1));
+}
+
+#[tokio::test]
+async fn idempotency_first_writer_wins_and_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let first = IdemRecord { request_hash: 42, status: 202, body: Bytes::from_static(b"{\"id\":\"e.1\"}") };
+    let second = IdemRecord { request_hash: 7, status: 200, body: Bytes::from_static(b"{}") };
+    assert_eq!(s.idem_get("k").await.unwrap(), None);
+    assert_eq!(s.idem_put("k", first.clone()).await.unwrap(), None);
+    assert_eq!(s.idem_put("k", second.clone()).await.unwrap(), Some(first.clone()));
+    assert_eq!(s.idem_get("k").await.unwrap(), Some(first.clone()));
+    assert_eq!(s.idem_put("other", second.clone()).await.unwrap(), None);
+
+    let retention = Retention { idempotency_ttl: DAY, ..keep_all() };
+    s.sweep(&retention, now_ms() + 3_600_000).await.unwrap();
+    assert_eq!(s.idem_get("k").await.unwrap(), Some(first));
+    s.sweep(&retention, now_ms() + 25 * 3_600_000).await.unwrap();
+    assert_eq!(s.idem_get("k").await.unwrap(), None);
+    assert_eq!(s.idem_put("k", second.clone()).await.unwrap(), None);
+    assert_eq!(s.idem_get("k").await.unwrap(), Some(second.clone()));
+
+    // Past the ttl of the last sweep but not yet swept: treated as absent, replaced.
+    let short = Retention { idempotency_ttl: Duration::from_millis(1), ..keep_all() };
+    s.sweep(&short, now_ms() - 60_000).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(s.idem_get("k").await.unwrap(), None);
+    let third = IdemRecord { request_hash: 3, status: 201, body: Bytes::new() };
+    assert_eq!(s.idem_put("k", third).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn epoch_is_kept_and_new_after_wipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let epoch = s.epoch().to_string();
+    assert_eq!(epoch.len(), 8);
+    assert!(epoch.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    s.close().await.unwrap();
+    drop(s);
+    assert_eq!(open(dir.path()).epoch(), epoch);
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    let s = open(dir.path());
+    assert_ne!(s.epoch(), epoch);
+}
+
+#[tokio::test]
+async fn stats_count_messages_streams_age_and_cursors() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let st = s.stats().await.unwrap();
+    assert_eq!((st.stored_messages, st.streams, st.oldest_age_ms, st.cursors), (0, 0, None, 0));
+    let now = now_ms();
+    s.append_user(vec![ev("a", now - 60_000, "x"), ev("a", now, "x"), ev("b", now, "x")]).await.unwrap();
+    s.append_room(ev("lobby", now - 3_600_000, "r")).await.unwrap(); // rooms are not counted
+    s.set_cursor("a", "c1", 1).await.unwrap();
+    let st = s.stats().await.unwrap();
+    assert_eq!((st.stored_messages, st.streams, st.cursors), (3, 2, 1));
+    let age = st.oldest_age_ms.unwrap();
+    assert!((60_000..120_000).contains(&age), "age {age}");
+    let retention = Retention { max_len: 1, ..keep_all() };
+    assert_eq!(s.sweep(&retention, now).await.unwrap(), 1);
+    let st = s.stats().await.unwrap();
+    assert_eq!((st.stored_messages, st.streams), (2, 2));
+    let retention = Retention { max_age: Duration::ZERO, ..keep_all() };
+    s.sweep(&retention, now + 1).await.unwrap();
+    let st = s.stats().await.unwrap();
+    assert_eq!((st.stored_messages, st.streams, st.oldest_age_ms), (0, 0, None));
+}
+
+#[tokio::test]
+async fn close_then_everything_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.append_user(vec![ev("a", now_ms(), "kept")]).await.unwrap();
+    s.close().await.unwrap();
+    assert!(matches!(s.append_user(vec![ev("a", now_ms(), "x")]).await, Err(StoreError::Closed)));
+    assert!(matches!(s.append_room(ev("r", now_ms(), "x")).await, Err(StoreError::Closed)));
+    assert!(matches!(s.set_cursor("a", "c", 1).await, Err(StoreError::Closed)));
+    assert!(matches!(s.read_user("a", 0, 10).await, Err(StoreError::Closed)));
+    assert!(matches!(s.stats().await, Err(StoreError::Closed)));
+    s.close().await.unwrap(); // idempotent
+                              // The file is released: the store reopens while the closed handle still exists, and
+                              // `FsyncPolicy::Never` writes were made durable by close.
+    let again = open(dir.path());
+    assert_eq!(seqs(&again.read_user("a", 0, 10).await.unwrap()), vec![1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_waits_for_queued_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(open(dir.path()));
+    let mut tasks = Vec::new();
+    for t in 0..20 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move { s.append_user(vec![ev(&format!("u{t}"), now_ms(), "x")]).await }));
+    }
+    tokio::task::yield_now().await;
+    s.close().await.unwrap();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => assert!(matches!(e, StoreError::Closed), "{e}"),
+        }
+    }
+    let again = open(dir.path());
+    assert_eq!(again.stats().await.unwrap().stored_messages, ok);
+}
+
+#[tokio::test]
+async fn dropped_without_close_keeps_answered_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = EmbeddedStore::open(opts(dir.path(), FsyncPolicy::Always)).unwrap();
+    for i in 0..50 {
+        assert_eq!(s.append_user(vec![ev("a", now_ms(), "x")]).await.unwrap(), vec![i + 1]);
+    }
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(s.read_user("a", 0, 100).await.unwrap().events.len(), 50);
+}
+
+#[test]
+fn fsync_policy_reads_snake_case() {
+    use serde::de::{value::Error, IntoDeserializer};
+    use serde::Deserialize;
+    let parse = |s: &str| FsyncPolicy::deserialize(IntoDeserializer::<Error>::into_deserializer(s));
+    assert_eq!(parse("always").unwrap(), FsyncPolicy::Always);
+    assert_eq!(parse("never").unwrap(), FsyncPolicy::Never);
+    assert!(parse("sometimes").is_err());
+}
+
+const CRASH_CHILD_DIR: &str = "SYNCGATE_STORE_CRASH_CHILD_DIR";
+
+/// Runs only as the child of `killed_process_keeps_answered_appends`: appends from several
+/// tasks with `FsyncPolicy::Always` and prints every answered seq, until it is killed.
+#[test]
+fn crash_child() {
+    let Some(dir) = std::env::var_os(CRASH_CHILD_DIR) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let s = Arc::new(EmbeddedStore::open(opts(Path::new(&dir), FsyncPolicy::Always)).unwrap());
+        for t in 0..8 {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let user = format!("u{}", t % 4);
+                loop {
+                    let seq = s.append_user(vec![ev(&user, now_ms(), "x")]).await.unwrap()[0];
+                    println!("ACK {user} {seq}");
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await; // bounded if nobody kills it
+    });
+}
+
+#[test]
+fn killed_process_keeps_answered_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = module_path!().split_once("::").map_or(module_path!(), |(_, m)| m);
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([&format!("{module}::crash_child"), "--exact", "--nocapture", "--test-threads=1"])
+        .env(CRASH_CHILD_DIR, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut acked: HashMap<String, u64> = HashMap::new();
+    let mut count = 0;
+    while count < 400 {
+        let Some(line) = lines.next() else { break };
+        if let Some((user, seq)) = line.unwrap().strip_prefix("ACK ").and_then(|l| l.split_once(' ')) {
+            let seq: u64 = seq.parse().unwrap();
+            let max = acked.entry(user.to_string()).or_default();
+            *max = (*max).max(seq);
+            count += 1;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL: no close, no drop, no flush
+    child.wait().unwrap();
+    for line in lines.map_while(Result::ok) {
+        // Answers printed before the kill count too.
+        if let Some((user, seq)) = line.strip_prefix("ACK ").and_then(|l| l.split_once(' ')) {
+            let max = acked.entry(user.to_string()).or_default();
+            *max = (*max).max(seq.parse().unwrap());
+        }
+    }
+    assert!(count >= 400, "the child answered only {count} appends");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let s = open(dir.path());
+        for (user, max) in &acked {
+            let page = s.read_user(user, 0, 100_000).await.unwrap();
+            assert!(page.head >= *max, "{user}: answered {max}, head {}", page.head);
+            assert_eq!(seqs(&page), (1..=page.head).collect::<Vec<_>>(), "{user}: gap");
+        }
+    });
+}
+
+#[tokio::test]
+async fn a_writer_panic_does_not_hang_callers() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    assert_eq!(s.append_user(vec![ev("a", now_ms(), "x")]).await.unwrap(), vec![1]);
+    let limit = Duration::from_secs(10);
+    let panicked = tokio::time::timeout(limit, s.write(super::writer::Req::Panic)).await.unwrap();
+    assert!(matches!(panicked, Err(StoreError::Unavailable(_))), "{panicked:?}");
+    let after = tokio::time::timeout(limit, s.append_user(vec![ev("a", now_ms(), "x")])).await.unwrap();
+    assert!(matches!(after, Err(StoreError::Unavailable(_))), "{after:?}");
+    assert!(s.read_user("a", 0, 10).await.is_ok()); // reads still work
+}

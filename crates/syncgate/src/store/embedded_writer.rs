@@ -1,0 +1,384 @@
+//! The write side of the embedded store: the requests, the writer thread with its group
+//! commit, and every table mutation (appends, cursors, idempotency, sweep deletions).
+//!
+//! Must never: answer a request before the transaction holding it is committed, or do more
+//! than `SWEEP_CHUNK` deletions for one sweep request.
+
+use std::time::Instant;
+
+use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    decode_idem, dup, encode_event, encode_idem, event_times, ms, Ctx, FsyncPolicy, Kind, COUNTERS, CURSORS, C_CURSORS,
+    C_MESSAGES, C_STREAMS, IDEM, IDEM_TIME, NEVER_FLUSH_EVERY, NO_EXPIRY, ROOM, SWEEP_CHUNK, USER,
+};
+use crate::store::{IdemRecord, NewEvent, StoreError, StoreResult};
+
+pub(super) type Tx<T> = oneshot::Sender<StoreResult<T>>;
+
+/// Deletions a sweep asks of the writer; each removes at most `SWEEP_CHUNK` records and
+/// answers `(removed, more_to_do)`.
+pub(super) enum SweepOp {
+    Expired { kind: &'static Kind, now: i64 },
+    Older { kind: &'static Kind, cutoff: i64 },
+    TrimLen { kind: &'static Kind, streams: Vec<String>, max_len: u64 },
+    Cursors { keys: Vec<(String, String)>, cutoff: i64 },
+    Idem { cutoff: i64 },
+}
+
+pub(super) enum Req {
+    AppendUser(Vec<NewEvent>, Tx<Vec<u64>>),
+    AppendRoom(NewEvent, Tx<u64>),
+    SetCursor {
+        user: String,
+        client: String,
+        seq: u64,
+        now: i64,
+        reply: Tx<u64>,
+    },
+    Touch {
+        user: String,
+        client: String,
+        now: i64,
+    },
+    IdemPut {
+        key: String,
+        record: IdemRecord,
+        now: i64,
+        ttl_ms: i64,
+        reply: Tx<Option<IdemRecord>>,
+    },
+    Sweep(SweepOp, Tx<(u64, bool)>),
+    Close(Tx<()>),
+    /// Makes the writer thread panic, to test that callers are not left hanging.
+    #[cfg(test)]
+    Panic(Tx<()>),
+}
+
+enum Answer {
+    Seqs(Vec<u64>),
+    Seq(u64),
+    Idem(Option<IdemRecord>),
+    Swept(u64, bool),
+    Done,
+}
+
+fn send<T>(tx: Tx<T>, r: StoreResult<Answer>, pick: impl FnOnce(Answer) -> Option<T>) {
+    let r =
+        r.and_then(|a| pick(a).ok_or_else(|| StoreError::Internal("store writer answered the wrong request".into())));
+    let _ = tx.send(r); // the caller may have gone away; nothing to do then
+}
+
+impl Req {
+    /// Share of `max_batch` taken by this request.
+    fn weight(&self) -> usize {
+        match self {
+            Req::AppendUser(evs, _) => evs.len().max(1),
+            Req::Sweep(..) => SWEEP_CHUNK,
+            _ => 1,
+        }
+    }
+
+    fn answer(self, r: StoreResult<Answer>) {
+        match self {
+            Req::AppendUser(_, tx) => send(tx, r, |a| if let Answer::Seqs(v) = a { Some(v) } else { None }),
+            Req::AppendRoom(_, tx) | Req::SetCursor { reply: tx, .. } => {
+                send(tx, r, |a| if let Answer::Seq(v) = a { Some(v) } else { None })
+            }
+            Req::IdemPut { reply, .. } => send(reply, r, |a| if let Answer::Idem(v) = a { Some(v) } else { None }),
+            Req::Sweep(_, tx) => send(tx, r, |a| if let Answer::Swept(n, m) = a { Some((n, m)) } else { None }),
+            Req::Close(tx) => send(tx, r, |_| Some(())),
+            #[cfg(test)]
+            Req::Panic(tx) => send(tx, r, |_| Some(())),
+            Req::Touch { .. } => {}
+        }
+    }
+}
+
+pub(super) fn writer_loop(db: &Database, mut rx: mpsc::Receiver<Req>, fsync: FsyncPolicy, max_batch: usize) {
+    let mut last_durable = Instant::now();
+    let mut unflushed = false;
+    let mut batch = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut weight = first.weight();
+        let mut closing = matches!(first, Req::Close(_));
+        batch.push(first);
+        while !closing && weight < max_batch {
+            let Ok(r) = rx.try_recv() else { break };
+            weight += r.weight();
+            closing = matches!(r, Req::Close(_));
+            batch.push(r);
+        }
+        let durable = fsync == FsyncPolicy::Always || closing || last_durable.elapsed() >= NEVER_FLUSH_EVERY;
+        let result = commit_batch(db, &batch, if durable { Durability::Immediate } else { Durability::None });
+        match result {
+            Ok(answers) => batch.drain(..).zip(answers).for_each(|(req, a)| req.answer(Ok(a))),
+            Err(e) => batch.drain(..).for_each(|req| req.answer(Err(dup(&e)))),
+        }
+        if durable {
+            last_durable = Instant::now();
+        }
+        unflushed = !durable;
+        if closing {
+            return; // requests still queued are dropped: their callers get `Closed`
+        }
+    }
+    if unflushed {
+        let _ = commit_batch(db, &[], Durability::Immediate); // best effort on drop
+    }
+}
+
+/// Applies a batch in one transaction. Any error aborts the whole transaction.
+fn commit_batch(db: &Database, batch: &[Req], durability: Durability) -> StoreResult<Vec<Answer>> {
+    let mut txn = db.begin_write().ctx("begin write")?;
+    txn.set_durability(durability);
+    let answers = {
+        let mut t = Tables::open(&txn)?;
+        let answers = batch.iter().map(|r| t.apply(r)).collect::<StoreResult<Vec<_>>>()?;
+        t.save_counters()?;
+        answers
+    };
+    txn.commit().ctx("commit")?;
+    Ok(answers)
+}
+
+type Index<'t> = Table<'t, (i64, &'static str, u64), ()>;
+
+struct KindTables<'t> {
+    events: Table<'t, (&'static str, u64), &'static [u8]>,
+    heads: Table<'t, &'static str, (u64, u64)>,
+    by_time: Index<'t>,
+    expiry: Index<'t>,
+    messages: i64,
+    streams: i64,
+}
+
+pub(super) struct Tables<'t> {
+    user: KindTables<'t>,
+    room: KindTables<'t>,
+    cursors: Table<'t, (&'static str, &'static str), (u64, i64)>,
+    idem: Table<'t, &'static str, &'static [u8]>,
+    idem_time: Table<'t, (i64, &'static str), ()>,
+    counters: Table<'t, &'static str, u64>,
+    cursors_delta: i64,
+}
+
+impl<'t> KindTables<'t> {
+    fn open(txn: &'t WriteTransaction, k: &Kind) -> StoreResult<Self> {
+        Ok(KindTables {
+            events: txn.open_table(k.events).ctx("open events")?,
+            heads: txn.open_table(k.heads).ctx("open heads")?,
+            by_time: txn.open_table(k.by_time).ctx("open time index")?,
+            expiry: txn.open_table(k.expiry).ctx("open expiry index")?,
+            messages: 0,
+            streams: 0,
+        })
+    }
+
+    fn head(&self, stream: &str) -> StoreResult<(u64, u64)> {
+        Ok(self.heads.get(stream).ctx("read head")?.map_or((0, 0), |g| g.value()))
+    }
+
+    fn append(&mut self, ev: &NewEvent) -> StoreResult<u64> {
+        let s = ev.stream.as_str();
+        let (head, count) = self.head(s)?;
+        let seq = head + 1;
+        let expires = ev.ttl.map_or(NO_EXPIRY, |t| ev.ts.saturating_add(ms(t)));
+        self.events.insert((s, seq), encode_event(ev, expires).as_slice()).ctx("insert event")?;
+        self.by_time.insert((ev.ts, s, seq), ()).ctx("insert time index")?;
+        if expires != NO_EXPIRY {
+            self.expiry.insert((expires, s, seq), ()).ctx("insert expiry index")?;
+        }
+        self.heads.insert(s, (seq, count + 1)).ctx("write head")?;
+        self.messages += 1;
+        self.streams += i64::from(count == 0);
+        Ok(seq)
+    }
+
+    /// Deletes one event and its index entries; the head stays. False if it was not there.
+    fn delete(&mut self, stream: &str, seq: u64) -> StoreResult<bool> {
+        let times = match self.events.remove((stream, seq)).ctx("delete event")? {
+            Some(v) => event_times(v.value())?,
+            None => return Ok(false),
+        };
+        self.by_time.remove((times.0, stream, seq)).ctx("delete time index")?;
+        if times.1 != NO_EXPIRY {
+            self.expiry.remove((times.1, stream, seq)).ctx("delete expiry index")?;
+        }
+        let (head, count) = self.head(stream)?;
+        self.heads.insert(stream, (head, count.saturating_sub(1))).ctx("write head")?;
+        self.messages -= 1;
+        self.streams -= i64::from(count == 1);
+        Ok(true)
+    }
+
+    /// Deletes up to `SWEEP_CHUNK` events whose time index (or expiry index) is before `cutoff`.
+    fn drop_indexed(&mut self, expiry: bool, cutoff: i64) -> StoreResult<(u64, bool)> {
+        let index = if expiry { &self.expiry } else { &self.by_time };
+        let keys = index
+            .range(..(cutoff, "", 0u64))
+            .ctx("scan index")?
+            .take(SWEEP_CHUNK)
+            .map(|r| r.map(|(k, _)| (k.value().0, k.value().1.to_string(), k.value().2)))
+            .collect::<Result<Vec<_>, _>>()
+            .ctx("scan index")?;
+        let mut removed = 0;
+        for (t, s, seq) in &keys {
+            if self.delete(s, *seq)? {
+                removed += 1;
+            } else {
+                // An index entry without its event: drop it so the sweep cannot spin on it.
+                let index = if expiry { &mut self.expiry } else { &mut self.by_time };
+                index.remove((*t, s.as_str(), *seq)).ctx("delete index")?;
+            }
+        }
+        Ok((removed, keys.len() == SWEEP_CHUNK))
+    }
+
+    /// Deletes the oldest events of streams longer than `max_len`, at most `SWEEP_CHUNK`.
+    fn trim(&mut self, streams: &[String], max_len: u64) -> StoreResult<(u64, bool)> {
+        let (mut budget, mut removed, mut more) = (SWEEP_CHUNK as u64, 0, false);
+        for s in streams {
+            let excess = self.head(s)?.1.saturating_sub(max_len);
+            if excess == 0 {
+                continue;
+            }
+            if budget == 0 {
+                return Ok((removed, true));
+            }
+            let take = excess.min(budget);
+            let seqs = self
+                .events
+                .range((s.as_str(), 0u64)..=(s.as_str(), u64::MAX))
+                .ctx("scan stream")?
+                .take(take as usize)
+                .map(|r| r.map(|(k, _)| k.value().1))
+                .collect::<Result<Vec<_>, _>>()
+                .ctx("scan stream")?;
+            for seq in &seqs {
+                removed += u64::from(self.delete(s, *seq)?);
+            }
+            budget -= take;
+            // Fewer events than the count says: do not loop on a wrong counter.
+            more |= excess > take && seqs.len() as u64 == take;
+        }
+        Ok((removed, more))
+    }
+}
+
+impl<'t> Tables<'t> {
+    pub(super) fn open(txn: &'t WriteTransaction) -> StoreResult<Self> {
+        Ok(Tables {
+            user: KindTables::open(txn, &USER)?,
+            room: KindTables::open(txn, &ROOM)?,
+            cursors: txn.open_table(CURSORS).ctx("open cursors")?,
+            idem: txn.open_table(IDEM).ctx("open idempotency")?,
+            idem_time: txn.open_table(IDEM_TIME).ctx("open idempotency index")?,
+            counters: txn.open_table(COUNTERS).ctx("open counters")?,
+            cursors_delta: 0,
+        })
+    }
+
+    fn kind(&mut self, k: &Kind) -> &mut KindTables<'t> {
+        if std::ptr::eq(k, &USER) {
+            &mut self.user
+        } else {
+            &mut self.room
+        }
+    }
+
+    fn apply(&mut self, req: &Req) -> StoreResult<Answer> {
+        Ok(match req {
+            Req::AppendUser(evs, _) => {
+                Answer::Seqs(evs.iter().map(|e| self.user.append(e)).collect::<StoreResult<_>>()?)
+            }
+            Req::AppendRoom(ev, _) => Answer::Seq(self.room.append(ev)?),
+            Req::SetCursor { user, client, seq, now, .. } => {
+                let key = (user.as_str(), client.as_str());
+                let cur = self.cursors.get(key).ctx("read cursor")?.map(|g| g.value().0);
+                let new = cur.map_or(*seq, |c| c.max(*seq));
+                self.cursors.insert(key, (new, *now)).ctx("write cursor")?;
+                self.cursors_delta += i64::from(cur.is_none());
+                Answer::Seq(new)
+            }
+            Req::Touch { user, client, now } => {
+                let key = (user.as_str(), client.as_str());
+                let found = self.cursors.get(key).ctx("read cursor")?.map(|g| g.value());
+                if let Some((seq, used)) = found {
+                    if *now > used {
+                        self.cursors.insert(key, (seq, *now)).ctx("touch cursor")?;
+                    }
+                }
+                Answer::Done
+            }
+            Req::IdemPut { key, record, now, ttl_ms, .. } => {
+                let old = self.idem.get(key.as_str()).ctx("read idempotency")?.map(|g| decode_idem(g.value()));
+                if let Some((created, rec)) = old.transpose()? {
+                    if created.saturating_add(*ttl_ms) > *now {
+                        return Ok(Answer::Idem(Some(rec)));
+                    }
+                    self.idem_time.remove((created, key.as_str())).ctx("delete idempotency index")?;
+                }
+                self.idem.insert(key.as_str(), encode_idem(*now, record).as_slice()).ctx("write idempotency")?;
+                self.idem_time.insert((*now, key.as_str()), ()).ctx("write idempotency index")?;
+                Answer::Idem(None)
+            }
+            Req::Sweep(op, _) => {
+                let (n, more) = self.sweep(op)?;
+                Answer::Swept(n, more)
+            }
+            Req::Close(_) => Answer::Done,
+            #[cfg(test)]
+            Req::Panic(_) => panic!("writer panic requested by a test"),
+        })
+    }
+
+    fn sweep(&mut self, op: &SweepOp) -> StoreResult<(u64, bool)> {
+        match op {
+            SweepOp::Expired { kind, now } => self.kind(kind).drop_indexed(true, now.saturating_add(1)),
+            SweepOp::Older { kind, cutoff } => self.kind(kind).drop_indexed(false, *cutoff),
+            SweepOp::TrimLen { kind, streams, max_len } => self.kind(kind).trim(streams, *max_len),
+            SweepOp::Cursors { keys, cutoff } => {
+                let mut removed = 0;
+                for (u, c) in keys {
+                    let used = self.cursors.get((u.as_str(), c.as_str())).ctx("read cursor")?.map(|g| g.value().1);
+                    if used.is_some_and(|used| used < *cutoff) {
+                        self.cursors.remove((u.as_str(), c.as_str())).ctx("delete cursor")?;
+                        removed += 1;
+                    }
+                }
+                self.cursors_delta -= removed as i64;
+                Ok((removed, false))
+            }
+            SweepOp::Idem { cutoff } => {
+                let keys = self
+                    .idem_time
+                    .range(..(*cutoff, ""))
+                    .ctx("scan idempotency")?
+                    .take(SWEEP_CHUNK)
+                    .map(|r| r.map(|(k, _)| (k.value().0, k.value().1.to_string())))
+                    .collect::<Result<Vec<_>, _>>()
+                    .ctx("scan idempotency")?;
+                for (created, key) in &keys {
+                    self.idem_time.remove((*created, key.as_str())).ctx("delete idempotency index")?;
+                    self.idem.remove(key.as_str()).ctx("delete idempotency")?;
+                }
+                Ok((keys.len() as u64, keys.len() == SWEEP_CHUNK))
+            }
+        }
+    }
+
+    fn save_counters(&mut self) -> StoreResult<()> {
+        for (name, delta) in
+            [(C_MESSAGES, self.user.messages), (C_STREAMS, self.user.streams), (C_CURSORS, self.cursors_delta)]
+        {
+            if delta != 0 {
+                let v = self.counters.get(name).ctx("read counter")?.map_or(0, |g| g.value());
+                let v = u64::try_from(i128::from(v) + i128::from(delta)).unwrap_or(0);
+                self.counters.insert(name, v).ctx("write counter")?;
+            }
+        }
+        Ok(())
+    }
+}

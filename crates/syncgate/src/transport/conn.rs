@@ -1,0 +1,247 @@
+//! The task of one WebSocket connection: reads client frames, writes queued frames with
+//! vectored writes, and closes cleanly.
+//!
+//! Memory while idle is the point of this file: the task waits on socket readiness with no
+//! read buffer (bytes are read into a stack buffer only when the socket is readable), the
+//! decoder and the pending-write list are empty, and there is no per-connection timer
+//! (heartbeats come from the hub's sweep).
+//!
+//! Must never: buffer more than one incomplete client frame (bounded by max_frame_bytes),
+//! or block the runtime.
+
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+
+use super::codec::{self, close, Decoder, Incoming};
+use crate::session::{CloseRequest, Session};
+
+/// Frames written in one system call at most.
+const MAX_IOV: usize = 64;
+/// Bytes read per readiness event before other connections get a turn.
+const READ_BUDGET: usize = 256 * 1024;
+
+pub struct Connection {
+    stream: TcpStream,
+    decoder: Decoder,
+    /// Frames taken from the outbox and not fully written yet; `offset` into the first.
+    pending: Vec<Bytes>,
+    offset: usize,
+    session: Session,
+    max_frame: usize,
+}
+
+enum Step {
+    Continue,
+    Close(CloseRequest),
+    /// The peer went away (EOF or error): nothing more to send.
+    Gone,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream, leftover: Bytes, session: Session, max_frame: usize) -> Self {
+        let mut decoder = Decoder::default();
+        if !leftover.is_empty() {
+            decoder.feed(&leftover);
+        }
+        Connection { stream, decoder, pending: Vec::new(), offset: 0, session, max_frame }
+    }
+
+    pub async fn run(mut self, hub: Arc<crate::hub::Hub>, node: Arc<crate::node::Node>) {
+        let conn = self.session.conn.clone();
+        let end = self.serve(&node).await;
+        if let Some((code, reason)) = end {
+            self.finish(code, reason).await;
+        }
+        hub.remove(&conn);
+    }
+
+    /// Runs until the connection ends; returns the close to send, if any.
+    async fn serve(&mut self, node: &Arc<crate::node::Node>) -> Option<CloseRequest> {
+        let conn = self.session.conn.clone();
+        loop {
+            // Handle every complete frame already received.
+            match self.process_input().await {
+                Step::Continue => {}
+                Step::Close(c) => return Some(c),
+                Step::Gone => return None,
+            }
+            // Catch up from the store while the queue has room (bounded per turn).
+            for _ in 0..4 {
+                let Some((stream, after, room)) = conn.next_fill() else {
+                    break;
+                };
+                if !node.fill(&conn, stream, after, room).await {
+                    break;
+                }
+            }
+            if self.pending.is_empty() {
+                if let Some(reason) = conn.take(&mut self.pending, MAX_IOV) {
+                    if self.pending.is_empty() {
+                        return Some((reason.code, reason.reason));
+                    }
+                }
+            }
+            if !self.pending.is_empty() {
+                match self.write_pending() {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return None,
+                }
+                if self.pending.is_empty() {
+                    continue; // look for more queued frames before sleeping
+                }
+            }
+            let want_write = !self.pending.is_empty();
+            tokio::select! {
+                r = self.stream.readable() => {
+                    if r.is_err() {
+                        return None;
+                    }
+                    match self.read_available() {
+                        Ok(true) => conn.touch(node.hub.clock()),
+                        Ok(false) => {}
+                        Err(_) => return None,
+                    }
+                }
+                r = self.stream.writable(), if want_write => {
+                    if r.is_err() {
+                        return None;
+                    }
+                }
+                _ = conn.notify.notified(), if !want_write => {}
+            }
+        }
+    }
+
+    /// Reads what the socket has (up to a budget) into the decoder. Ok(false) if nothing
+    /// was there; Err on EOF or error.
+    fn read_available(&mut self) -> io::Result<bool> {
+        let mut buf = [0u8; 16 * 1024];
+        let mut total = 0;
+        loop {
+            match self.stream.try_read(&mut buf) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    self.decoder.feed(&buf[..n]);
+                    total += n;
+                    if total >= READ_BUDGET {
+                        return Ok(true);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total > 0),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn process_input(&mut self) -> Step {
+        loop {
+            let msg = match self.decoder.next(self.max_frame) {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    self.decoder.shrink();
+                    return Step::Continue;
+                }
+                Err(v) => return Step::Close((v.code, v.reason)),
+            };
+            let close = match msg {
+                Incoming::Text(t) => self.session.on_text(t).await,
+                Incoming::Binary(_) => self.session.on_binary(),
+                Incoming::Ping(p) => {
+                    self.session.conn.push(codec::encode(codec::OP_PONG, &p));
+                    None
+                }
+                Incoming::Pong => None,
+                Incoming::Close(code) => {
+                    // Echo the client's close code, as RFC 6455 asks.
+                    let code = match code {
+                        Some(c) if (1000..5000).contains(&c) && !matches!(c, 1004..=1006 | 1015) => c,
+                        _ => close::NORMAL,
+                    };
+                    let frame = codec::close_frame(code, "");
+                    let _ = self.write_all_now(&frame).await;
+                    return Step::Gone;
+                }
+            };
+            if let Some(c) = close {
+                return Step::Close(c);
+            }
+        }
+    }
+
+    /// Writes as much of `pending` as the socket takes without blocking, in one call.
+    fn write_pending(&mut self) -> io::Result<()> {
+        while !self.pending.is_empty() {
+            let mut slices: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
+            let n = self.pending.len().min(MAX_IOV);
+            for (i, f) in self.pending[..n].iter().enumerate() {
+                slices[i] = IoSlice::new(if i == 0 { &f[self.offset..] } else { f });
+            }
+            let mut written = self.stream.try_write_vectored(&slices[..n])?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            let mut done = 0;
+            while done < self.pending.len() {
+                let left = self.pending[done].len() - self.offset;
+                if written >= left {
+                    written -= left;
+                    self.offset = 0;
+                    done += 1;
+                } else {
+                    self.offset += written;
+                    break;
+                }
+            }
+            self.pending.drain(..done);
+        }
+        self.pending = Vec::new(); // release the list's memory while idle
+        Ok(())
+    }
+
+    async fn write_all_now(&mut self, frame: &Bytes) -> io::Result<()> {
+        self.pending.push(frame.clone());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !self.pending.is_empty() {
+            match self.write_pending() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tokio::time::timeout_at(deadline, self.stream.writable())
+                        .await
+                        .map_err(|_| io::ErrorKind::TimedOut)??;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what is still pending and a close frame, then waits briefly for the client to
+    /// close too, so the close frame is not lost to a TCP reset.
+    async fn finish(&mut self, code: u16, reason: &str) {
+        let frame = codec::close_frame(code, reason);
+        if self.write_all_now(&frame).await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut buf = [0u8; 1024];
+            loop {
+                if self.stream.readable().await.is_err() {
+                    return;
+                }
+                match self.stream.try_read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
+        })
+        .await;
+    }
+}

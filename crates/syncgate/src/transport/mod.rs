@@ -1,0 +1,245 @@
+//! The WebSocket transport: the HTTP upgrade at GET /ws (auth, limits, resume position)
+//! and the per-connection task.
+//!
+//! We implement RFC 6455 ourselves (`codec`) on the raw TCP stream that hyper hands over
+//! after the upgrade, rather than using tungstenite, to keep idle connections small: no
+//! read buffer while no frame is in flight, no write buffer while nothing is queued, and
+//! server frames encoded once per message and shared by every recipient. The trade-offs
+//! are recorded in docs/architecture.md. permessage-deflate is not negotiated (yet), which
+//! RFC 6455 allows: the server simply does not answer the extension offer.
+//!
+//! Must never: upgrade a request before auth and admission checks pass, or keep an
+//! admitted connection in the hub when its upgrade fails.
+
+pub mod codec;
+mod conn;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::json;
+use sha1::{Digest, Sha1};
+use tokio::net::TcpStream;
+
+use crate::api::error::ApiError;
+use crate::auth::AuthError;
+use crate::error::{Code, Error};
+use crate::hub::{AdmitError, Conn, StreamPos};
+use crate::metrics::KindLabels;
+use crate::node::Node;
+use crate::protocol;
+use crate::session::Session;
+use crate::store::{EventId, StreamKey};
+
+#[derive(Deserialize)]
+struct WsQuery {
+    token: Option<String>,
+    client_id: Option<String>,
+    since: Option<String>,
+}
+
+fn refuse(node: &Node, reason: &'static str, err: Error) -> Response {
+    node.metrics.connections_refused.get_or_create(&KindLabels { kind: reason }).inc();
+    ApiError::from(err).into_response()
+}
+
+/// GET /ws
+pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let query = match axum::extract::Query::<WsQuery>::try_from_uri(req.uri()) {
+        Ok(q) => q.0,
+        Err(e) => return refuse(&node, "bad_request", Error::invalid(e.body_text())),
+    };
+    if node.is_shutting_down() {
+        return refuse(&node, "shutting_down", Error::unavailable("this node is shutting down; reconnect to another"));
+    }
+    // 1. Authentication.
+    let token = query.token.clone().or_else(|| bearer(req.headers())).unwrap_or_default();
+    let claims = match node.auth.verify(&token) {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = match e {
+                AuthError::Missing => "missing token: pass ?token= or Authorization: Bearer".to_string(),
+                AuthError::Expired => "token expired".to_string(),
+                other => other.to_string(),
+            };
+            return refuse(&node, "unauthorized", Error::unauthorized(msg));
+        }
+    };
+    // 2. A WebSocket handshake at all?
+    let key = match handshake_key(req.headers()) {
+        Ok(k) => k,
+        Err(e) => return refuse(&node, "bad_request", e),
+    };
+    // 3. Identity of the device.
+    if let Err(e) = node.check_name("user id", &claims.sub) {
+        return refuse(&node, "bad_request", e);
+    }
+    let client_id = match (&query.client_id, &claims.client_id) {
+        (Some(q), Some(c)) if q != c => {
+            return refuse(&node, "forbidden", Error::forbidden("client_id does not match the token's client_id claim"))
+        }
+        (Some(q), _) => Some(q.clone()),
+        (None, c) => c.clone(),
+    };
+    if let Some(c) = &client_id {
+        if let Err(e) = node.check_name("client_id", c) {
+            return refuse(&node, "bad_request", e);
+        }
+    }
+    // 4. Admission limits that need no state change.
+    if !node.hub.has_room() {
+        return refuse(&node, "node_full", Error::unavailable("this node has reached its connection limit"));
+    }
+    if node.hub.user_connections(&claims.sub) >= node.cfg.limits.max_connections_per_user {
+        return refuse(&node, "user_full", Error::new(Code::RateLimitExceeded, AdmitError::UserFull.to_string()));
+    }
+    let user: Arc<str> = claims.sub.as_str().into();
+    if let Err(r) = node.limits.ws_connect_user.check(&user, &node.metrics) {
+        return ApiError::rate_limited(r, "too many connection attempts for this user").into_response();
+    }
+    if let Some(ip) = peer.map(|p| p.ip()) {
+        if let Err(r) = node.limits.ws_connect_ip.check(&ip, &node.metrics) {
+            return ApiError::rate_limited(r, "too many connection attempts from this address").into_response();
+        }
+    }
+    // 5. Where the user stream starts for this connection.
+    let (cursor, resumed, trimmed) =
+        match start_position(&node, &claims.sub, client_id.as_deref(), query.since.as_deref()).await {
+            Ok(p) => p,
+            Err(e) => return refuse(&node, "bad_request", e),
+        };
+    // 6. Admit, queue the welcome, answer 101.
+    let conn_id = node.hub.next_conn_id();
+    let conn = Arc::new(Conn::new(
+        conn_id,
+        user,
+        client_id.as_deref().map(Into::into),
+        claims.exp,
+        node.cfg.limits.send_queue,
+        StreamPos::resume_from(cursor),
+    ));
+    let mut welcome = json!({
+        "op": "welcome",
+        "conn_id": conn_id.to_string(),
+        "user_id": claims.sub,
+        "client_id": client_id,
+        "instance_id": node.instance_id,
+        "heartbeat_ms": node.cfg.heartbeat.interval.as_millis() as u64,
+        "resumed": resumed,
+        "epoch": node.epoch(),
+        "position": EventId::format(node.epoch(), StreamKey::User(&claims.sub), cursor),
+    });
+    if trimmed > 0 {
+        welcome["partial"] = json!(true);
+        welcome["trimmed"] = json!(trimmed);
+    }
+    conn.push(protocol::welcome(&welcome));
+    if let Err(e) = node.hub.admit(conn.clone()) {
+        let err = match e {
+            AdmitError::NodeFull => Error::unavailable(e.to_string()),
+            AdmitError::UserFull => Error::new(Code::RateLimitExceeded, e.to_string()),
+        };
+        return refuse(&node, "limit", err);
+    }
+    let Some(on_upgrade) = req.extensions().get::<hyper::upgrade::OnUpgrade>().cloned() else {
+        node.hub.remove(&conn);
+        return ApiError::from(Error::internal("connection cannot be upgraded")).into_response();
+    };
+    let session = Session::new(node.clone(), conn.clone(), claims);
+    tokio::spawn(async move {
+        let stream = match on_upgrade.await {
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => Some((parts.io.into_inner(), parts.read_buf)),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        let Some((stream, leftover)) = stream else {
+            node.hub.remove(&conn);
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let c = conn::Connection::new(stream, leftover, session, node.cfg.limits.max_frame_bytes);
+        c.run(node.hub.clone(), node.clone()).await;
+    });
+    switching_protocols(&key)
+}
+
+/// Resolves (cursor, resumed count, trimmed count) for a new connection.
+async fn start_position(
+    node: &Node,
+    user: &str,
+    client_id: Option<&str>,
+    since: Option<&str>,
+) -> Result<(u64, u64, u64), Error> {
+    let head = node.store.read_user(user, u64::MAX, 0).await?;
+    let cursor = match (since, client_id) {
+        (Some(s), _) => {
+            let seq = EventId::parse(s, node.epoch(), StreamKey::User(user))?;
+            if seq > head.head {
+                return Err(Error::invalid(format!("since {s:?} is ahead of this user's stream")));
+            }
+            seq
+        }
+        (None, Some(cid)) => match node.store.cursor(user, cid).await? {
+            Some(c) => c.min(head.head),
+            // A device seen for the first time starts at the head; remember that now, so
+            // what is published while it is offline later is kept for it.
+            None => node.store.set_cursor(user, cid, head.head).await?,
+        },
+        (None, None) => head.head,
+    };
+    let oldest = head.first.saturating_sub(1);
+    let trimmed = oldest.saturating_sub(cursor);
+    let resumed = head.head.saturating_sub(cursor.max(oldest));
+    Ok((cursor, resumed, trimmed))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).map(|t| t.trim().to_string())
+}
+
+fn handshake_key(h: &HeaderMap) -> Result<String, Error> {
+    let has = |name: header::HeaderName, want: &str| {
+        h.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(want)))
+    };
+    if !has(header::UPGRADE, "websocket") || !has(header::CONNECTION, "upgrade") {
+        return Err(Error::invalid("expected a WebSocket upgrade request (Upgrade: websocket)"));
+    }
+    if h.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
+        return Err(Error::invalid("unsupported WebSocket version; use 13"));
+    }
+    let key = h.get(header::SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()).unwrap_or("");
+    match base64::engine::general_purpose::STANDARD.decode(key) {
+        Ok(k) if k.len() == 16 => Ok(key.to_string()),
+        _ => Err(Error::invalid("missing or malformed Sec-WebSocket-Key")),
+    }
+}
+
+fn switching_protocols(key: &str) -> Response {
+    let mut sha = Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let accept = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    resp
+}
