@@ -58,6 +58,17 @@ pub struct BrokerStats {
     pub reconnects: u64,
 }
 
+/// A change in what this node's connections need to receive. The hub reports the first
+/// local connection of a user (or member of a room) arriving and the last one leaving, so a
+/// cluster broker can subscribe to exactly those channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interest {
+    UserOn(Arc<str>),
+    UserOff(Arc<str>),
+    RoomOn(Arc<str>),
+    RoomOff(Arc<str>),
+}
+
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Publishes an envelope to every node (this one included). Returns the number of
@@ -66,6 +77,12 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Counters since start.
     fn stats(&self) -> BrokerStats;
+
+    /// Called by the hub, synchronously and in order, when local interest changes. Must not
+    /// block: a cluster broker queues the (un)subscription for its own task.
+    fn interest(&self, change: Interest) {
+        let _ = change;
+    }
 
     /// Whether the broker can currently publish (for /ready).
     fn is_ready(&self) -> bool {

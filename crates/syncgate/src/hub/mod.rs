@@ -12,7 +12,7 @@ pub mod outbox;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -21,6 +21,7 @@ use parking_lot::RwLock;
 
 pub use outbox::{CloseReason, Conn, Offer, StreamPos, StreamRef};
 
+use crate::broker::Interest;
 use crate::metrics::Metrics;
 
 /// Why a connection was not admitted.
@@ -42,7 +43,11 @@ pub struct Hub {
     max_per_user: usize,
     started: Instant,
     metrics: Arc<Metrics>,
+    interest: OnceLock<InterestSink>,
 }
+
+/// Receives interest changes (see `broker::Interest`); must not block.
+pub type InterestSink = Box<dyn Fn(Interest) + Send + Sync>;
 
 impl Hub {
     pub fn new(max_connections: usize, max_per_user: usize, metrics: Arc<Metrics>) -> Self {
@@ -56,7 +61,29 @@ impl Hub {
             max_per_user,
             started: Instant::now(),
             metrics,
+            interest: OnceLock::new(),
         }
+    }
+
+    /// Sets where interest changes go (the cluster broker). Can be set once.
+    pub fn set_interest_sink(&self, sink: InterestSink) {
+        let _ = self.interest.set(sink);
+    }
+
+    fn report(&self, change: Interest) {
+        if let Some(sink) = self.interest.get() {
+            sink(change);
+        }
+    }
+
+    /// Users with at least one local connection (for a broker resubscribing after a reconnect).
+    pub fn local_users(&self) -> Vec<Arc<str>> {
+        self.users.read().keys().cloned().collect()
+    }
+
+    /// Rooms with at least one local member.
+    pub fn local_rooms(&self) -> Vec<Arc<str>> {
+        self.rooms.iter().map(|r| r.key().clone()).collect()
     }
 
     /// Milliseconds since the hub started (the clock of `Conn::last_seen`).
@@ -96,6 +123,9 @@ impl Hub {
                 return Err(AdmitError::UserFull);
             }
             list.push(conn.clone());
+            if list.len() == 1 {
+                self.report(Interest::UserOn(conn.user.clone()));
+            }
         }
         conn.touch(self.clock());
         self.conns.insert(conn.id, conn);
@@ -117,6 +147,7 @@ impl Hub {
             list.retain(|c| c.id != conn.id);
             if list.is_empty() {
                 users.remove(&conn.user);
+                self.report(Interest::UserOff(conn.user.clone()));
             }
         }
         drop(users);
@@ -130,7 +161,11 @@ impl Hub {
         if !conn.add_room(name.clone(), pos) {
             return false;
         }
-        self.rooms.entry(name).or_default().insert(conn.id, conn.clone());
+        let mut members = self.rooms.entry(name.clone()).or_default();
+        members.insert(conn.id, conn.clone());
+        if members.len() == 1 {
+            self.report(Interest::RoomOn(name));
+        }
         true
     }
 
@@ -144,10 +179,12 @@ impl Hub {
     }
 
     fn drop_member(&self, room: &str, id: u64) {
-        self.rooms.remove_if_mut(room, |_, members| {
+        if let Some((name, _)) = self.rooms.remove_if_mut(room, |_, members| {
             members.remove(&id);
             members.is_empty()
-        });
+        }) {
+            self.report(Interest::RoomOff(name));
+        }
     }
 
     fn count_offer(&self, r: Offer) -> usize {
