@@ -42,6 +42,12 @@ struct RawFrame<'a> {
     data: Option<&'a RawValue>,
 }
 
+#[derive(Deserialize)]
+struct RefOnly<'a> {
+    #[serde(rename = "ref", borrow)]
+    reference: Option<&'a RawValue>,
+}
+
 /// A client frame: its `ref` (echoed in the answer, as given) and the operation, or the
 /// error to answer with.
 pub struct Parsed<'a> {
@@ -59,7 +65,9 @@ pub fn parse<'a>(text: &'a [u8]) -> Parsed<'a> {
             } else {
                 format!("frame is not a JSON object: {e}")
             };
-            return Parsed { reference: None, op: Err(Error::new(Code::InvalidFrame, msg)) };
+            // Keep the ref if the frame is an object with one, so the client can match the error.
+            let reference = serde_json::from_slice::<RefOnly>(text).ok().and_then(|r| r.reference);
+            return Parsed { reference, op: Err(Error::new(Code::InvalidFrame, msg)) };
         }
     };
     let need = |v: Option<&'a str>, name: &str| v.ok_or_else(|| Error::invalid(format!("missing field `{name}`")));

@@ -224,6 +224,15 @@ impl Connection {
     /// Sends what is still pending and a close frame, then waits briefly for the client to
     /// close too, so the close frame is not lost to a TCP reset.
     async fn finish(&mut self, code: u16, reason: &str) {
+        // Frames queued before the close (e.g. the error frames that led to it) go first.
+        let conn = self.session.conn.clone();
+        loop {
+            let before = self.pending.len();
+            conn.take(&mut self.pending, MAX_IOV);
+            if self.pending.len() == before {
+                break;
+            }
+        }
         let frame = codec::close_frame(code, reason);
         if self.write_all_now(&frame).await.is_err() {
             return;
