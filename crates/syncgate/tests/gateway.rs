@@ -168,3 +168,39 @@ async fn server_pings_and_closes_silent_connections() {
     assert!(alive.ping().await.unwrap().is_ok(), "a connection that answers pings stays up");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn openapi_describes_every_route_and_every_route_exists() {
+    let s = TestServer::start().await;
+    let spec = s.api.openapi().await.unwrap().body;
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = spec["paths"].as_object().unwrap();
+    for (method, path) in syncgate::api::ROUTES {
+        assert!(paths.get(*path).and_then(|p| p.get(*method)).is_some(), "{method} {path} missing from /openapi.json");
+        // The route is served (not the JSON 404 of unknown routes).
+        let concrete = path.replace("{room}", "r1").replace("{user_id}", "u1");
+        let m = syncgate_client::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let r = s.api.request(m, &concrete, Some(json!({})), &[]).await.unwrap();
+        assert!(!(r.status == 404 && r.text.contains("no such route")), "{method} {path} is not routed");
+    }
+    let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
+    assert_eq!(documented, syncgate::api::ROUTES.len(), "the spec documents a route the router does not have");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_are_exposed_with_syncgate_names() {
+    let s = TestServer::start().await;
+    let (_d, _) = s.device("alice", &[]).await;
+    publish(&s.api, "alice", "n", json!(1)).await;
+    let m = s.api.metrics().await.unwrap().text;
+    for name in [
+        "syncgate_websocket_connections 1",
+        "syncgate_messages_in_total{kind=\"api\"} 1",
+        "syncgate_messages_out_total 1",
+        "syncgate_http_requests_total{route=\"/api/v1/events\",method=\"POST\",status=\"202\"} 1",
+    ] {
+        assert!(m.contains(name), "missing {name} in\n{m}");
+    }
+    s.stop().await;
+}
