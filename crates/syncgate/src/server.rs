@@ -78,8 +78,11 @@ pub fn dev_secrets(data_dir: &Path) -> Result<(DevSecrets, bool), ServerError> {
     Ok((s, true))
 }
 
+/// Development secrets in use, and whether they were created just now.
+pub type DevInUse = Option<(DevSecrets, bool)>;
+
 /// The effective (jwt secret, api keys), using development ones where the config has none.
-pub fn effective_credentials(cfg: &Config) -> Result<(String, Vec<String>, Option<(DevSecrets, bool)>), ServerError> {
+pub fn effective_credentials(cfg: &Config) -> Result<(String, Vec<String>, DevInUse), ServerError> {
     let needs_secret = cfg.auth.jwt_secret.is_empty() && cfg.auth.jwt_public_keys.is_empty();
     let needs_key = cfg.auth.api_keys.is_empty();
     if !needs_secret && !needs_key {
@@ -104,7 +107,7 @@ pub struct Server {
     pub node: Arc<Node>,
     listener: TcpListener,
     /// Development credentials, when they are in use (for the start-up banner).
-    pub dev: Option<(DevSecrets, bool)>,
+    pub dev: DevInUse,
 }
 
 impl Server {

@@ -125,7 +125,7 @@ async fn ack_moves_the_cursor_and_the_count() {
     d.ack(&ids[0]).await.unwrap().expect_reply().unwrap();
     assert_eq!(count(&s).await, 3);
     // The offline API with the user's own token, and a batch ack (highest id wins).
-    let dev = syncgate_client::Api::with_token(&s.base, &s.token("alice", &[]));
+    let dev = syncgate_client::Api::with_token(&s.base, s.token("alice", &[]));
     let r = dev.offline_ack_batch(None, "phone", &[&ids[2], &ids[3]]).await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(dev.offline_count(None, Some("phone")).await.unwrap().body["count"], 1);

@@ -198,7 +198,7 @@ async fn api_auth_body_and_json_errors() {
     let wrong = syncgate_client::Api::new(&s.base, "wrong-key-123456");
     assert_eq!(wrong.publish(body.clone()).await.unwrap().status, 401);
     // A user token is not an API key.
-    let user = syncgate_client::Api::with_token(&s.base, &s.token("alice", &[]));
+    let user = syncgate_client::Api::with_token(&s.base, s.token("alice", &[]));
     assert_eq!(user.publish(body.clone()).await.unwrap().status, 401);
     let r = anon.request(Method::POST, "/api/v1/events", Some(body.clone()), &[("X-API-Key", API_KEY)]).await.unwrap();
     assert_eq!(r.status, 202, "{}", r.text);

@@ -363,9 +363,8 @@ impl Config {
         if self.auth.api_keys.iter().any(|k| k.trim().len() < 8) {
             return key("auth.api_keys", "every API key must have at least 8 characters".into());
         }
-        if !self.redis.url.is_empty()
-            && !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://"))
-        {
+        let url = &self.redis.url;
+        if !url.is_empty() && !url.starts_with("redis://") && !url.starts_with("rediss://") {
             return key("redis.url", "must start with redis:// or rediss://".into());
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {

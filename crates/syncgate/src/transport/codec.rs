@@ -79,7 +79,7 @@ impl Decoder {
     /// `max` bounds a frame's payload and a reassembled message.
     pub fn next(&mut self, max: usize) -> Result<Option<Incoming>, Violation> {
         loop {
-            let Some((fin, opcode, header_len, len, mask)) = parse_header(&self.buf)? else {
+            let Some(Header { fin, opcode, header_len, len, mask }) = parse_header(&self.buf)? else {
                 return Ok(None);
             };
             let is_control = opcode & 0x8 != 0;
@@ -153,8 +153,17 @@ fn finish(opcode: u8, payload: BytesMut) -> Result<Incoming, Violation> {
     }
 }
 
-/// Parses a frame header: (fin, opcode, header length, payload length, mask).
-fn parse_header(buf: &[u8]) -> Result<Option<(bool, u8, usize, u64, [u8; 4])>, Violation> {
+/// A parsed client frame header.
+struct Header {
+    fin: bool,
+    opcode: u8,
+    header_len: usize,
+    len: u64,
+    mask: [u8; 4],
+}
+
+/// Parses a frame header, or `Ok(None)` if more bytes are needed.
+fn parse_header(buf: &[u8]) -> Result<Option<Header>, Violation> {
     if buf.len() < 2 {
         return Ok(None);
     }
@@ -196,7 +205,7 @@ fn parse_header(buf: &[u8]) -> Result<Option<(bool, u8, usize, u64, [u8; 4])>, V
     let mut mask = [0u8; 4];
     mask.copy_from_slice(&buf[pos..pos + 4]);
     pos += 4;
-    Ok(Some((fin, opcode, pos, len, mask)))
+    Ok(Some(Header { fin, opcode, header_len: pos, len, mask }))
 }
 
 fn unmask(payload: &mut [u8], mask: [u8; 4]) {
