@@ -15,6 +15,7 @@
 //! - [`node`]: the publish paths and catch-up reads, wiring everything below together.
 //! - [`hub`]: local connections, users, rooms; delivery of encoded frames.
 //! - [`broker`]: fan-out between nodes (`Broker` trait; in-memory for one node).
+//! - [`presence`]: who is online and in which rooms, across the deployment.
 //! - [`store`]: durable user streams, room history, cursors, idempotency (`Store` trait;
 //!   embedded redb for one node).
 //! - [`auth`], [`limits`], [`metrics`], [`config`], [`error`]: the cross-cutting parts.
@@ -28,6 +29,7 @@ pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod node;
+pub mod presence;
 pub mod protocol;
 pub mod server;
 pub mod session;

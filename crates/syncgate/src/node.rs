@@ -25,6 +25,7 @@ use crate::error::{Code, Error, Result};
 use crate::hub::{Conn, Hub, StreamRef};
 use crate::limits::Limiters;
 use crate::metrics::{KindLabels, Metrics};
+use crate::presence::Presence;
 use crate::protocol;
 use crate::store::{EventId, NewEvent, Page, Retention, Store, StreamKey};
 use crate::transport::codec;
@@ -35,6 +36,7 @@ pub struct Node {
     pub hub: Arc<Hub>,
     pub store: Arc<dyn Store>,
     pub broker: Arc<dyn Broker>,
+    pub presence: Arc<dyn Presence>,
     pub auth: Auth,
     pub limits: Limiters,
     pub metrics: Arc<Metrics>,
@@ -78,6 +80,7 @@ impl Node {
         hub: Arc<Hub>,
         store: Arc<dyn Store>,
         broker: Arc<dyn Broker>,
+        presence: Arc<dyn Presence>,
         auth: Auth,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -88,6 +91,7 @@ impl Node {
             hub,
             store,
             broker,
+            presence,
             auth,
             limits,
             metrics,

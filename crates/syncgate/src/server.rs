@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::hub::{CloseReason, Hub};
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::presence::local::LocalPresence;
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use crate::store::Store;
 use crate::transport::codec::close;
@@ -129,7 +130,8 @@ impl Server {
         let listener = TcpListener::bind(&cfg.server.listen)
             .await
             .map_err(|source| ServerError::Listen { addr: cfg.server.listen.clone(), source })?;
-        let node = Arc::new(Node::new(cfg.clone(), instance_id(&cfg), hub, store, broker, auth, metrics));
+        let presence = Arc::new(LocalPresence::new(hub.clone()));
+        let node = Arc::new(Node::new(cfg.clone(), instance_id(&cfg), hub, store, broker, presence, auth, metrics));
         Ok(Server { node, listener, dev })
     }
 

@@ -21,21 +21,10 @@ impl ApiError {
     }
 }
 
-impl From<Error> for ApiError {
-    fn from(err: Error) -> Self {
-        ApiError { err, refused: None }
-    }
-}
-
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
-        ApiError::from(Error::from(e))
-    }
-}
-
-impl From<crate::store::IdError> for ApiError {
-    fn from(e: crate::store::IdError) -> Self {
-        ApiError::from(Error::from(e))
+/// Every module error that maps to a contract error maps to an HTTP answer.
+impl<E: Into<Error>> From<E> for ApiError {
+    fn from(e: E) -> Self {
+        ApiError { err: e.into(), refused: None }
     }
 }
 

@@ -39,8 +39,8 @@ pub struct HistoryQuery {
     responses((status = 200, description = "{\"room\",\"users\",\"connections\"}"), (status = 401)))]
 pub async fn presence(State(node): State<Arc<Node>>, _key: ApiKey, Path(room): Path<String>) -> ApiResult<Json<Value>> {
     node.check_name("room", &room)?;
-    let (users, connections) = node.hub.presence(&room);
-    Ok(Json(json!({"room": room, "users": users, "connections": connections})))
+    let p = node.presence.room(&room).await?;
+    Ok(Json(json!({"room": room, "users": p.users, "connections": p.connections})))
 }
 
 #[utoipa::path(get, path = "/api/v1/rooms/{room}/history", tag = "rooms", params(("room" = String, Path), HistoryQuery),
@@ -83,7 +83,7 @@ pub async fn user_online(
     Path(user): Path<String>,
 ) -> ApiResult<Json<Value>> {
     node.check_name("user_id", &user)?;
-    let n = node.hub.user_connections(&user);
+    let n = node.presence.user_connections(&user).await?;
     Ok(Json(json!({"user_id": user, "online": n > 0, "connections": n})))
 }
 
@@ -115,7 +115,7 @@ pub async fn online_users(
     Query(q): Query<OnlineQuery>,
 ) -> ApiResult<Json<Value>> {
     let limit = page_limit(&node, q.limit)?;
-    let (users, next) = node.hub.online_users(q.cursor.as_deref(), limit);
+    let (users, next) = node.presence.online_users(q.cursor.as_deref(), limit).await?;
     Ok(Json(json!({"users": users, "next_cursor": next})))
 }
 

@@ -98,7 +98,9 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
     if !node.hub.has_room() {
         return refuse(&node, "node_full", Error::unavailable("this node has reached its connection limit"));
     }
-    if node.hub.user_connections(&claims.sub) >= node.cfg.limits.max_connections_per_user {
+    // Across the deployment (the hub enforces the same limit atomically on this node).
+    let across = node.presence.user_connections(&claims.sub).await.unwrap_or(0);
+    if across.max(node.hub.user_connections(&claims.sub)) >= node.cfg.limits.max_connections_per_user {
         return refuse(&node, "user_full", Error::new(Code::RateLimitExceeded, AdmitError::UserFull.to_string()));
     }
     let user: Arc<str> = claims.sub.as_str().into();

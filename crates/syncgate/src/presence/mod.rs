@@ -1,0 +1,47 @@
+//! Presence: who is online, with how many connections, and who is in a room — for the
+//! whole deployment, not just this node.
+//!
+//! Owns: the `Presence` trait and its implementations: `local` (one node: the hub is the
+//! whole truth). A cluster implementation publishes each node's share with an expiry, so
+//! the connections of a node that crashed disappear within a bounded time.
+//!
+//! Must never: be on the delivery path (it answers queries and admission checks only).
+
+pub mod local;
+
+use async_trait::async_trait;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PresenceError {
+    #[error("presence unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<PresenceError> for crate::error::Error {
+    fn from(e: PresenceError) -> Self {
+        crate::error::Error::unavailable(e.to_string())
+    }
+}
+
+/// A room's members.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomPresence {
+    pub users: Vec<String>,
+    pub connections: usize,
+}
+
+#[async_trait]
+pub trait Presence: Send + Sync + 'static {
+    /// Connections of `user` across the deployment.
+    async fn user_connections(&self, user: &str) -> Result<usize, PresenceError>;
+
+    /// Members of `room` across the deployment (users sorted, deduplicated).
+    async fn room(&self, room: &str) -> Result<RoomPresence, PresenceError>;
+
+    /// A page of online users in id order after `after`, and the cursor of the next page.
+    async fn online_users(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<String>, Option<String>), PresenceError>;
+}
