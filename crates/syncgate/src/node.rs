@@ -278,7 +278,7 @@ impl Node {
             .map(|e| (e.seq, protocol::event(&EventId::format(epoch, key, e.seq), &label, &e.kind, &e.data, e.ts)))
             .collect();
         let n = frames.len() as u64;
-        let trimmed = conn.apply_fill(&stream, after, page.first, frames, complete);
+        let trimmed = conn.apply_fill(&stream, after, (page.first, page.head), frames, complete);
         self.metrics.replayed.inc_by(n);
         if trimmed > 0 {
             self.metrics.trimmed.inc_by(trimmed);
@@ -300,7 +300,8 @@ impl Node {
                 tokio::select! {
                     _ = sd.cancelled() => break,
                     _ = tick.tick() => {
-                        node.hub.sweep(&ping, timeout, crate::auth::unix_now());
+                        let now = crate::auth::unix_now().saturating_sub(node.cfg.auth.leeway.as_secs());
+                        node.hub.sweep(&ping, timeout, now);
                         node.limits.sweep();
                     }
                 }

@@ -23,12 +23,17 @@ use tower::ServiceExt;
 
 use crate::auth::Auth;
 use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::{RedisBroker, RedisBrokerOptions};
+use crate::broker::Broker;
 use crate::config::Config;
 use crate::hub::{CloseReason, Hub};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::presence::local::LocalPresence;
+use crate::presence::redis::RedisPresence;
+use crate::presence::Presence;
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
+use crate::store::redis::{Endpoint, RedisOptions, RedisStore};
 use crate::store::Store;
 use crate::transport::codec::close;
 
@@ -42,6 +47,8 @@ pub enum ServerError {
     Store(#[from] crate::store::StoreError),
     #[error("auth: {0}")]
     Auth(#[from] crate::auth::AuthError),
+    #[error("redis: {0}")]
+    Redis(String),
 }
 
 /// Development credentials, created under the data dir when the config has none.
@@ -103,10 +110,46 @@ pub fn instance_id(cfg: &Config) -> String {
     format!("{host}-{}", &random_token(3))
 }
 
+type Parts = (Arc<dyn Store>, Arc<dyn Broker>, Arc<dyn Presence>);
+
+/// One node on the embedded store: everything in this process.
+fn single_node(cfg: &Config, hub: &Arc<Hub>) -> Result<Parts, ServerError> {
+    let dir = cfg.server.data_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|source| ServerError::DataDir { path: dir.display().to_string(), source })?;
+    let store = EmbeddedStore::open(EmbeddedOptions { dir, fsync: cfg.store.fsync, max_batch: 1024 })?;
+    Ok((Arc::new(store), Arc::new(MemoryBroker::new(hub.clone())), Arc::new(LocalPresence::new(hub.clone()))))
+}
+
+/// Cluster mode: streams, fan-out and presence on Redis.
+async fn cluster(cfg: &Config, hub: &Arc<Hub>, instance: &str, stop: &CancellationToken) -> Result<Parts, ServerError> {
+    let r = &cfg.redis;
+    let redis_err = |e: &dyn std::fmt::Display| ServerError::Redis(e.to_string());
+    let mut opts = RedisOptions::new(&r.url);
+    opts.mode = r.mode;
+    opts.key_prefix = r.key_prefix.clone();
+    opts.max_len = cfg.store.max_stream_len;
+    opts.room_max_len = cfg.rooms.history_size;
+    opts.idempotency_ttl = cfg.store.idempotency_ttl;
+    let store = RedisStore::connect(opts.clone()).await?;
+    let mut bopts = RedisBrokerOptions::new(&r.url);
+    bopts.mode = r.mode;
+    let broker = RedisBroker::connect_with(bopts, instance, hub.clone()).await.map_err(|e| redis_err(&e))?;
+    let endpoint = Endpoint::resolve(&r.url, r.mode, opts.connect_timeout, opts.response_timeout)
+        .await
+        .map_err(|e| redis_err(&e))?;
+    let conn = endpoint.connect().await.map_err(|e| redis_err(&e))?;
+    let presence = Arc::new(RedisPresence::new(conn, &r.key_prefix, instance));
+    presence.spawn(hub.clone(), r.presence_ttl, stop.clone());
+    tracing::info!(cluster = endpoint.cluster, "cluster mode on Redis");
+    Ok((Arc::new(store), Arc::new(broker), presence))
+}
+
 /// A bound, ready-to-run node.
 pub struct Server {
     pub node: Arc<Node>,
     listener: TcpListener,
+    /// Stops background tasks started at build time (presence refresh).
+    background: CancellationToken,
     /// Development credentials, when they are in use (for the start-up banner).
     pub dev: DevInUse,
 }
@@ -116,23 +159,20 @@ impl Server {
         let cfg = Arc::new(cfg);
         let (secret, keys, dev) = effective_credentials(&cfg)?;
         let auth = Auth::new(&cfg.auth, &secret, &keys)?;
-        let dir = cfg.server.data_dir.clone();
-        std::fs::create_dir_all(&dir)
-            .map_err(|source| ServerError::DataDir { path: dir.display().to_string(), source })?;
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(EmbeddedOptions {
-            dir: dir.clone(),
-            fsync: cfg.store.fsync,
-            max_batch: 1024,
-        })?);
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(cfg.limits.max_connections, cfg.limits.max_connections_per_user, metrics.clone()));
-        let broker = Arc::new(MemoryBroker::new(hub.clone()));
+        let instance = instance_id(&cfg);
+        let background = CancellationToken::new();
+        let (store, broker, presence) = if cfg.redis.url.is_empty() {
+            single_node(&cfg, &hub)?
+        } else {
+            cluster(&cfg, &hub, &instance, &background).await?
+        };
         let listener = TcpListener::bind(&cfg.server.listen)
             .await
             .map_err(|source| ServerError::Listen { addr: cfg.server.listen.clone(), source })?;
-        let presence = Arc::new(LocalPresence::new(hub.clone()));
-        let node = Arc::new(Node::new(cfg.clone(), instance_id(&cfg), hub, store, broker, presence, auth, metrics));
-        Ok(Server { node, listener, dev })
+        let node = Arc::new(Node::new(cfg.clone(), instance, hub, store, broker, presence, auth, metrics));
+        Ok(Server { node, listener, background, dev })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -141,7 +181,7 @@ impl Server {
 
     /// Serves until `signal` completes, then shuts down gracefully.
     pub async fn run(self, signal: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let Server { node, listener, .. } = self;
+        let Server { node, listener, background, .. } = self;
         let shutdown = CancellationToken::new();
         node.spawn_housekeeping(shutdown.clone());
         let router = crate::api::router(node.clone());
@@ -201,6 +241,7 @@ impl Server {
             tracing::warn!(left = node.hub.counts().0, "shutdown grace time over; dropping the rest");
         }
         shutdown.cancel();
+        background.cancel();
         node.store.close().await?;
         tracing::info!("shutdown complete");
         Ok(())

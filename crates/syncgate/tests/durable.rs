@@ -133,6 +133,12 @@ async fn ack_moves_the_cursor_and_the_count() {
     assert_eq!(r.body["events"].as_array().unwrap().len(), 1);
     assert_eq!(r.body["events"][0]["id"], ids[4].as_str());
     assert_eq!(r.body["next"], ids[4].as_str());
+    // A token bound to one device cannot act for another.
+    let bound = s.node.auth.mint("alice", &[], Duration::from_secs(60), Some("phone")).unwrap();
+    let bound = syncgate_client::Api::with_token(&s.base, bound);
+    assert_eq!(bound.offline_count(None, Some("laptop")).await.unwrap().status, 403);
+    assert_eq!(bound.offline_ack(None, "laptop", &ids[4]).await.unwrap().status, 403);
+    assert_eq!(bound.offline_count(None, Some("phone")).await.unwrap().status, 200);
     // A user token cannot read another user's stream.
     let r = dev.offline_messages(Some("bob"), None, None, None).await.unwrap();
     assert_eq!(r.status, 403);
@@ -298,6 +304,23 @@ async fn retention_trims_and_a_resume_is_reported_partial() {
     assert_eq!(w.extra["trimmed"], 15);
     let got: Vec<_> = d.collect_events(5, T).await.unwrap().into_iter().map(|e| e.data).collect();
     assert_eq!(got, (15..20).map(|i| json!(i)).collect::<Vec<_>>());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_expired_by_its_ttl_leaves_no_stall() {
+    let s = TestServer::with(|c| c.store.sweep_interval = Duration::from_millis(100)).await;
+    drop(s.device_with("alice", "phone").await);
+    publish(&s.api, "alice", "n", json!(1)).await;
+    let r = s.api.publish(json!({"user_id": "alice", "type": "n", "data": 2, "ttl_s": 1})).await.unwrap();
+    assert_eq!(r.status, 202);
+    publish(&s.api, "alice", "n", json!(3)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (mut d, _) = s.device_with("alice", "phone").await;
+    let got: Vec<_> = d.collect_events(2, T).await.unwrap().into_iter().map(|e| e.data).collect();
+    assert_eq!(got, vec![json!(1), json!(3)]);
+    publish(&s.api, "alice", "n", json!(4)).await;
+    assert_eq!(d.next_event(T).await.unwrap().data, json!(4));
     s.stop().await;
 }
 

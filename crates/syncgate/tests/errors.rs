@@ -215,6 +215,10 @@ async fn api_auth_body_and_json_errors() {
     assert_eq!(r.status, 400);
     let r = s.api.request(Method::GET, "/api/v1/nothing-here", None, &[]).await.unwrap();
     assert_eq!((r.status, r.error_code()), (404, Some("not_found")));
+    let r = s.api.request(Method::GET, "/api/v1/online-users?limit=lots", None, &[]).await.unwrap();
+    assert_eq!((r.status, r.error_code()), (400, Some("invalid_request")));
+    let r = s.api.request(Method::DELETE, "/api/v1/events", None, &[]).await.unwrap();
+    assert_eq!((r.status, r.error_code()), (405, Some("invalid_request")));
     // Only the one good publish reached the store.
     let st = s.api.offline_stats().await.unwrap();
     assert_eq!(st.body["stored_messages"], 1, "{}", st.text);

@@ -40,6 +40,19 @@ impl<T: DeserializeOwned> FromRequest<Arc<Node>> for JsonBody<T> {
     }
 }
 
+/// A query string, refused with the contract's JSON error when it does not parse.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| Query(q.0))
+            .map_err(|e| Error::invalid(format!("invalid query string: {}", e.body_text())).into())
+    }
+}
+
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(k) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(k.trim());
@@ -92,6 +105,18 @@ impl FromRequestParts<Arc<Node>> for ApiKey {
 /// naming the user with `?user_id=`.
 pub struct OfflineCaller {
     pub user: String,
+    /// The device a token is bound to (its `client_id` claim), if any.
+    pub bound_client: Option<String>,
+}
+
+impl OfflineCaller {
+    /// A token bound to one device may only act for that device.
+    pub fn check_client(&self, client_id: &str) -> Result<(), Error> {
+        match &self.bound_client {
+            Some(c) if c != client_id => Err(Error::forbidden("this token is bound to another client_id")),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl FromRequestParts<Arc<Node>> for OfflineCaller {
@@ -120,7 +145,7 @@ impl FromRequestParts<Arc<Node>> for OfflineCaller {
                 .check(&Arc::from(fp.as_str()), &node.metrics)
                 .map_err(|r| ApiError::rate_limited(r, "too many requests for this API key"))?;
             report(parts, allowed);
-            return Ok(OfflineCaller { user });
+            return Ok(OfflineCaller { user, bound_client: None });
         }
         let claims = node.auth.verify(credential).map_err(|e| Error::unauthorized(e.to_string()))?;
         if let Some(u) = query_user {
@@ -134,6 +159,6 @@ impl FromRequestParts<Arc<Node>> for OfflineCaller {
             .check(&Arc::from(claims.sub.as_str()), &node.metrics)
             .map_err(|r| ApiError::rate_limited(r, "too many requests for this user"))?;
         report(parts, allowed);
-        Ok(OfflineCaller { user: claims.sub })
+        Ok(OfflineCaller { user: claims.sub, bound_client: claims.client_id })
     }
 }

@@ -111,6 +111,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(node.clone(), observe))
         .with_state(node)
 }
@@ -178,6 +179,11 @@ async fn observe(State(node): State<Arc<Node>>, mut req: Request, next: Next) ->
     resp
 }
 
+async fn method_not_allowed() -> Response {
+    let err = Error::new(crate::error::Code::InvalidRequest, "method not allowed on this route");
+    (StatusCode::METHOD_NOT_ALLOWED, Json(error::body(&err))).into_response()
+}
+
 async fn not_found() -> Response {
     error::ApiError::from(Error::not_found("no such route")).into_response()
 }
@@ -189,7 +195,9 @@ pub async fn health(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
 
 #[utoipa::path(get, path = "/ready", tag = "operations", responses((status = 200, description = "ready"), (status = 503, description = "not ready")))]
 pub async fn ready(State(node): State<Arc<Node>>) -> Response {
-    if node.is_ready() {
+    let store_ok =
+        tokio::time::timeout(std::time::Duration::from_secs(2), node.store.health()).await.is_ok_and(|r| r.is_ok());
+    if node.is_ready() && store_ok {
         Json(json!({"status": "ready", "instance_id": node.instance_id})).into_response()
     } else {
         let reason = if node.is_shutting_down() { "shutting down" } else { "a dependency is unreachable" };

@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::ApiResult;
-use super::extract::{JsonBody, OfflineCaller};
+use super::extract::{JsonBody, OfflineCaller, Query};
 use super::query::{events_json, page_limit};
 use crate::error::Error;
 use crate::node::Node;
@@ -46,6 +46,9 @@ pub async fn messages(
 ) -> ApiResult<Json<Value>> {
     let key = StreamKey::User(&caller.user);
     let limit = page_limit(&node, q.limit)?;
+    if let Some(c) = &q.client_id {
+        caller.check_client(c)?;
+    }
     let after = match (&q.since, &q.client_id) {
         (Some(s), _) => EventId::parse(s, node.epoch(), key)?,
         (None, Some(c)) => known_cursor(&node, &caller.user, c).await?,
@@ -95,6 +98,7 @@ pub async fn ack(
     body: JsonBody<AckBody>,
 ) -> ApiResult<Json<Value>> {
     let b = body.value;
+    caller.check_client(&b.client_id)?;
     let seq = EventId::parse(&b.id, node.epoch(), StreamKey::User(&caller.user))?;
     ack_to(&node, &caller.user, &b.client_id, seq).await
 }
@@ -107,6 +111,7 @@ pub async fn ack_batch(
     body: JsonBody<AckBatchBody>,
 ) -> ApiResult<Json<Value>> {
     let b = body.value;
+    caller.check_client(&b.client_id)?;
     let max = node.cfg.limits.max_page;
     if b.ids.is_empty() || b.ids.len() > max {
         return Err(Error::invalid(format!("ids must have 1 to {max} entries")).into());
@@ -135,7 +140,10 @@ pub async fn count(
     Query(q): Query<CountQuery>,
 ) -> ApiResult<Json<Value>> {
     let after = match &q.client_id {
-        Some(c) => known_cursor(&node, &caller.user, c).await?,
+        Some(c) => {
+            caller.check_client(c)?;
+            known_cursor(&node, &caller.user, c).await?
+        }
         None => 0,
     };
     let page = node.store.read_user(&caller.user, u64::MAX, 0).await?;

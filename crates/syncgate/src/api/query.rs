@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::IntoParams;
 
 use super::error::ApiResult;
-use super::extract::ApiKey;
+use super::extract::{ApiKey, Query};
 use crate::error::Error;
 use crate::metrics::KindLabels;
 use crate::node::Node;

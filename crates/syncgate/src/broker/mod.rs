@@ -10,6 +10,7 @@
 //! re-encode frames.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 

@@ -238,10 +238,25 @@ impl Default for StoreConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     pub url: String,
+    pub mode: crate::store::redis::RedisMode,
+    pub key_prefix: String,
+    #[serde(with = "duration")]
+    pub presence_ttl: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: String::new(),
+            mode: Default::default(),
+            key_prefix: "sg".into(),
+            presence_ttl: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -273,6 +288,19 @@ const SHORT_VARS: &[(&str, &str, &str)] = &[
     ("SYNCGATE_REDIS_URL", "redis", "url"),
     ("SYNCGATE_INSTANCE_ID", "server", "instance_id"),
     ("SYNCGATE_LOG", "log", "level"),
+];
+
+/// Keys whose environment value is always a string, even when it looks like a number.
+const STRING_KEYS: &[(&str, &str)] = &[
+    ("server", "listen"),
+    ("server", "instance_id"),
+    ("server", "data_dir"),
+    ("auth", "jwt_secret"),
+    ("auth", "issuer"),
+    ("auth", "audience"),
+    ("redis", "url"),
+    ("redis", "key_prefix"),
+    ("log", "level"),
 ];
 
 /// Keys whose environment value is a comma-separated list.
@@ -367,6 +395,12 @@ impl Config {
         if !url.is_empty() && !url.starts_with("redis://") && !url.starts_with("rediss://") {
             return key("redis.url", "must start with redis:// or rediss://".into());
         }
+        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(char::is_whitespace) {
+            return key("redis.key_prefix", "must be a non-empty word".into());
+        }
+        if self.redis.presence_ttl < Duration::from_secs(3) {
+            return key("redis.presence_ttl", "must be at least 3s".into());
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return key("log.level", format!("{e}"));
         }
@@ -423,6 +457,8 @@ fn apply_env(tree: &mut Value, env: &[(String, String)]) -> Result<(), ConfigErr
             Value::Sequence(
                 raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.into())).collect(),
             )
+        } else if STRING_KEYS.contains(&(section.as_str(), key.as_str())) {
+            Value::String(raw.to_string())
         } else {
             // Numbers and booleans keep their type; anything else stays a string.
             match serde_yaml::from_str::<Value>(raw) {
@@ -469,6 +505,8 @@ mod tests {
                 ("SYNCGATE_LIMITS__SEND_QUEUE", "512"),
                 ("SYNCGATE_API_KEY", "key-one-123, key-two-456"),
                 ("SYNCGATE_RATE_LIMITS__CLIENT_FRAMES", "5/s burst 7"),
+                ("SYNCGATE_INSTANCE_ID", "42"),
+                ("SYNCGATE_JWT_SECRET", "12345678901234567890"),
             ]),
         )
         .unwrap();
@@ -476,6 +514,8 @@ mod tests {
         assert_eq!(c.limits.send_queue, 512);
         assert_eq!(c.auth.api_keys, vec!["key-one-123", "key-two-456"]);
         assert_eq!(c.rate_limits.client_frames.0.unwrap().burst.get(), 7);
+        assert_eq!(c.server.instance_id, "42");
+        assert_eq!(c.auth.jwt_secret, "12345678901234567890");
     }
 
     #[test]

@@ -81,6 +81,11 @@ impl Hub {
         self.users.read().keys().cloned().collect()
     }
 
+    /// Connection counts of every local user (for presence snapshots).
+    pub fn user_counts(&self) -> Vec<(Arc<str>, usize)> {
+        self.users.read().iter().map(|(u, l)| (u.clone(), l.len())).collect()
+    }
+
     /// Rooms with at least one local member.
     pub fn local_rooms(&self) -> Vec<Arc<str>> {
         self.rooms.iter().map(|r| r.key().clone()).collect()

@@ -216,15 +216,22 @@ impl Conn {
 
     /// Queues events read from the store after `after`. `events` are (seq, frame) in order;
     /// `first` is the oldest seq the store still has; `complete` says the read reached the
-    /// end of the stream. Returns how many events were skipped because retention trimmed them.
+    /// end of the stream. Returns how many events were skipped because retention (age, length
+    /// or a message's own ttl) removed them.
+    ///
+    /// A store never shows a seq before all earlier ones are readable, so a seq at or below
+    /// the read's `head` that is missing from it (before `first`, between two events, or at
+    /// the end of a complete read) was removed, not delayed: it is counted and skipped. A
+    /// seq offered live above the read's `head` was committed after the read: read again.
     pub fn apply_fill(
         &self,
         stream: &StreamRef,
         after: u64,
-        first: u64,
+        page: (u64, u64),
         events: Vec<(u64, Bytes)>,
         complete: bool,
     ) -> u64 {
+        let (first, head) = page;
         let mut guard = self.out.lock();
         let out = &mut *guard;
         let pos = match stream {
@@ -244,13 +251,20 @@ impl Conn {
         }
         let mut queued = Vec::with_capacity(events.len());
         for (seq, frame) in events {
-            if seq == pos.delivered + 1 {
+            if seq > pos.delivered {
+                trimmed += seq - pos.delivered - 1;
                 pos.delivered = seq;
                 queued.push(frame);
             }
         }
-        if complete && pos.delivered >= pos.max_seen {
-            pos.behind = false;
+        if complete {
+            if head > pos.delivered {
+                trimmed += head - pos.delivered;
+                pos.delivered = head;
+            }
+            if pos.delivered >= pos.max_seen {
+                pos.behind = false;
+            }
         }
         pos.max_seen = pos.max_seen.max(pos.delivered);
         for f in queued {
@@ -309,7 +323,7 @@ mod tests {
     fn conn(limit: usize, cursor: u64) -> Conn {
         let c = Conn::new(1, "u".into(), None, u64::MAX, limit, StreamPos::resume_from(cursor));
         // Pretend the catch-up read found nothing.
-        c.apply_fill(&StreamRef::User, cursor, cursor + 1, vec![], true);
+        c.apply_fill(&StreamRef::User, cursor, (cursor + 1, cursor), vec![], true);
         c
     }
 
@@ -332,7 +346,7 @@ mod tests {
         assert_eq!(c.next_fill(), Some((StreamRef::User, 6, 9)));
         // A live 7 arriving while behind is not queued: the fill will bring it.
         assert_eq!(c.offer(&StreamRef::User, 7, &f(7), false), Offer::Skipped);
-        c.apply_fill(&StreamRef::User, 6, 1, vec![(7, f(7)), (8, f(8))], true);
+        c.apply_fill(&StreamRef::User, 6, (1, 8), vec![(7, f(7)), (8, f(8))], true);
         assert_eq!(c.next_fill(), None);
         assert_eq!(c.offer(&StreamRef::User, 9, &f(9), false), Offer::Queued);
         assert_eq!(drain(&c), vec![f(6), f(7), f(8), f(9)]);
@@ -343,17 +357,29 @@ mod tests {
         let c = Conn::new(1, "u".into(), None, u64::MAX, 10, StreamPos::resume_from(0));
         // Event 3 is offered while the catch-up read (which saw 1..2) is in flight.
         c.offer(&StreamRef::User, 3, &f(3), false);
-        c.apply_fill(&StreamRef::User, 0, 1, vec![(1, f(1)), (2, f(2))], true);
+        c.apply_fill(&StreamRef::User, 0, (1, 2), vec![(1, f(1)), (2, f(2))], true);
         assert_eq!(c.next_fill(), Some((StreamRef::User, 2, 8)));
-        c.apply_fill(&StreamRef::User, 2, 1, vec![(3, f(3))], true);
+        c.apply_fill(&StreamRef::User, 2, (1, 3), vec![(3, f(3))], true);
         assert_eq!(c.next_fill(), None);
         assert_eq!(drain(&c), vec![f(1), f(2), f(3)]);
     }
 
     #[test]
+    fn holes_left_by_expired_messages_are_skipped_not_waited_for() {
+        let c = Conn::new(1, "u".into(), None, u64::MAX, 10, StreamPos::resume_from(0));
+        // 2 expired (own ttl); 5 was offered live but expired before the read.
+        c.offer(&StreamRef::User, 5, &f(5), false);
+        let trimmed = c.apply_fill(&StreamRef::User, 0, (1, 5), vec![(1, f(1)), (3, f(3)), (4, f(4))], true);
+        assert_eq!(trimmed, 2);
+        assert_eq!(c.next_fill(), None, "no endless catch-up");
+        assert_eq!(c.offer(&StreamRef::User, 6, &f(6), false), Offer::Queued);
+        assert_eq!(drain(&c), vec![f(1), f(3), f(4), f(6)]);
+    }
+
+    #[test]
     fn trimmed_range_is_reported() {
         let c = Conn::new(1, "u".into(), None, u64::MAX, 10, StreamPos::resume_from(2));
-        let trimmed = c.apply_fill(&StreamRef::User, 2, 6, vec![(6, f(6))], true);
+        let trimmed = c.apply_fill(&StreamRef::User, 2, (6, 6), vec![(6, f(6))], true);
         assert_eq!(trimmed, 3);
         assert_eq!(drain(&c), vec![f(6)]);
     }

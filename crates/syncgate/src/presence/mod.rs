@@ -8,6 +8,7 @@
 //! Must never: be on the delivery path (it answers queries and admission checks only).
 
 pub mod local;
+pub mod redis;
 
 use async_trait::async_trait;
 

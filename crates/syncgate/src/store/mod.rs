@@ -11,6 +11,7 @@
 //! sequence number whose predecessors are not yet readable.
 
 pub mod embedded;
+pub mod redis;
 
 use std::fmt;
 use std::time::Duration;
@@ -266,4 +267,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes everything appended so far durable and stops accepting writes.
     async fn close(&self) -> StoreResult<()>;
+
+    /// Whether the storage can serve now (for /ready): a networked store checks that its
+    /// server answers. The embedded store is always ready while open.
+    async fn health(&self) -> StoreResult<()> {
+        Ok(())
+    }
 }

@@ -61,7 +61,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
         return refuse(&node, "shutting_down", Error::unavailable("this node is shutting down; reconnect to another"));
     }
     // 1. Authentication.
-    let token = query.token.clone().or_else(|| bearer(req.headers())).unwrap_or_default();
+    let token = query.token.clone().filter(|t| !t.is_empty()).or_else(|| bearer(req.headers())).unwrap_or_default();
     let claims = match node.auth.verify(&token) {
         Ok(c) => c,
         Err(e) => {

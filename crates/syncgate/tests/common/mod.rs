@@ -1,6 +1,8 @@
 //! Test harness: a real syncgate node on a random port, in this process, with real sockets.
 #![allow(dead_code)]
 
+pub mod proc;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,0 +1,674 @@
+//! Redis broker: fan-out between nodes over Redis Pub/Sub (standalone or Redis Cluster).
+//!
+//! Owns: the channel names, the envelope's wire format, the subscriber task (subscriptions
+//! that follow the hub's local interest, reconnects, health checks) and the pub/sub counters.
+//!
+//! Must never: deliver its own messages twice (they are delivered locally at publish and
+//! dropped when Redis echoes them), subscribe to a user or room without a local connection,
+//! block the hub's interest callback, or re-encode a frame.
+//!
+//! Channels (prefix `sync` by default, as in the in-house version): `sync:user:{id}` (user
+//! events and disconnects), `sync:room:{name}`, `sync:broadcast`, and `sync:instance:{id}` (to
+//! one node; always subscribed). On Redis Cluster 7+ the broker uses sharded pub/sub
+//! (SPUBLISH/SSUBSCRIBE: a message only travels to the shard of its channel); on older clusters
+//! classic PUBLISH, which the cluster bus copies to every node.
+//!
+//! Envelope on the wire (big endian), the frame bytes untouched after a small header:
+//!
+//! | bytes | content |
+//! |---|---|
+//! | 2 | magic `S1` (format version 1) |
+//! | 1 | target: 0 user, 1 room, 2 all, 3 disconnect |
+//! | 1 | flags: bit 0 = seq present |
+//! | 1 + n | origin instance id: length, bytes |
+//! | 2 + n | user or room name: length, bytes (empty for all) |
+//! | 8 | seq, if present |
+//! | rest | the encoded WebSocket frame |
+//!
+//! `Envelope::except` is not sent: it names a connection of the publishing node (connection ids
+//! are per node), and that node delivers its own copy locally.
+//!
+//! Delivery across an outage: pub/sub keeps nothing, so messages published while this node's
+//! subscriber is disconnected do not reach it. Persisted messages are recovered anyway: the
+//! next message of the stream (or the device's reconnect) shows the gap and the connection
+//! reads the store. Transient messages (typing, presence, broadcasts) published during the
+//! outage are lost. `is_ready` is false while the subscriber is down or publishing fails.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use parking_lot::Mutex;
+use redis::aio::MultiplexedConnection;
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind, RedisError, Value};
+use tokio::sync::{oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::memory::deliver_local;
+use super::{Broker, BrokerError, BrokerStats, Envelope, Interest, Target};
+use crate::hub::Hub;
+use crate::store::redis::{is_unavailable, Endpoint, RedisConn, RedisMode};
+
+/// Where Redis is and how the broker behaves.
+#[derive(Debug, Clone)]
+pub struct RedisBrokerOptions {
+    /// Same forms as `store::redis::RedisOptions::url` (comma-separated seeds for a cluster).
+    pub url: String,
+    pub mode: RedisMode,
+    /// First part of every channel name.
+    pub channel_prefix: String,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    /// How often the subscriber connection is pinged (a dead peer is noticed within about
+    /// this plus `response_timeout`).
+    pub health_interval: Duration,
+    /// Longest wait between reconnect attempts (the wait doubles from 100 ms, with jitter).
+    pub max_backoff: Duration,
+    /// Use sharded pub/sub on a cluster: `None` asks the server (SPUBLISH exists on 7.0+).
+    pub sharded: Option<bool>,
+}
+
+impl RedisBrokerOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisBrokerOptions {
+            url: url.into(),
+            mode: RedisMode::Auto,
+            channel_prefix: "sync".into(),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(2),
+            health_interval: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(5),
+            sharded: None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Envelope encoding.
+
+const MAGIC: &[u8; 2] = b"S1";
+
+#[derive(Debug)]
+struct Wire {
+    origin: Bytes,
+    env: Envelope,
+}
+
+fn encode(origin: &str, env: &Envelope) -> Option<Bytes> {
+    let (kind, name): (u8, &str) = match &env.target {
+        Target::User(u) => (0, u),
+        Target::Room(r) => (1, r),
+        Target::All => (2, ""),
+        Target::Disconnect(u) => (3, u),
+    };
+    let origin_len = u8::try_from(origin.len()).ok()?;
+    let name_len = u16::try_from(name.len()).ok()?;
+    let mut b = BytesMut::with_capacity(16 + origin.len() + name.len() + env.frame.len());
+    b.put_slice(MAGIC);
+    b.put_u8(kind);
+    b.put_u8(u8::from(env.seq.is_some()));
+    b.put_u8(origin_len);
+    b.put_slice(origin.as_bytes());
+    b.put_u16(name_len);
+    b.put_slice(name.as_bytes());
+    if let Some(seq) = env.seq {
+        b.put_u64(seq);
+    }
+    b.put_slice(&env.frame);
+    Some(b.freeze())
+}
+
+/// Decodes a message; the frame is a slice of `buf` (no copy).
+fn decode(mut buf: Bytes) -> Option<Wire> {
+    let take = |buf: &mut Bytes, n: usize| (buf.remaining() >= n).then(|| buf.split_to(n));
+    if take(&mut buf, 2)?.as_ref() != MAGIC {
+        return None;
+    }
+    let head = take(&mut buf, 3)?;
+    let (kind, flags, origin_len) = (head[0], head[1], head[2] as usize);
+    let origin = take(&mut buf, origin_len)?;
+    let name_len = take(&mut buf, 2)?.get_u16() as usize;
+    let name = std::str::from_utf8(&take(&mut buf, name_len)?).ok()?.to_owned();
+    let seq = if flags & 1 == 1 { Some(take(&mut buf, 8)?.get_u64()) } else { None };
+    let target = match kind {
+        0 => Target::User(name.into()),
+        1 => Target::Room(name.into()),
+        2 => Target::All,
+        3 => Target::Disconnect(name.into()),
+        _ => return None,
+    };
+    Some(Wire { origin, env: Envelope { target, seq, frame: buf, except: None } })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared state.
+
+/// What pub/sub reaches again after a gap: a new subscription (messages published before it
+/// was confirmed did not arrive) or a reconnect (nothing arrived while disconnected). Local
+/// connections of it should re-read their stream from the store once: a persisted message of
+/// the gap is otherwise only noticed when a later one shows the hole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resubscribed {
+    User(Arc<str>),
+    Room(Arc<str>),
+    /// After a reconnect: every local user and room.
+    Everything,
+}
+
+/// Receives `Resubscribed` notices from the subscriber task; must not block.
+pub type ResubscribedHook = Box<dyn Fn(Resubscribed) + Send + Sync>;
+
+/// A user or room whose local interest changed and whose subscription must be reconciled.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Topic {
+    User(Arc<str>),
+    Room(Arc<str>),
+}
+
+/// Interest changes reported by the hub, coalesced per topic (so its size is bounded by the
+/// number of distinct users and rooms, and a flapping topic costs one reconciliation). Holds no
+/// reference to the hub, which holds this (through its sink).
+#[derive(Default)]
+struct InterestQueue {
+    dirty: Mutex<HashSet<Topic>>,
+    wake: Notify,
+}
+
+impl InterestQueue {
+    fn push(&self, change: Interest) {
+        let topic = match change {
+            Interest::UserOn(u) | Interest::UserOff(u) => Topic::User(u),
+            Interest::RoomOn(r) | Interest::RoomOff(r) => Topic::Room(r),
+        };
+        self.dirty.lock().insert(topic);
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> Vec<Topic> {
+        self.dirty.lock().drain().collect()
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    published: AtomicU64,
+    received: AtomicU64,
+    dropped_own: AtomicU64,
+    failed: AtomicU64,
+    reconnects: AtomicU64,
+}
+
+struct Shared {
+    instance_id: Arc<str>,
+    hub: Arc<Hub>,
+    prefix: String,
+    sharded: bool,
+    counters: Counters,
+    sub_ready: AtomicBool,
+    publish_ok: AtomicBool,
+    queue: Arc<InterestQueue>,
+    on_resubscribed: std::sync::OnceLock<ResubscribedHook>,
+}
+
+impl Shared {
+    fn channel(&self, topic: &Topic) -> String {
+        match topic {
+            Topic::User(u) => format!("{}:user:{u}", self.prefix),
+            Topic::Room(r) => format!("{}:room:{r}", self.prefix),
+        }
+    }
+
+    fn base_channels(&self) -> [String; 2] {
+        [format!("{}:broadcast", self.prefix), format!("{}:instance:{}", self.prefix, self.instance_id)]
+    }
+
+    fn target_channel(&self, target: &Target) -> String {
+        match target {
+            Target::User(u) | Target::Disconnect(u) => self.channel(&Topic::User(u.clone())),
+            Target::Room(r) => self.channel(&Topic::Room(r.clone())),
+            Target::All => format!("{}:broadcast", self.prefix),
+        }
+    }
+
+    fn resubscribed(&self, what: Resubscribed) {
+        if let Some(hook) = self.on_resubscribed.get() {
+            hook(what);
+        }
+    }
+
+    /// Whether this node's connections currently need `topic`.
+    fn wanted(&self, topic: &Topic) -> bool {
+        match topic {
+            Topic::User(u) => self.hub.user_connections(u) > 0,
+            Topic::Room(r) => self.hub.presence(r).1 > 0,
+        }
+    }
+
+    /// Handles one pub/sub message (runs on the connection's reader: must not block).
+    fn on_message(&self, data: Vec<Value>) {
+        let payload = match data.into_iter().nth(1) {
+            Some(Value::BulkString(b)) => Bytes::from(b),
+            _ => return,
+        };
+        let Some(wire) = decode(payload) else {
+            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("redis broker: dropped a message that is not a syncgate envelope");
+            return;
+        };
+        if wire.origin.as_ref() == self.instance_id.as_bytes() {
+            self.counters.dropped_own.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        deliver_local(&self.hub, &wire.env);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The subscriber connection.
+
+enum SubConn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+/// Set by a session's push callback when its connection is gone.
+#[derive(Default)]
+struct Lost {
+    notify: Notify,
+}
+
+impl SubConn {
+    /// Opens a RESP3 connection whose pushes (messages, disconnection) go to `shared`.
+    async fn open(endpoint: &Endpoint, shared: &Arc<Shared>, lost: &Arc<Lost>) -> Result<SubConn, RedisError> {
+        let (s, l) = (shared.clone(), lost.clone());
+        let on_push = move |info: PushInfo| -> Result<(), std::convert::Infallible> {
+            match info.kind {
+                PushKind::Message | PushKind::SMessage => s.on_message(info.data),
+                PushKind::Disconnection => l.notify.notify_one(),
+                _ => {}
+            }
+            Ok(())
+        };
+        if endpoint.cluster {
+            let client = redis::cluster::ClusterClientBuilder::new(endpoint.nodes.clone())
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(on_push)
+                .connection_timeout(endpoint.connect_timeout)
+                .response_timeout(endpoint.response_timeout)
+                .retries(1)
+                .build()?;
+            Ok(SubConn::Cluster(client.get_async_connection().await?))
+        } else {
+            let info = endpoint.nodes[0].clone();
+            let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
+            let client = redis::Client::open(info.set_redis_settings(settings))?;
+            let cfg = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(endpoint.connect_timeout))
+                .set_response_timeout(Some(endpoint.response_timeout))
+                .set_push_sender(on_push);
+            Ok(SubConn::Single(client.get_multiplexed_async_connection_with_config(&cfg).await?))
+        }
+    }
+
+    async fn subscribe(&mut self, channels: &[String], sharded: bool) -> Result<(), RedisError> {
+        if channels.is_empty() {
+            return Ok(());
+        }
+        match self {
+            SubConn::Single(c) => {
+                for chunk in channels.chunks(256) {
+                    c.subscribe(chunk).await?;
+                }
+                Ok(())
+            }
+            // One channel per call: sharded channels of one call must share a slot.
+            SubConn::Cluster(c) => {
+                for ch in channels {
+                    if sharded {
+                        c.ssubscribe(ch).await?;
+                    } else {
+                        c.subscribe(ch).await?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: &str, sharded: bool) -> Result<(), RedisError> {
+        match self {
+            SubConn::Single(c) => c.unsubscribe(channel).await,
+            SubConn::Cluster(c) if sharded => c.sunsubscribe(channel).await,
+            SubConn::Cluster(c) => c.unsubscribe(channel).await,
+        }
+    }
+
+    async fn ping(&mut self) -> Result<(), RedisError> {
+        match self {
+            SubConn::Single(c) => redis::cmd("PING").query_async(c).await,
+            SubConn::Cluster(c) => redis::cmd("PING").query_async(c).await,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The broker.
+
+/// The cluster broker. Dropping it (or `shutdown`) stops its subscriber task.
+pub struct RedisBroker {
+    shared: Arc<Shared>,
+    publisher: RedisConn,
+    op_timeout: Duration,
+    cancel: CancellationToken,
+}
+
+impl RedisBroker {
+    /// Connects with default options; see `connect_with`.
+    pub async fn connect(url: &str, instance_id: &str, hub: Arc<Hub>) -> Result<Self, BrokerError> {
+        Self::connect_with(RedisBrokerOptions::new(url), instance_id, hub).await
+    }
+
+    /// Connects the publisher, registers as `hub`'s interest sink, and returns once the
+    /// subscriber listens to the broadcast and instance channels and to every user and room
+    /// with a local connection. Fails if Redis cannot be reached within the timeouts.
+    pub async fn connect_with(opts: RedisBrokerOptions, instance_id: &str, hub: Arc<Hub>) -> Result<Self, BrokerError> {
+        let unavailable = |e: RedisError| BrokerError::Unavailable(format!("redis: {e}"));
+        if instance_id.is_empty() || instance_id.len() > 255 {
+            return Err(BrokerError::Unavailable("the instance id must have 1 to 255 bytes".into()));
+        }
+        let op_timeout = opts.connect_timeout + opts.response_timeout;
+        let setup = async {
+            let endpoint = Endpoint::resolve(&opts.url, opts.mode, opts.connect_timeout, opts.response_timeout).await?;
+            let mut publisher = endpoint.connect().await?;
+            let sharded = match (endpoint.cluster, opts.sharded) {
+                (false, _) => false,
+                (true, Some(s)) => s,
+                (true, None) => {
+                    let probe = format!("{}:probe", opts.channel_prefix);
+                    redis::cmd("SPUBLISH").arg(probe).arg("").query_async::<i64>(&mut publisher).await.is_ok()
+                }
+            };
+            Ok::<_, RedisError>((endpoint, publisher, sharded))
+        };
+        let (endpoint, publisher, sharded) = tokio::time::timeout(op_timeout * 2, setup)
+            .await
+            .map_err(|_| BrokerError::Unavailable("redis did not answer in time".into()))?
+            .map_err(unavailable)?;
+        let queue = Arc::new(InterestQueue::default());
+        let shared = Arc::new(Shared {
+            instance_id: instance_id.into(),
+            hub: hub.clone(),
+            prefix: opts.channel_prefix.clone(),
+            sharded,
+            counters: Counters::default(),
+            sub_ready: AtomicBool::new(false),
+            publish_ok: AtomicBool::new(true),
+            queue: queue.clone(),
+            on_resubscribed: std::sync::OnceLock::new(),
+        });
+        let q = queue.clone();
+        hub.set_interest_sink(Box::new(move |change| q.push(change)));
+        let cancel = CancellationToken::new();
+        let (first_tx, first_rx) = oneshot::channel();
+        let publisher_clone = publisher.clone();
+        tokio::spawn(subscriber_loop(shared.clone(), endpoint, opts, publisher_clone, cancel.clone(), first_tx));
+        let broker = RedisBroker { shared, publisher, op_timeout, cancel };
+        match tokio::time::timeout(op_timeout * 2, first_rx).await {
+            Ok(Ok(Ok(()))) => Ok(broker),
+            Ok(Ok(Err(e))) => Err(BrokerError::Unavailable(format!("redis subscriber: {e}"))),
+            _ => Err(BrokerError::Unavailable("redis subscriber did not start in time".into())),
+        }
+    }
+
+    /// Whether a cluster's sharded pub/sub is in use.
+    pub fn is_sharded(&self) -> bool {
+        self.shared.sharded
+    }
+
+    /// Sends an envelope to one node only (its `sync:instance:{id}` channel).
+    pub async fn publish_to_instance(&self, instance_id: &str, envelope: Envelope) -> Result<(), BrokerError> {
+        let channel = format!("{}:instance:{instance_id}", self.shared.prefix);
+        self.send(channel, &envelope).await
+    }
+
+    /// Sets where `Resubscribed` notices go (the hub, to make local connections re-read their
+    /// stream once). Can be set once.
+    pub fn on_resubscribed(&self, hook: ResubscribedHook) {
+        let _ = self.shared.on_resubscribed.set(hook);
+    }
+
+    /// Stops the subscriber task; publishing still works until the broker is dropped.
+    pub fn shutdown(&self) {
+        self.cancel.cancel();
+    }
+
+    async fn send(&self, channel: String, env: &Envelope) -> Result<(), BrokerError> {
+        let s = &self.shared;
+        let Some(payload) = encode(&s.instance_id, env) else {
+            s.counters.failed.fetch_add(1, Ordering::Relaxed);
+            return Err(BrokerError::Unavailable("envelope too large to encode (name over 64 KiB)".into()));
+        };
+        let mut conn = self.publisher.clone();
+        let cmd = if s.sharded { "SPUBLISH" } else { "PUBLISH" };
+        let sent = tokio::time::timeout(
+            self.op_timeout,
+            redis::cmd(cmd).arg(&channel).arg(payload.as_ref()).query_async::<i64>(&mut conn),
+        )
+        .await;
+        match sent {
+            Ok(Ok(_)) => {
+                s.counters.published.fetch_add(1, Ordering::Relaxed);
+                if !s.publish_ok.swap(true, Ordering::AcqRel) {
+                    tracing::info!("redis broker: publishing works again");
+                }
+                Ok(())
+            }
+            failure => {
+                s.counters.failed.fetch_add(1, Ordering::Relaxed);
+                let msg = match failure {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {:?}", self.op_timeout),
+                };
+                if s.publish_ok.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(error = %msg, "redis broker: publish failed");
+                }
+                Err(BrokerError::Unavailable(format!("redis publish: {msg}")))
+            }
+        }
+    }
+}
+
+impl Drop for RedisBroker {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    /// Delivers locally first, then publishes for the other nodes. A failed publish still
+    /// returns the local deliveries (they happened); it is counted in `failed` and makes the
+    /// broker not ready until a publish or health check succeeds.
+    async fn publish(&self, envelope: Envelope) -> Result<usize, BrokerError> {
+        let n = deliver_local(&self.shared.hub, &envelope);
+        let channel = self.shared.target_channel(&envelope.target);
+        let _ = self.send(channel, &envelope).await;
+        Ok(n)
+    }
+
+    fn stats(&self) -> BrokerStats {
+        let c = &self.shared.counters;
+        BrokerStats {
+            mode: "redis",
+            published: c.published.load(Ordering::Relaxed),
+            received: c.received.load(Ordering::Relaxed),
+            dropped_own: c.dropped_own.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            reconnects: c.reconnects.load(Ordering::Relaxed),
+        }
+    }
+
+    fn interest(&self, change: Interest) {
+        self.shared.queue.push(change);
+    }
+
+    fn is_ready(&self) -> bool {
+        self.shared.sub_ready.load(Ordering::Acquire) && self.shared.publish_ok.load(Ordering::Acquire)
+    }
+}
+
+/// The subscriber task: one session per connection; after a loss, waits (exponential backoff
+/// with jitter), reconnects and subscribes again to everything still needed.
+async fn subscriber_loop(
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    opts: RedisBrokerOptions,
+    mut publisher: RedisConn,
+    cancel: CancellationToken,
+    first: oneshot::Sender<Result<(), String>>,
+) {
+    let mut first = Some(first);
+    let mut sessions = 0u64;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let lost = Arc::new(Lost::default());
+        let outcome = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = session(&shared, &endpoint, &opts, &mut publisher, &lost, &cancel, &mut first, &mut sessions) => r,
+        };
+        shared.sub_ready.store(false, Ordering::Release);
+        match outcome {
+            SessionEnd::Cancelled => return,
+            SessionEnd::Lost { was_up, error } => {
+                if was_up {
+                    backoff = Duration::from_millis(100);
+                    tracing::warn!(error = %error, "redis broker: subscriber connection lost, reconnecting");
+                } else {
+                    tracing::debug!(error = %error, "redis broker: subscriber cannot connect yet");
+                }
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(Err(error));
+                    return; // `connect` failed: nobody uses this broker
+                }
+            }
+        }
+        let jitter = backoff.mul_f64(rand::random::<f64>() * 0.5);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff / 2 + jitter) => {}
+        }
+        backoff = (backoff * 2).min(opts.max_backoff);
+    }
+}
+
+enum SessionEnd {
+    Cancelled,
+    /// The connection failed; `was_up` if it had been subscribed.
+    Lost {
+        was_up: bool,
+        error: String,
+    },
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    shared: &Arc<Shared>,
+    endpoint: &Endpoint,
+    opts: &RedisBrokerOptions,
+    publisher: &mut RedisConn,
+    lost: &Arc<Lost>,
+    cancel: &CancellationToken,
+    first: &mut Option<oneshot::Sender<Result<(), String>>>,
+    sessions: &mut u64,
+) -> SessionEnd {
+    let limit = opts.connect_timeout + opts.response_timeout;
+    let down = |e: String| SessionEnd::Lost { was_up: false, error: e };
+    let mut conn = match tokio::time::timeout(limit, SubConn::open(endpoint, shared, lost)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return down(e.to_string()),
+        Err(_) => return down("connect timed out".into()),
+    };
+    // Changes queued before this point are covered by the snapshot below; changes after it
+    // stay queued and are applied in the loop.
+    shared.queue.take();
+    let mut subscribed: HashSet<String> = HashSet::new();
+    let mut want: Vec<String> = shared.base_channels().into();
+    want.extend(shared.hub.local_users().into_iter().map(|u| shared.channel(&Topic::User(u))));
+    want.extend(shared.hub.local_rooms().into_iter().map(|r| shared.channel(&Topic::Room(r))));
+    // Subscribing many channels takes a while: the time limit grows with their number.
+    let budget = limit + opts.response_timeout * (want.len() / 256) as u32;
+    match tokio::time::timeout(budget, conn.subscribe(&want, shared.sharded)).await {
+        Ok(Ok(())) => subscribed.extend(want),
+        Ok(Err(e)) => return down(e.to_string()),
+        Err(_) => return down("subscribe timed out".into()),
+    }
+    *sessions += 1;
+    if *sessions > 1 {
+        shared.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(channels = subscribed.len(), "redis broker: subscriber reconnected");
+        shared.resubscribed(Resubscribed::Everything);
+    }
+    shared.sub_ready.store(true, Ordering::Release);
+    if let Some(tx) = first.take() {
+        let _ = tx.send(Ok(()));
+    }
+    let up = |e: String| SessionEnd::Lost { was_up: true, error: e };
+    let mut health = tokio::time::interval(opts.health_interval);
+    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    health.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return SessionEnd::Cancelled,
+            _ = lost.notify.notified() => return up("connection closed".into()),
+            _ = shared.queue.wake.notified() => {
+                for topic in shared.queue.take() {
+                    let channel = shared.channel(&topic);
+                    let (want, have) = (shared.wanted(&topic), subscribed.contains(&channel));
+                    let r = if want && !have {
+                        tokio::time::timeout(limit, conn.subscribe(std::slice::from_ref(&channel), shared.sharded)).await
+                    } else if !want && have {
+                        tokio::time::timeout(limit, conn.unsubscribe(&channel, shared.sharded)).await
+                    } else {
+                        continue;
+                    };
+                    match r {
+                        Ok(Ok(())) if want => {
+                            subscribed.insert(channel);
+                            shared.resubscribed(match topic {
+                                Topic::User(u) => Resubscribed::User(u),
+                                Topic::Room(r) => Resubscribed::Room(r),
+                            });
+                        }
+                        Ok(Ok(())) => { subscribed.remove(&channel); }
+                        Ok(Err(e)) => return up(e.to_string()),
+                        Err(_) => return up("subscription change timed out".into()),
+                    }
+                }
+            }
+            _ = health.tick() => {
+                match tokio::time::timeout(limit, conn.ping()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return up(format!("ping: {e}")),
+                    Err(_) => return up("ping timed out".into()),
+                }
+                // The publisher reconnects by itself; this tells `is_ready` when it is back.
+                let ok = tokio::time::timeout(limit, redis::cmd("PING").query_async::<()>(publisher)).await;
+                match ok {
+                    Ok(Ok(())) => shared.publish_ok.store(true, Ordering::Release),
+                    Ok(Err(e)) if is_unavailable(&e) => shared.publish_ok.store(false, Ordering::Release),
+                    Ok(Err(_)) => {}
+                    Err(_) => shared.publish_ok.store(false, Ordering::Release),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "redis_tests.rs"]
+mod tests;

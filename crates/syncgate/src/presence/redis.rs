@@ -1,0 +1,273 @@
+//! Presence across a cluster, on Redis.
+//!
+//! Each node publishes its own share and nothing else, with an expiry written into every
+//! value, so what a crashed node had disappears within `presence_ttl` without anyone
+//! cleaning up after it:
+//!
+//! - `{prefix}:pu:{user}`: hash, field = node id, value = `"{count}:{expires_ms}"`.
+//! - `{prefix}:pr:{room}`: hash, field = node id, value = `"{expires_ms}:{connections}:{user}\n{user}..."`.
+//! - `{prefix}:online`: sorted set of user ids (all scores 0, so it is ordered by id) for
+//!   paging; a member whose hash has no live field is dropped when a reader meets it.
+//!
+//! A task diffs the hub against what it last wrote once a second and writes the changes,
+//! and rewrites everything every `presence_ttl / 3` to push the expiry forward. Every
+//! command touches one key, so this works the same on Redis Cluster. Counts therefore lag
+//! reality by up to a second; the hub still enforces the per-user limit exactly on each node.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use redis::AsyncCommands;
+use tokio_util::sync::CancellationToken;
+
+use super::{Presence, PresenceError, RoomPresence};
+use crate::hub::Hub;
+use crate::node::now_ms;
+use crate::store::redis::RedisConn;
+
+pub struct RedisPresence {
+    conn: RedisConn,
+    prefix: String,
+    node: String,
+    timeout: Duration,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> PresenceError {
+    PresenceError::Unavailable(e.to_string())
+}
+
+/// Parses `"{count}:{expires}"`; None when expired or malformed.
+fn live_count(v: &str, now: i64) -> Option<usize> {
+    let (count, exp) = v.split_once(':')?;
+    (exp.parse::<i64>().ok()? > now).then(|| count.parse().ok()).flatten()
+}
+
+/// Parses a room value; None when expired or malformed.
+fn live_room(v: &str, now: i64) -> Option<(usize, Vec<&str>)> {
+    let (head, users) = v.split_once('\n').unwrap_or((v, ""));
+    let (exp, conns) = head.split_once(':')?;
+    if exp.parse::<i64>().ok()? <= now {
+        return None;
+    }
+    Some((conns.parse().ok()?, users.split('\n').filter(|u| !u.is_empty()).collect()))
+}
+
+impl RedisPresence {
+    pub fn new(conn: RedisConn, prefix: &str, node: &str) -> Self {
+        RedisPresence { conn, prefix: prefix.to_string(), node: node.to_string(), timeout: Duration::from_secs(3) }
+    }
+
+    fn user_key(&self, user: &str) -> String {
+        format!("{}:pu:{user}", self.prefix)
+    }
+
+    fn room_key(&self, room: &str) -> String {
+        format!("{}:pr:{room}", self.prefix)
+    }
+
+    fn online_key(&self) -> String {
+        format!("{}:online", self.prefix)
+    }
+
+    async fn bounded<T>(
+        &self,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, PresenceError> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(r) => r.map_err(unavailable),
+            Err(_) => Err(unavailable("redis did not answer in time")),
+        }
+    }
+
+    /// Keeps this node's share up to date until `stop`; removes it on the way out.
+    pub fn spawn(self: &Arc<Self>, hub: Arc<Hub>, ttl: Duration, stop: CancellationToken) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut written_users: HashMap<Arc<str>, usize> = HashMap::new();
+            let mut written_rooms: HashMap<Arc<str>, (usize, Vec<String>)> = HashMap::new();
+            let refresh_every = ttl / 3;
+            let mut last_full = Instant::now() - refresh_every;
+            let mut tick = tokio::time::interval(Duration::from_secs(1).min(refresh_every));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let full = last_full.elapsed() >= refresh_every;
+                let r = me.sync(&hub, ttl, full, &mut written_users, &mut written_rooms).await;
+                match r {
+                    Ok(()) if full => last_full = Instant::now(),
+                    Ok(()) => {}
+                    Err(e) => {
+                        // Rewrite everything once Redis is back.
+                        tracing::debug!(error = %e, "presence sync failed");
+                        written_users.clear();
+                        written_rooms.clear();
+                    }
+                }
+            }
+            let _ = me.sync(&Hub::empty(), ttl, true, &mut written_users, &mut written_rooms).await;
+        });
+    }
+
+    /// Writes what changed since the last sync (everything when `full`).
+    async fn sync(
+        &self,
+        hub: &Hub,
+        ttl: Duration,
+        full: bool,
+        users: &mut HashMap<Arc<str>, usize>,
+        rooms: &mut HashMap<Arc<str>, (usize, Vec<String>)>,
+    ) -> Result<(), PresenceError> {
+        let exp = now_ms() + ttl.as_millis() as i64;
+        let key_ttl = (ttl.as_millis() as i64) * 2;
+        let mut pipe = redis::pipe();
+        let mut n = 0;
+        let now_users: HashMap<Arc<str>, usize> = hub.user_counts().into_iter().collect();
+        for (u, c) in &now_users {
+            if full || users.get(u) != Some(c) {
+                let k = self.user_key(u);
+                pipe.hset(&k, &self.node, format!("{c}:{exp}")).ignore().pexpire(&k, key_ttl).ignore();
+                if !users.contains_key(u) || full {
+                    pipe.zadd(self.online_key(), &**u, 0).ignore();
+                }
+                n += 1;
+            }
+        }
+        let gone: Vec<Arc<str>> = users.keys().filter(|u| !now_users.contains_key(*u)).cloned().collect();
+        for u in &gone {
+            pipe.hdel(self.user_key(u), &self.node).ignore();
+            n += 1;
+        }
+        let mut now_rooms: HashMap<Arc<str>, (usize, Vec<String>)> = HashMap::new();
+        for r in hub.local_rooms() {
+            let (members, conns) = hub.presence(&r);
+            now_rooms.insert(r, (conns, members));
+        }
+        for (r, v) in &now_rooms {
+            if full || rooms.get(r) != Some(v) {
+                let k = self.room_key(r);
+                let mut val = format!("{exp}:{}", v.0);
+                for u in &v.1 {
+                    val.push('\n');
+                    val.push_str(u);
+                }
+                pipe.hset(&k, &self.node, val).ignore().pexpire(&k, key_ttl).ignore();
+                n += 1;
+            }
+        }
+        for r in rooms.keys().filter(|r| !now_rooms.contains_key(*r)) {
+            pipe.hdel(self.room_key(r), &self.node).ignore();
+            n += 1;
+        }
+        if n > 0 {
+            let mut c = self.conn.clone();
+            self.bounded(pipe.query_async::<()>(&mut c)).await?;
+        }
+        // Users that went offline here may be offline everywhere: drop them from the index.
+        for u in gone {
+            if self.user_connections(&u).await? == 0 {
+                let mut c = self.conn.clone();
+                self.bounded(c.zrem::<_, _, ()>(self.online_key(), &*u)).await?;
+            }
+        }
+        *users = now_users;
+        *rooms = now_rooms;
+        Ok(())
+    }
+}
+
+impl Hub {
+    /// An empty hub (used to withdraw a node's presence on shutdown).
+    fn empty() -> Hub {
+        Hub::new(0, 0, Arc::new(crate::metrics::Metrics::new()))
+    }
+}
+
+#[async_trait]
+impl Presence for RedisPresence {
+    async fn user_connections(&self, user: &str) -> Result<usize, PresenceError> {
+        let mut c = self.conn.clone();
+        let all: HashMap<String, String> = self.bounded(c.hgetall(self.user_key(user))).await?;
+        let now = now_ms();
+        Ok(all.values().filter_map(|v| live_count(v, now)).sum())
+    }
+
+    async fn room(&self, room: &str) -> Result<RoomPresence, PresenceError> {
+        let mut c = self.conn.clone();
+        let all: HashMap<String, String> = self.bounded(c.hgetall(self.room_key(room))).await?;
+        let now = now_ms();
+        let mut out = RoomPresence::default();
+        for v in all.values() {
+            if let Some((conns, users)) = live_room(v, now) {
+                out.connections += conns;
+                out.users.extend(users.into_iter().map(str::to_string));
+            }
+        }
+        out.users.sort();
+        out.users.dedup();
+        Ok(out)
+    }
+
+    async fn online_users(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<String>, Option<String>), PresenceError> {
+        let mut page = Vec::with_capacity(limit);
+        let mut from = match after {
+            Some(a) => format!("({a}"),
+            None => "-".to_string(),
+        };
+        // Bounded: a few rounds, each checking a batch of candidates for a live field.
+        for _ in 0..8 {
+            let mut c = self.conn.clone();
+            let want = (limit - page.len()) * 2 + 1;
+            let candidates: Vec<String> =
+                self.bounded(c.zrangebylex_limit(self.online_key(), &from, "+", 0, want as isize)).await?;
+            if candidates.is_empty() {
+                return Ok((page, None));
+            }
+            let mut pipe = redis::pipe();
+            for u in &candidates {
+                pipe.hgetall(self.user_key(u));
+            }
+            let hashes: Vec<HashMap<String, String>> = self.bounded(pipe.query_async(&mut c)).await?;
+            let now = now_ms();
+            for (u, h) in candidates.iter().zip(hashes) {
+                if h.values().any(|v| live_count(v, now).is_some_and(|n| n > 0)) {
+                    if page.len() == limit {
+                        return Ok((page.clone(), page.last().cloned()));
+                    }
+                    page.push(u.clone());
+                } else {
+                    let _: Result<(), _> = self.bounded(c.zrem(self.online_key(), u)).await;
+                }
+            }
+            from = format!("({}", candidates.last().cloned().unwrap_or_default());
+            if candidates.len() < want {
+                return Ok((page, None));
+            }
+        }
+        let next = page.last().cloned();
+        Ok((page, next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_expire() {
+        assert_eq!(live_count("3:200", 100), Some(3));
+        assert_eq!(live_count("3:100", 100), None);
+        assert_eq!(live_count("x", 100), None);
+        assert_eq!(live_room("200:2\nalice\nbob", 100), Some((2, vec!["alice", "bob"])));
+        assert_eq!(live_room("200:0", 100), Some((0, vec![])));
+        assert_eq!(live_room("50:2\nalice", 100), None);
+    }
+}

@@ -1,0 +1,921 @@
+//! Redis store: user streams, room history, cursors and idempotency keys on Redis, standalone
+//! or Redis Cluster, so that every node of a deployment serves any user.
+//!
+//! Owns: the key layout below, the Lua scripts that keep each stream's numbering atomic
+//! (`redis_scripts.rs`, with the decoding of their answers), the retention indexes and their
+//! sweep, and the connection to Redis (`redis_conn.rs`: `RedisConn`, one type for a standalone
+//! server and a cluster, shared with `broker::redis` and `presence::redis`).
+//!
+//! Must never: answer an append before Redis acknowledged it, number two events of a stream
+//! with the same seq or leave a hole in the numbering, touch keys of two streams in one script
+//! (they may live on different cluster nodes), scan the whole keyspace, or wait on Redis without
+//! a time limit (a call that does not finish within `op_timeout` is `Unavailable`).
+//!
+//! Same guarantees as the embedded store (see `store::Store`), with these differences:
+//!
+//! - Durability is Redis's: `appendonly yes` with `appendfsync always` loses nothing that was
+//!   answered, `everysec` risks one second. Replication is asynchronous and the store does not
+//!   `WAIT`, so a failover to a replica can lose the last answered writes.
+//! - Redis must run with `maxmemory-policy noeviction`: an evicted head key would restart a
+//!   stream's numbering (the append script repairs it from the stream when the stream is
+//!   still there).
+//! - A batch append to several users is one script per user, so a failed batch may have been
+//!   applied for some of them (callers retry with an Idempotency-Key).
+//! - The `stats` counters are kept by each node in memory and added to Redis once a second, so
+//!   they are approximate (a crash loses at most one second of counts); `streams` and the
+//!   oldest age come from the indexes.
+//! - A node whose Redis is wiped while it runs stops serving (`Unavailable`) at its next sweep,
+//!   instead of numbering streams from 1 again under the old epoch; a restart draws a new one.
+//! - Requires Redis 7.0 or newer (scripts declare their flags, `SET NX GET`, sharded pub/sub).
+//!
+//! Key layout (prefix `sg` by default). The `{...}` hash tag keeps every key of one stream in
+//! one cluster slot, so each script touches one slot:
+//!
+//! | key | type | content |
+//! |---|---|---|
+//! | `sg:{u:USER}:s`, `sg:{r:ROOM}:s` | stream | the events; entry id `SEQ-0`, fields `t` (ts), `x` (expiry, if any), `k` (type), `d` (data) |
+//! | `sg:{u:USER}:h`, `sg:{r:ROOM}:h` | string | head: the last seq given out; never deleted, so numbering never restarts |
+//! | `sg:{u:USER}:x`, `sg:{r:ROOM}:x` | zset | seqs of events with a ttl, scored by expiry time |
+//! | `sg:{u:USER}:c` | hash | client id -> `SEQ:LAST_USED_MS` |
+//! | `sg:{i:N}:ut`, `sg:{i:N}:rt` | zset | index shard N (of 16): non-empty streams, scored by (a lower bound of) their oldest event's ts |
+//! | `sg:{i:N}:ux`, `sg:{i:N}:rx` | zset | streams holding events with a ttl, scored by the earliest expiry |
+//! | `sg:{i:N}:c` | zset | users with cursors, scored by (a lower bound of) their least recently used cursor |
+//! | `sg:stats` | hash | `m` user messages, `c` cursors (approximate counters) |
+//! | `sg:idem:KEY` | hash | idempotency record (`c` created ms, `h` request hash, `s` status, `b` body), expires by itself |
+//! | `sg:epoch` | string | the store's epoch, set once (`SET NX`); a wiped Redis gets a new one |
+//!
+//! The indexes let the sweep find work without a scan: age and ttl retention read the index
+//! entries scored below the cutoff, apply the retention to those streams, and re-score them.
+//! An index entry is added by an append that found its stream empty (after the append
+//! succeeded) and removed by a sweep that emptied the stream, which then looks at the stream
+//! again and re-adds it if an append slipped in between; so every non-empty stream stays
+//! indexed. Length retention is applied by every append (with the `max_len` of the last sweep)
+//! and, when `max_len` changes, by one pass over the index.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use redis::{Cmd, Pipeline, RedisError, Value};
+
+use super::{IdemRecord, NewEvent, Page, Retention, Store, StoreError, StoreResult, StoreStats, StreamKey};
+use scripts::*;
+
+#[path = "redis_conn.rs"]
+mod conn;
+#[path = "redis_scripts.rs"]
+mod scripts;
+
+pub use conn::{is_unavailable, Endpoint, RedisConn, RedisMode};
+
+/// How many shards each retention index has (spread over the cluster by their hash tags).
+const INDEX_SHARDS: u32 = 16;
+/// Index entries read per round of a sweep, and scripts in flight at once.
+const SWEEP_PAGE: usize = 64;
+/// Most events one sweep script removes from one stream before it yields to other clients.
+const SWEEP_BUDGET: u64 = 1000;
+/// Scripts in flight at once for a batch append.
+const APPEND_CONCURRENCY: usize = 64;
+/// A cursor read refreshes `last_used` only when it is older than this (expiry is days).
+const TOUCH_AFTER_MS: i64 = 60_000;
+/// How often each node adds its counter deltas to `sg:stats`.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Index entries re-checked per shard after a sweep so the oldest age in `stats` is exact.
+const REFRESH_FRONT: usize = 16;
+
+/// Where Redis is and how long to wait for it.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://...` (TLS; append `#insecure` to
+    /// skip certificate checks). For Redis Cluster, one or more seed nodes separated by commas.
+    pub url: String,
+    pub mode: RedisMode,
+    /// Prefix of every key, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// Time to open a connection.
+    pub connect_timeout: Duration,
+    /// Time Redis has to answer one command.
+    pub response_timeout: Duration,
+    /// Time one store call may take in all (reconnects included), then it is `Unavailable`.
+    pub op_timeout: Duration,
+    /// Length limits applied by appends until the first sweep brings the configured ones.
+    pub max_len: u64,
+    pub room_max_len: u64,
+    /// Idempotency record lifetime until the first sweep brings the configured one.
+    pub idempotency_ttl: Duration,
+}
+
+impl RedisOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisOptions {
+            url: url.into(),
+            mode: RedisMode::Auto,
+            key_prefix: "sg".into(),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(2),
+            op_timeout: Duration::from_secs(5),
+            max_len: u64::MAX,
+            room_max_len: u64::MAX,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+fn store_err(what: &str, e: RedisError) -> StoreError {
+    if is_unavailable(&e) {
+        StoreError::Unavailable(format!("redis {what}: {e}"))
+    } else {
+        StoreError::Internal(format!("redis {what}: {e}"))
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, ms)
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys.
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    User,
+    Room,
+}
+
+impl Kind {
+    fn letter(self) -> char {
+        match self {
+            Kind::User => 'u',
+            Kind::Room => 'r',
+        }
+    }
+
+    fn stream_key(self, name: &str) -> StreamKey<'_> {
+        match self {
+            Kind::User => StreamKey::User(name),
+            Kind::Room => StreamKey::Room(name),
+        }
+    }
+}
+
+struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    fn base(&self, kind: Kind, name: &str) -> String {
+        format!("{}:{{{}:{name}}}", self.prefix, kind.letter())
+    }
+    fn stream(&self, kind: Kind, name: &str) -> [String; 3] {
+        let b = self.base(kind, name);
+        [format!("{b}:s"), format!("{b}:h"), format!("{b}:x")]
+    }
+    fn cursors(&self, user: &str) -> String {
+        format!("{}:c", self.base(Kind::User, user))
+    }
+    fn shard(&self, kind: Kind, name: &str) -> u32 {
+        kind.stream_key(name).tag() % INDEX_SHARDS
+    }
+    /// Index of oldest event times (`t`) or earliest expiries (`x`) of shard `n`.
+    fn index(&self, kind: Kind, what: char, n: u32) -> String {
+        format!("{}:{{i:{n}}}:{}{what}", self.prefix, kind.letter())
+    }
+    fn cursor_index(&self, n: u32) -> String {
+        format!("{}:{{i:{n}}}:c", self.prefix)
+    }
+    fn stats(&self) -> String {
+        format!("{}:stats", self.prefix)
+    }
+    fn epoch(&self) -> String {
+        format!("{}:epoch", self.prefix)
+    }
+    fn idem(&self, key: &str) -> String {
+        format!("{}:idem:{key}", self.prefix)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The store.
+
+/// Retention values in force for appends and the idempotency ttl (updated by `sweep`).
+struct Live {
+    max_len: AtomicU64,
+    room_max_len: AtomicU64,
+    idem_ttl_ms: AtomicI64,
+    /// `max_len` / `room_max_len` last applied to every stream by a sweep (u64::MAX - 1: never;
+    /// `u64::MAX` itself means "no limit").
+    len_swept: AtomicU64,
+    room_len_swept: AtomicU64,
+}
+
+struct Inner {
+    conn: RedisConn,
+    endpoint: Endpoint,
+    keys: Keys,
+    scripts: Scripts,
+    epoch: String,
+    op_timeout: Duration,
+    live: Live,
+    closed: AtomicBool,
+    /// The epoch key vanished under us (Redis was wiped): refuse everything until a restart.
+    reset: AtomicBool,
+    /// Counter deltas not yet added to `sg:stats`.
+    messages_delta: AtomicI64,
+    cursors_delta: AtomicI64,
+}
+
+/// The Redis store. Cheap to share (`Arc` inside); `connect` starts a small task that adds
+/// this node's counter deltas to Redis once a second.
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+const NEVER_SWEPT: u64 = u64::MAX - 1;
+
+impl RedisStore {
+    /// Connects (detecting a cluster with `RedisMode::Auto`), loads or creates the epoch.
+    pub async fn connect(opts: RedisOptions) -> StoreResult<Self> {
+        let setup = async {
+            let endpoint = Endpoint::resolve(&opts.url, opts.mode, opts.connect_timeout, opts.response_timeout).await?;
+            let conn = endpoint.connect().await?;
+            Ok::<_, RedisError>((endpoint, conn))
+        };
+        let (endpoint, mut conn) = match tokio::time::timeout(opts.op_timeout, setup).await {
+            Ok(r) => r.map_err(|e| store_err("connect", e))?,
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!("redis did not answer within {:?}", opts.op_timeout)))
+            }
+        };
+        let keys = Keys { prefix: opts.key_prefix.clone() };
+        let fresh = format!("{:08x}", rand::random::<u32>());
+        let old: Option<String> = tokio::time::timeout(
+            opts.op_timeout,
+            redis::cmd("SET").arg(keys.epoch()).arg(&fresh).arg("NX").arg("GET").query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable("redis did not answer".into()))?
+        .map_err(|e| store_err("epoch", e))?;
+        let epoch = old.unwrap_or(fresh);
+        let inner = Arc::new(Inner {
+            conn,
+            endpoint,
+            keys,
+            scripts: Scripts::new(),
+            epoch,
+            op_timeout: opts.op_timeout,
+            live: Live {
+                max_len: AtomicU64::new(opts.max_len),
+                room_max_len: AtomicU64::new(opts.room_max_len),
+                idem_ttl_ms: AtomicI64::new(ms(opts.idempotency_ttl).max(1)),
+                len_swept: AtomicU64::new(NEVER_SWEPT),
+                room_len_swept: AtomicU64::new(NEVER_SWEPT),
+            },
+            closed: AtomicBool::new(false),
+            reset: AtomicBool::new(false),
+            messages_delta: AtomicI64::new(0),
+            cursors_delta: AtomicI64::new(0),
+        });
+        tokio::spawn(flush_loop(Arc::downgrade(&inner)));
+        Ok(RedisStore { inner })
+    }
+
+    /// Whether the store runs on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.endpoint.cluster
+    }
+
+    /// The store's multiplexed connection, for other parts of a node that keep state in the
+    /// same Redis (presence). Clones share one socket per server.
+    pub fn connection(&self) -> RedisConn {
+        self.inner.conn()
+    }
+}
+
+async fn flush_loop(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let _ = inner.flush_counters().await; // kept for the next round on failure
+    }
+}
+
+impl Inner {
+    fn check(&self) -> StoreResult<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        if self.reset.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable(
+                "the Redis data was wiped while this node ran (its epoch key is gone): restart the node".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with the time limit of one store call.
+    async fn run<T>(&self, what: &str, f: impl Future<Output = Result<T, RedisError>>) -> StoreResult<T> {
+        self.check()?;
+        match tokio::time::timeout(self.op_timeout, f).await {
+            Ok(r) => r.map_err(|e| store_err(what, e)),
+            Err(_) => Err(StoreError::Unavailable(format!("redis {what}: no answer within {:?}", self.op_timeout))),
+        }
+    }
+
+    fn conn(&self) -> RedisConn {
+        self.conn.clone()
+    }
+
+    async fn flush_counters(&self) -> Result<(), RedisError> {
+        let m = self.messages_delta.swap(0, Ordering::AcqRel);
+        let c = self.cursors_delta.swap(0, Ordering::AcqRel);
+        if m == 0 && c == 0 {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let key = self.keys.stats();
+        let r = async {
+            let mut p = redis::pipe();
+            p.cmd("HINCRBY").arg(&key).arg("m").arg(m).ignore();
+            p.cmd("HINCRBY").arg(&key).arg("c").arg(c).ignore();
+            p.query_async::<()>(&mut conn).await
+        };
+        let r = match tokio::time::timeout(self.op_timeout, r).await {
+            Ok(r) => r,
+            Err(_) => Err(RedisError::from((redis::ErrorKind::Io, "timed out"))),
+        };
+        if r.is_err() {
+            self.messages_delta.fetch_add(m, Ordering::AcqRel);
+            self.cursors_delta.fetch_add(c, Ordering::AcqRel);
+        }
+        r
+    }
+
+    fn max_len(&self, kind: Kind) -> u64 {
+        match kind {
+            Kind::User => self.live.max_len.load(Ordering::Relaxed),
+            Kind::Room => self.live.room_max_len.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Appends events grouped by stream, one script per stream, `APPEND_CONCURRENCY` at once.
+    async fn append(&self, kind: Kind, events: Vec<NewEvent>) -> StoreResult<Vec<u64>> {
+        self.check()?;
+        let mut order: HashMap<&str, usize> = HashMap::new();
+        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            let g = *order.entry(e.stream.as_str()).or_insert_with(|| {
+                groups.push((e.stream.as_str(), Vec::new()));
+                groups.len() - 1
+            });
+            groups[g].1.push(i);
+        }
+        let max_len = match self.max_len(kind) {
+            u64::MAX => "-1".to_string(),
+            n => n.to_string(),
+        };
+        // Futures collected first: a stream over a borrowing closure is not `Send` enough
+        // for `async_trait`.
+        let calls: Vec<_> = groups
+            .iter()
+            .map(|(name, idx)| {
+                let [s, h, x] = self.keys.stream(kind, name);
+                let mut inv = self.scripts.append.key(s);
+                inv.key(h).key(x).arg(&max_len);
+                for &i in idx {
+                    let e = &events[i];
+                    let expires = e.ttl.map_or(0, |t| e.ts.saturating_add(ms(t)).max(1));
+                    inv.arg(e.ts).arg(expires).arg(&e.kind).arg(e.data.as_ref());
+                }
+                let mut conn = self.conn();
+                async move { inv.invoke_async::<Value>(&mut conn).await }
+            })
+            .collect();
+        let work = stream::iter(calls).buffered(APPEND_CONCURRENCY).try_collect::<Vec<Value>>();
+        let answers = self.run("append", work).await?;
+
+        let mut seqs = vec![0u64; events.len()];
+        let mut index = redis::pipe(); // only used when standalone; cluster sends one by one
+        let mut index_cmds: Vec<Cmd> = Vec::new();
+        let mut added: i64 = 0;
+        for ((name, idx), answer) in groups.iter().zip(answers) {
+            let a = into_array(answer).ok_or_else(|| bad("append"))?;
+            let (first, len0, trimmed) = match a.as_slice() {
+                [f, l, t] => (as_u64(f), as_int(l), as_int(t)),
+                _ => return Err(bad("append")),
+            };
+            let (Some(first), Some(len0), Some(trimmed)) = (first, len0, trimmed) else {
+                return Err(bad("append"));
+            };
+            for (k, &i) in idx.iter().enumerate() {
+                seqs[i] = first + k as u64;
+            }
+            added += idx.len() as i64 - trimmed;
+            let shard = self.keys.shard(kind, name);
+            if len0 == 0 {
+                let oldest = idx.iter().map(|&i| events[i].ts).min().unwrap_or(0);
+                index_cmds.push(zadd_lt(&self.keys.index(kind, 't', shard), oldest, name));
+            }
+            let min_exp = idx.iter().filter_map(|&i| events[i].ttl.map(|t| events[i].ts.saturating_add(ms(t)))).min();
+            if let Some(exp) = min_exp {
+                index_cmds.push(zadd_lt(&self.keys.index(kind, 'x', shard), exp.max(1), name));
+            }
+        }
+        if kind == Kind::User {
+            self.messages_delta.fetch_add(added, Ordering::AcqRel);
+        }
+        // The index entries go in after the appends succeeded (see the module doc for why). A
+        // failure here leaves the events stored and answered; the sweep then misses them until
+        // the stream is next emptied, so it is logged, not returned.
+        if !index_cmds.is_empty() {
+            let r = self.run("index", self.send_all(&mut index, index_cmds)).await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "redis store: retention index update failed after an append");
+            }
+        }
+        Ok(seqs)
+    }
+
+    /// Sends independent commands: one pipeline on a standalone server, concurrently on a
+    /// cluster (a cluster pipeline must stay within one slot).
+    async fn send_all(&self, pipe: &mut Pipeline, cmds: Vec<Cmd>) -> Result<(), RedisError> {
+        let mut conn = self.conn();
+        match &conn {
+            RedisConn::Single(_) => {
+                for c in cmds {
+                    pipe.add_command(c).ignore();
+                }
+                pipe.query_async::<()>(&mut conn).await
+            }
+            RedisConn::Cluster(_) => stream::iter(cmds.into_iter().map(|c| {
+                let mut conn = conn.clone();
+                async move { c.query_async::<()>(&mut conn).await }
+            }))
+            .buffer_unordered(APPEND_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await
+            .map(|_| ()),
+        }
+    }
+
+    async fn read(&self, kind: Kind, name: &str, after: u64, limit: usize) -> StoreResult<Page> {
+        let [s, h, _] = self.keys.stream(kind, name);
+        let start = match after.checked_add(1) {
+            Some(n) if limit > 0 => format!("{n}-0"),
+            _ => String::new(),
+        };
+        let mut conn = self.conn();
+        let mut inv = self.scripts.read.key(s);
+        inv.key(h).arg(start).arg(limit);
+        let v: Value = self.run("read", inv.invoke_async(&mut conn)).await?;
+        let a = into_array(v).ok_or_else(|| bad("read"))?;
+        let [head, first, evs] = <[Value; 3]>::try_from(a).map_err(|_| bad("read"))?;
+        let head = as_u64(&head).ok_or_else(|| bad("read"))?;
+        let first = match &first {
+            Value::Nil => head + 1,
+            v => as_bytes(v).and_then(id_seq).ok_or_else(|| bad("read"))?,
+        };
+        let events = into_array(evs)
+            .ok_or_else(|| bad("read"))?
+            .into_iter()
+            .map(|e| decode_entry(e).ok_or_else(|| bad("read")))
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(Page { events, head, first })
+    }
+
+    /// Runs the retention script on one stream and re-scores its index entries. Returns the
+    /// events removed and whether the stream has more to remove.
+    async fn sweep_stream(
+        &self,
+        kind: Kind,
+        name: &str,
+        cutoff: i64,
+        now: i64,
+        max_len: u64,
+    ) -> StoreResult<(u64, bool)> {
+        let [s, _, x] = self.keys.stream(kind, name);
+        let max_len = if max_len == u64::MAX { "-1".to_string() } else { max_len.to_string() };
+        let run_script = || {
+            let mut inv = self.scripts.sweep_stream.key(&s);
+            inv.key(&x).arg(cutoff).arg(now).arg(&max_len).arg(SWEEP_BUDGET);
+            let mut conn = self.conn();
+            async move { inv.invoke_async::<Value>(&mut conn).await }
+        };
+        let swept = decode_swept(self.run("sweep", run_script()).await?).ok_or_else(|| bad("sweep"))?;
+        if kind == Kind::User {
+            self.messages_delta.fetch_sub(swept.removed as i64, Ordering::AcqRel);
+        }
+        let shard = self.keys.shard(kind, name);
+        let (t_index, x_index) = (self.keys.index(kind, 't', shard), self.keys.index(kind, 'x', shard));
+        let mut cmds = Vec::new();
+        let mut emptied = false;
+        match swept.oldest.filter(|_| swept.len > 0) {
+            Some(ts) => cmds.push(redis::cmd("ZADD").arg(&t_index).arg(ts).arg(name).clone()),
+            None => {
+                cmds.push(redis::cmd("ZREM").arg(&t_index).arg(name).clone());
+                emptied = true;
+            }
+        }
+        match swept.min_expiry {
+            Some(exp) => cmds.push(redis::cmd("ZADD").arg(&x_index).arg(exp).arg(name).clone()),
+            None => {
+                cmds.push(redis::cmd("ZREM").arg(&x_index).arg(name).clone());
+                emptied = true;
+            }
+        }
+        self.run("index", self.send_all(&mut redis::pipe(), cmds)).await?;
+        if emptied {
+            // An append may have found the stream empty and indexed it before our ZREM: look
+            // again and put back what is there.
+            let again = decode_swept(self.run("sweep", run_script()).await?).ok_or_else(|| bad("sweep"))?;
+            if kind == Kind::User {
+                self.messages_delta.fetch_sub(again.removed as i64, Ordering::AcqRel);
+            }
+            let mut cmds = Vec::new();
+            if let Some(ts) = again.oldest.filter(|_| again.len > 0) {
+                cmds.push(zadd_lt(&t_index, ts, name));
+            }
+            if let Some(exp) = again.min_expiry {
+                cmds.push(zadd_lt(&x_index, exp, name));
+            }
+            if !cmds.is_empty() {
+                self.run("index", self.send_all(&mut redis::pipe(), cmds)).await?;
+            }
+            return Ok((swept.removed + again.removed, swept.more || again.more));
+        }
+        Ok((swept.removed, swept.more))
+    }
+
+    /// Sweeps the streams of index `index` scored below `bound`, page by page.
+    async fn sweep_due(
+        &self,
+        kind: Kind,
+        what: char,
+        bound: i64,
+        cutoff: i64,
+        now: i64,
+        max_len: u64,
+    ) -> StoreResult<u64> {
+        let mut removed = 0;
+        for shard in 0..INDEX_SHARDS {
+            let key = self.keys.index(kind, what, shard);
+            // Each round re-scores what it visits past `bound` or drops it, so this ends; the
+            // cap only guards against a stream whose events keep the wrong order.
+            for _ in 0..10_000 {
+                let mut conn = self.conn();
+                let names: Vec<String> = self
+                    .run(
+                        "sweep",
+                        redis::cmd("ZRANGEBYSCORE")
+                            .arg(&key)
+                            .arg("-inf")
+                            .arg(format!("({bound}"))
+                            .arg("LIMIT")
+                            .arg(0)
+                            .arg(SWEEP_PAGE)
+                            .query_async(&mut conn),
+                    )
+                    .await?;
+                if names.is_empty() {
+                    break;
+                }
+                let calls: Vec<_> = names.iter().map(|n| self.sweep_stream(kind, n, cutoff, now, max_len)).collect();
+                let results = stream::iter(calls).buffer_unordered(SWEEP_PAGE).try_collect::<Vec<_>>().await?;
+                removed += results.iter().map(|r| r.0).sum::<u64>();
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Applies retention to every indexed stream of `kind` (used when `max_len` changed).
+    async fn sweep_all(&self, kind: Kind, cutoff: i64, now: i64, max_len: u64) -> StoreResult<u64> {
+        let mut removed = 0;
+        for shard in 0..INDEX_SHARDS {
+            let key = self.keys.index(kind, 't', shard);
+            let mut cursor = 0u64;
+            loop {
+                let mut conn = self.conn();
+                let (next, page): (u64, Vec<String>) = self
+                    .run(
+                        "sweep",
+                        redis::cmd("ZSCAN").arg(&key).arg(cursor).arg("COUNT").arg(SWEEP_PAGE).query_async(&mut conn),
+                    )
+                    .await?;
+                // ZSCAN answers member, score, member, score...
+                let names: Vec<&String> = page.iter().step_by(2).collect();
+                for n in names {
+                    loop {
+                        let (r, more) = self.sweep_stream(kind, n, cutoff, now, max_len).await?;
+                        removed += r;
+                        if !more {
+                            break;
+                        }
+                    }
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Makes the lowest index entries of each user shard exact, so `stats` reports the true
+    /// oldest age (appends only ever lower a score; trims by length leave it low).
+    async fn refresh_front(&self, cutoff: i64, now: i64, max_len: u64) -> StoreResult<u64> {
+        let mut removed = 0;
+        for shard in 0..INDEX_SHARDS {
+            let key = self.keys.index(Kind::User, 't', shard);
+            for _ in 0..REFRESH_FRONT {
+                let mut conn = self.conn();
+                let front: Vec<(String, f64)> = self
+                    .run("sweep", redis::cmd("ZRANGE").arg(&key).arg(0).arg(0).arg("WITHSCORES").query_async(&mut conn))
+                    .await?;
+                let Some((name, score)) = front.into_iter().next() else { break };
+                let (r, _) = self.sweep_stream(Kind::User, &name, cutoff, now, max_len).await?;
+                removed += r;
+                let mut conn = self.conn();
+                let after: Option<f64> =
+                    self.run("sweep", redis::cmd("ZSCORE").arg(&key).arg(&name).query_async(&mut conn)).await?;
+                if after == Some(score) {
+                    break; // already exact: the shard's minimum is right
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn sweep_cursors(&self, cutoff: i64) -> StoreResult<()> {
+        for shard in 0..INDEX_SHARDS {
+            let key = self.keys.cursor_index(shard);
+            for _ in 0..10_000 {
+                let mut conn = self.conn();
+                let users: Vec<String> = self
+                    .run(
+                        "sweep",
+                        redis::cmd("ZRANGEBYSCORE")
+                            .arg(&key)
+                            .arg("-inf")
+                            .arg(format!("({cutoff}"))
+                            .arg("LIMIT")
+                            .arg(0)
+                            .arg(SWEEP_PAGE)
+                            .query_async(&mut conn),
+                    )
+                    .await?;
+                if users.is_empty() {
+                    break;
+                }
+                let calls: Vec<_> = users.iter().map(|u| self.sweep_user_cursors(&key, u, cutoff)).collect();
+                stream::iter(calls).buffer_unordered(SWEEP_PAGE).try_collect::<Vec<()>>().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn sweep_user_cursors(&self, index: &str, user: &str, cutoff: i64) -> StoreResult<()> {
+        let hash = self.keys.cursors(user);
+        let run_script = || {
+            let mut inv = self.scripts.sweep_cursors.key(&hash);
+            inv.arg(cutoff);
+            let mut conn = self.conn();
+            async move { inv.invoke_async::<(i64, Option<i64>)>(&mut conn).await }
+        };
+        let (removed, min) = self.run("sweep", run_script()).await?;
+        self.cursors_delta.fetch_sub(removed, Ordering::AcqRel);
+        let mut conn = self.conn();
+        match min {
+            Some(min) => {
+                self.run("index", redis::cmd("ZADD").arg(index).arg(min).arg(user).query_async::<()>(&mut conn))
+                    .await?;
+            }
+            None => {
+                self.run("index", redis::cmd("ZREM").arg(index).arg(user).query_async::<()>(&mut conn)).await?;
+                // A cursor created since the script ran must stay indexed.
+                let (removed, min) = self.run("sweep", run_script()).await?;
+                self.cursors_delta.fetch_sub(removed, Ordering::AcqRel);
+                if let Some(min) = min {
+                    let cmd = zadd_lt(index, min, user);
+                    self.run("index", cmd.query_async::<()>(&mut conn)).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks the store unusable if the epoch key is gone or changed (Redis was wiped).
+    async fn check_epoch(&self) -> StoreResult<()> {
+        let mut conn = self.conn();
+        let found: Option<String> =
+            self.run("epoch", redis::cmd("GET").arg(self.keys.epoch()).query_async(&mut conn)).await?;
+        if found.as_deref() != Some(self.epoch.as_str()) {
+            tracing::error!(
+                epoch = %self.epoch,
+                found = ?found,
+                "redis store: the epoch key is gone or changed (Redis was wiped); refusing to serve until restart"
+            );
+            self.reset.store(true, Ordering::Release);
+            self.check()?;
+        }
+        Ok(())
+    }
+}
+
+fn zadd_lt(key: &str, score: i64, member: &str) -> Cmd {
+    redis::cmd("ZADD").arg(key).arg("LT").arg(score).arg(member).clone()
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn epoch(&self) -> &str {
+        &self.inner.epoch
+    }
+
+    async fn append_user(&self, events: Vec<NewEvent>) -> StoreResult<Vec<u64>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.inner.append(Kind::User, events).await
+    }
+
+    async fn read_user(&self, user: &str, after: u64, limit: usize) -> StoreResult<Page> {
+        self.inner.read(Kind::User, user, after, limit).await
+    }
+
+    async fn append_room(&self, event: NewEvent) -> StoreResult<u64> {
+        let seqs = self.inner.append(Kind::Room, vec![event]).await?;
+        seqs.first().copied().ok_or_else(|| bad("append"))
+    }
+
+    async fn read_room(&self, room: &str, after: u64, limit: usize) -> StoreResult<Page> {
+        self.inner.read(Kind::Room, room, after, limit).await
+    }
+
+    async fn cursor(&self, user: &str, client_id: &str) -> StoreResult<Option<u64>> {
+        let inner = &self.inner;
+        let mut inv = inner.scripts.get_cursor.key(inner.keys.cursors(user));
+        inv.arg(client_id).arg(now_ms()).arg(TOUCH_AFTER_MS);
+        let mut conn = inner.conn();
+        let v: Value = inner.run("cursor", inv.invoke_async(&mut conn)).await?;
+        match v {
+            Value::Nil => Ok(None),
+            v => as_u64(&v).map(Some).ok_or_else(|| bad("cursor")),
+        }
+    }
+
+    async fn set_cursor(&self, user: &str, client_id: &str, seq: u64) -> StoreResult<u64> {
+        let inner = &self.inner;
+        let now = now_ms();
+        let mut inv = inner.scripts.set_cursor.key(inner.keys.cursors(user));
+        inv.arg(client_id).arg(seq.to_string()).arg(now);
+        let mut conn = inner.conn();
+        let v: Value = inner.run("set cursor", inv.invoke_async(&mut conn)).await?;
+        let a = into_array(v).ok_or_else(|| bad("set cursor"))?;
+        let (new, created) = match a.as_slice() {
+            [n, c] => (as_u64(n), as_int(c)),
+            _ => (None, None),
+        };
+        let (Some(new), Some(created)) = (new, created) else {
+            return Err(bad("set cursor"));
+        };
+        if created == 1 {
+            inner.cursors_delta.fetch_add(1, Ordering::AcqRel);
+            let index = inner.keys.cursor_index(inner.keys.shard(Kind::User, user));
+            let cmd = zadd_lt(&index, now, user);
+            inner.run("index", cmd.query_async::<()>(&mut conn)).await?;
+        }
+        Ok(new)
+    }
+
+    async fn idem_get(&self, key: &str) -> StoreResult<Option<IdemRecord>> {
+        let inner = &self.inner;
+        let mut conn = inner.conn();
+        let cmd = redis::cmd("HMGET").arg(inner.keys.idem(key)).arg("c").arg("h").arg("s").arg("b").clone();
+        let v: Vec<Value> = inner.run("idempotency", cmd.query_async(&mut conn)).await?;
+        let [c, h, s, b] = <[Value; 4]>::try_from(v).map_err(|_| bad("idempotency"))?;
+        let Some(created) = opt_int(&c).ok_or_else(|| bad("idempotency"))? else {
+            return Ok(None);
+        };
+        if created.saturating_add(inner.live.idem_ttl_ms.load(Ordering::Relaxed)) <= now_ms() {
+            return Ok(None);
+        }
+        decode_idem(&[h, s, b]).map(Some).ok_or_else(|| bad("idempotency"))
+    }
+
+    async fn idem_put(&self, key: &str, record: IdemRecord) -> StoreResult<Option<IdemRecord>> {
+        let inner = &self.inner;
+        let mut inv = inner.scripts.idem_put.key(inner.keys.idem(key));
+        inv.arg(now_ms())
+            .arg(inner.live.idem_ttl_ms.load(Ordering::Relaxed))
+            .arg(record.request_hash.to_string())
+            .arg(record.status)
+            .arg(record.body.as_ref());
+        let mut conn = inner.conn();
+        let v: Value = inner.run("idempotency", inv.invoke_async(&mut conn)).await?;
+        match v {
+            Value::Nil => Ok(None),
+            v => {
+                let a = into_array(v).ok_or_else(|| bad("idempotency"))?;
+                decode_idem(&a).map(Some).ok_or_else(|| bad("idempotency"))
+            }
+        }
+    }
+
+    async fn stats(&self) -> StoreResult<StoreStats> {
+        let inner = &self.inner;
+        inner.check()?;
+        let _ = inner.flush_counters().await;
+        let now = now_ms();
+        let shard_reads = stream::iter((0..INDEX_SHARDS).map(|n| {
+            let key = inner.keys.index(Kind::User, 't', n);
+            let mut conn = inner.conn();
+            async move {
+                let count: u64 = redis::cmd("ZCARD").arg(&key).query_async(&mut conn).await?;
+                let front: Vec<(String, f64)> =
+                    redis::cmd("ZRANGE").arg(&key).arg(0).arg(0).arg("WITHSCORES").query_async(&mut conn).await?;
+                Ok::<_, RedisError>((count, front.first().map(|f| f.1 as i64)))
+            }
+        }))
+        .buffer_unordered(INDEX_SHARDS as usize)
+        .try_collect::<Vec<_>>();
+        let shards = inner.run("stats", shard_reads).await?;
+        let mut conn = inner.conn();
+        let counters: (Option<i64>, Option<i64>) = inner
+            .run("stats", redis::cmd("HMGET").arg(inner.keys.stats()).arg("m").arg("c").query_async(&mut conn))
+            .await?;
+        let oldest = shards.iter().filter_map(|s| s.1).min();
+        Ok(StoreStats {
+            stored_messages: counters.0.unwrap_or(0).max(0) as u64,
+            streams: shards.iter().map(|s| s.0).sum(),
+            oldest_age_ms: oldest.map(|ts| u64::try_from(now.saturating_sub(ts)).unwrap_or(0)),
+            cursors: counters.1.unwrap_or(0).max(0) as u64,
+        })
+    }
+
+    /// Counts removed messages of user streams and room histories alike. Several nodes may
+    /// sweep at once: the scripts make that safe, only the work is repeated.
+    async fn sweep(&self, retention: &Retention, now_ms: i64) -> StoreResult<u64> {
+        let inner = &self.inner;
+        inner.check_epoch().await?;
+        let live = &inner.live;
+        live.idem_ttl_ms.store(ms(retention.idempotency_ttl).max(1), Ordering::Relaxed);
+        live.max_len.store(retention.max_len, Ordering::Relaxed);
+        live.room_max_len.store(retention.room_max_len, Ordering::Relaxed);
+        let mut removed = 0;
+        let kinds = [
+            (Kind::User, retention.max_age, retention.max_len, &live.len_swept),
+            (Kind::Room, retention.room_max_age, retention.room_max_len, &live.room_len_swept),
+        ];
+        for (kind, max_age, max_len, swept) in kinds {
+            let cutoff = now_ms.saturating_sub(ms(max_age));
+            removed += inner.sweep_due(kind, 'x', now_ms.saturating_add(1), cutoff, now_ms, max_len).await?;
+            removed += inner.sweep_due(kind, 't', cutoff, cutoff, now_ms, max_len).await?;
+            if swept.load(Ordering::Relaxed) != max_len {
+                removed += inner.sweep_all(kind, cutoff, now_ms, max_len).await?;
+                swept.store(max_len, Ordering::Relaxed);
+            }
+            if kind == Kind::User {
+                removed += inner.refresh_front(cutoff, now_ms, max_len).await?;
+            }
+        }
+        inner.sweep_cursors(now_ms.saturating_sub(ms(retention.cursor_ttl))).await?;
+        // Idempotency records expire in Redis by themselves (PEXPIRE); `idem_get` also ignores
+        // the ones older than the ttl just set.
+        let _ = inner.flush_counters().await;
+        Ok(removed)
+    }
+
+    async fn close(&self) -> StoreResult<()> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let flushed = inner.flush_counters().await;
+        inner.closed.store(true, Ordering::Release);
+        // Everything answered is already in Redis: nothing else to flush.
+        flushed.map_err(|e| store_err("close", e))
+    }
+
+    async fn health(&self) -> StoreResult<()> {
+        let inner = &self.inner;
+        let mut conn = inner.conn();
+        inner.run("ping", redis::cmd("PING").query_async::<()>(&mut conn)).await
+    }
+}
+
+#[cfg(test)]
+#[path = "redis_tests.rs"]
+mod tests;
