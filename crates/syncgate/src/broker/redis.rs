@@ -41,6 +41,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
@@ -255,8 +256,10 @@ impl Shared {
             _ => return,
         };
         let Some(wire) = decode(payload) else {
-            self.counters.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("redis broker: dropped a message that is not a syncgate envelope");
+            // Someone else publishes on our channels (shared Redis, same prefix?): say it once.
+            if self.counters.failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::warn!("redis broker: dropped a message that is not a syncgate envelope");
+            }
             return;
         };
         if wire.origin.as_ref() == self.instance_id.as_bytes() {
@@ -326,16 +329,23 @@ impl SubConn {
                 }
                 Ok(())
             }
-            // One channel per call: sharded channels of one call must share a slot.
+            // One channel per call (sharded channels of one call must share a slot), many calls
+            // in flight: the connection pipelines them per node.
             SubConn::Cluster(c) => {
-                for ch in channels {
-                    if sharded {
-                        c.ssubscribe(ch).await?;
-                    } else {
-                        c.subscribe(ch).await?;
-                    }
-                }
-                Ok(())
+                let calls: Vec<_> = channels
+                    .iter()
+                    .map(|ch| {
+                        let mut c = c.clone();
+                        async move {
+                            if sharded {
+                                c.ssubscribe(ch).await
+                            } else {
+                                c.subscribe(ch).await
+                            }
+                        }
+                    })
+                    .collect();
+                futures_util::stream::iter(calls).buffer_unordered(64).try_collect::<Vec<()>>().await.map(|_| ())
             }
         }
     }
