@@ -1,0 +1,122 @@
+//! The control protocol between the coordinator and its worker processes: one JSON object
+//! per line, commands on the worker's stdin, events on its stdout (logs go to stderr).
+//!
+//! A worker runs each command to completion and answers with exactly one event, except
+//! `Tick`, which it sends on its own every [`TICK_MS`] so the coordinator always knows how
+//! far delivery has gone (flow control of the saturation runs, catch-up of resume).
+
+use serde::{Deserialize, Serialize};
+
+/// How often a worker reports its counters unasked.
+pub const TICK_MS: u64 = 25;
+
+/// What kind of server the devices talk to: the protocol differences the generator
+/// adapts to (this is the Node baseline's adapter, on the generator side).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetKind {
+    /// syncgate: welcome frame first, rooms joined with `{"op":"join"}`, publishes over
+    /// `/api/v1/...`.
+    Syncgate,
+    /// bench/node/server.js: a plain `ws` broadcast server. No welcome, no rooms (every
+    /// connection gets every message), publishes with `POST /publish`.
+    NodeWs,
+}
+
+impl TargetKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            TargetKind::Syncgate => "syncgate",
+            TargetKind::NodeWs => "node-ws",
+        }
+    }
+}
+
+/// Open `count` device connections, global indexes `first..first+count`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectSpec {
+    pub kind: TargetKind,
+    /// WebSocket base URLs (`http://host:port`); device `i` uses `urls[i % len]` (several
+    /// URLs = a cluster's nodes).
+    pub urls: Vec<String>,
+    pub jwt_secret: String,
+    pub first: usize,
+    pub count: usize,
+    /// Device `i` is user `{user_prefix}{i}`.
+    pub user_prefix: String,
+    /// Connect with `client_id=d-{i}` (a device with a durable cursor) instead of ephemeral.
+    pub client_ids: bool,
+    /// Join this room after the welcome (syncgate only).
+    pub room: Option<String>,
+    /// Source addresses: device `i` binds to `local_ips[i % len]`.
+    pub local_ips: Vec<String>,
+    /// Connection attempts in flight at once in this worker.
+    pub concurrency: usize,
+    /// Give up on a device after this long (per attempt).
+    pub timeout_ms: u64,
+    /// A device is "caught up" after this many events (resume); 0: not tracked.
+    pub expect_events: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    Connect(ConnectSpec),
+    /// Zero the counters and the latency histogram (start of a measurement window).
+    Reset,
+    /// Answer with a `Report`.
+    Report,
+    /// Close every connection (WebSocket close, then drop).
+    Disconnect,
+    Exit,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "ev", rename_all = "snake_case")]
+pub enum Event {
+    Ready {
+        pid: u32,
+    },
+    Connected {
+        ok: u64,
+        failed: u64,
+        /// Sum of the welcome frames' `resumed` counts.
+        resumed: u64,
+        /// A few distinct error messages, for the report.
+        errors: Vec<String>,
+        elapsed_ms: u64,
+    },
+    Tick(Tick),
+    Report(Report),
+    Done,
+    Error {
+        message: String,
+    },
+}
+
+/// Counters since the last `Reset`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Tick {
+    /// Events received.
+    pub received: u64,
+    /// Lowest publish sequence number that every open connection has received (the
+    /// flow-control mark of fanout runs); `u64::MAX` with no connection.
+    pub low: u64,
+    /// Devices that have received `expect_events` events.
+    pub caught_up: u64,
+    /// Connections open.
+    pub open: u64,
+    /// Connections the server closed (close frame or end of stream) since connecting.
+    pub lost: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub tick: Tick,
+    /// Publish-to-receive latency, (microseconds, count) pairs.
+    pub latency: Vec<(u64, u64)>,
+    /// Unix ns when the last device got caught up (resume).
+    pub last_caught_up_ns: u64,
+    /// Close codes the server sent, with counts.
+    pub close_codes: Vec<(u16, u64)>,
+}

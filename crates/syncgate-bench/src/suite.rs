@@ -1,0 +1,235 @@
+//! The standard suite (sized for this project's 2-core benchmark machine), its smoke-size
+//! twin for CI, and the targets the figures are checked against.
+
+use serde::Serialize;
+
+use crate::proto::TargetKind;
+use crate::scenarios::{RunResult, RunSpec, Scenario};
+use crate::target::{Fsync, Topology};
+
+/// Size of the runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Size {
+    /// The standard suite: 19k idle connections, 5k-connection fanout... a few minutes.
+    Full,
+    /// Every scenario at tiny N for ~1 s: proves the harness works, measures nothing.
+    Smoke,
+}
+
+pub struct Options {
+    pub size: Size,
+    /// Add the Node `ws` baseline runs.
+    pub node: bool,
+    /// Add the cluster runs (3 nodes and a Redis; needs cluster mode in the server).
+    pub cluster: bool,
+}
+
+const MSG: usize = 100;
+
+fn spec(id: &str, title: String, target: TargetKind, fsync: Fsync, scenario: Scenario) -> RunSpec {
+    RunSpec { id: id.into(), title, target, topology: Topology::Single, fsync, scenario }
+}
+
+/// The runs of the suite, in order.
+pub fn plan(o: &Options) -> Vec<RunSpec> {
+    let full = o.size == Size::Full;
+    let (idle_n, fan_n, direct_n, resume_n) = if full { (19_000, 5_000, 5_000, 5_000) } else { (20, 20, 20, 20) };
+    let hold_s = if full { 30.0 } else { 0.5 };
+    let settle_ms = if full { 3_000 } else { 200 };
+    let fan_s = if full { 20.0 } else { 1.0 };
+    let sat_s = if full { 10.0 } else { 1.0 };
+    let fan_rate = if full { 10.0 } else { 20.0 };
+    let (direct_rate, direct_s) = if full { (5_000.0, 10.0) } else { (100.0, 1.0) };
+    let (api_clients, api_s, api_warm) = if full { (32, 10.0, 2.0) } else { (4, 1.0, 0.2) };
+    let missed = if full { 20 } else { 5 };
+    let sg = TargetKind::Syncgate;
+    let nd = TargetKind::NodeWs;
+    let mut runs = Vec::new();
+    let both = |runs: &mut Vec<RunSpec>, id: &str, title: String, fsync: Fsync, s: Scenario| {
+        runs.push(spec(id, title.clone(), sg, fsync, s.clone()));
+        if o.node && s.node_can_run() {
+            runs.push(spec(id, title, nd, fsync, s));
+        }
+    };
+    both(
+        &mut runs,
+        "idle",
+        format!("idle: {} connections held {hold_s:.0} s", crate::scenarios::fmt_count(idle_n as f64)),
+        Fsync::Never,
+        Scenario::Idle { conns: idle_n, settle_ms, hold_s },
+    );
+    both(
+        &mut runs,
+        "fanout-10",
+        format!(
+            "fanout: {} connections in one room, {fan_rate:.0} msg/s of {MSG} B for {fan_s:.0} s (fsync never)",
+            crate::scenarios::fmt_count(fan_n as f64)
+        ),
+        Fsync::Never,
+        Scenario::Fanout { conns: fan_n, rate: Some(fan_rate), duration_s: fan_s, window: 0, msg_bytes: MSG },
+    );
+    both(
+        &mut runs,
+        "fanout-sat",
+        format!(
+            "fanout saturation: {} connections in one room, {MSG} B, published as fast as received (window 64), {sat_s:.0} s (fsync never)",
+            crate::scenarios::fmt_count(fan_n as f64)
+        ),
+        Fsync::Never,
+        Scenario::Fanout { conns: fan_n, rate: None, duration_s: sat_s, window: 64, msg_bytes: MSG },
+    );
+    both(
+        &mut runs,
+        "direct",
+        format!(
+            "direct: {} users with one device each, {} msg/s to one user each (persisted, fsync never), {direct_s:.0} s",
+            crate::scenarios::fmt_count(direct_n as f64),
+            crate::scenarios::fmt_count(direct_rate)
+        ),
+        Fsync::Never,
+        Scenario::Direct { users: direct_n, rate: direct_rate, duration_s: direct_s, publishers: 8, msg_bytes: MSG },
+    );
+    both(
+        &mut runs,
+        "publish-api",
+        format!(
+            "publish-api: {api_clients} keep-alive clients, POST /api/v1/events of {MSG} B, {api_s:.0} s (fsync never)"
+        ),
+        Fsync::Never,
+        Scenario::PublishApi {
+            clients: api_clients,
+            users: 1000,
+            duration_s: api_s,
+            warmup_s: api_warm,
+            msg_bytes: MSG,
+        },
+    );
+    runs.push(spec(
+        "publish-api-durable",
+        format!("publish-api durable: as above with fsync always (answered once on disk, group commit)"),
+        sg,
+        Fsync::Always,
+        Scenario::PublishApi {
+            clients: api_clients,
+            users: 1000,
+            duration_s: api_s,
+            warmup_s: api_warm,
+            msg_bytes: MSG,
+        },
+    ));
+    runs.push(spec(
+        "resume",
+        format!(
+            "resume: {} devices miss {missed} messages each, then reconnect at once (fsync never)",
+            crate::scenarios::fmt_count(resume_n as f64)
+        ),
+        sg,
+        Fsync::Never,
+        Scenario::Resume { devices: resume_n, missed, msg_bytes: MSG },
+    ));
+    if o.cluster {
+        // Extension point: the same scenarios over 3 nodes and a Redis. Devices are spread
+        // over the nodes, publishes go to node 1, CPU and RSS are summed over the nodes.
+        let cluster = Topology::Cluster { nodes: 3 };
+        let mut c = spec(
+            "cluster-fanout-10",
+            format!("cluster fanout: 3 nodes + Redis, {fan_n} connections, {fan_rate:.0} msg/s"),
+            sg,
+            Fsync::Never,
+            Scenario::Fanout { conns: fan_n, rate: Some(fan_rate), duration_s: fan_s, window: 0, msg_bytes: MSG },
+        );
+        c.topology = cluster;
+        runs.push(c);
+        let mut d = spec(
+            "cluster-direct",
+            format!("cluster direct: 3 nodes + Redis, {direct_n} users, {direct_rate:.0} msg/s"),
+            sg,
+            Fsync::Never,
+            Scenario::Direct {
+                users: direct_n,
+                rate: direct_rate,
+                duration_s: direct_s,
+                publishers: 8,
+                msg_bytes: MSG,
+            },
+        );
+        d.topology = cluster;
+        runs.push(d);
+    }
+    runs
+}
+
+/// A target from the issue, checked against the suite's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub run: String,
+    /// The table row (display label) it belongs to.
+    pub row: String,
+    pub target: String,
+    pub measured: String,
+    /// None when the figure is missing (run skipped or failed).
+    pub met: Option<bool>,
+}
+
+fn find<'a>(results: &'a [RunResult], id: &str, target: TargetKind) -> Option<&'a RunResult> {
+    results.iter().find(|r| r.id == id && r.target == target && r.error.is_none())
+}
+
+/// The single-node targets of the issue.
+pub fn checks(results: &[RunResult]) -> Vec<Check> {
+    let sg = |id| find(results, id, TargetKind::Syncgate);
+    let mut out = Vec::new();
+    let mut check = |run: &str, row: &str, target: &str, value: Option<f64>, unit: &str, met: &dyn Fn(f64) -> bool| {
+        out.push(Check {
+            run: run.into(),
+            row: row.into(),
+            target: target.into(),
+            measured: value.map(|v| format!("{v:.2} {unit}")).unwrap_or_else(|| "not measured".into()),
+            met: value.map(met),
+        });
+    };
+    let idle_kib = sg("idle").and_then(|r| r.figure("rss_per_conn_bytes")).map(|b| b / 1024.0);
+    check("idle", "server RSS per connection", "<= 4 KiB", idle_kib, "KiB", &|v| v <= 4.0);
+    let node_kib =
+        find(results, "idle", TargetKind::NodeWs).and_then(|r| r.figure("rss_per_conn_bytes")).map(|b| b / 1024.0);
+    let below = match (idle_kib, node_kib) {
+        (Some(s), Some(n)) => Some(s - n),
+        _ => None,
+    };
+    check("idle", "server RSS per connection", "below Node ws", below, "KiB vs Node", &|d| d < 0.0);
+    let f10 = sg("fanout-10");
+    check(
+        "fanout-10",
+        "server CPU per delivery",
+        "<= 5.5 us",
+        f10.and_then(|r| r.figure("cpu_us_per_delivery")),
+        "us",
+        &|v| v <= 5.5,
+    );
+    check(
+        "fanout-10",
+        "publish-to-deliver p50 / p95 / p99 / max",
+        "p99 < 15 ms",
+        f10.and_then(|r| r.latency).map(|l| l.p99_ms),
+        "ms",
+        &|v| v < 15.0,
+    );
+    check(
+        "fanout-sat",
+        "server CPU per delivery",
+        "< 3 us",
+        sg("fanout-sat").and_then(|r| r.figure("cpu_us_per_delivery")),
+        "us",
+        &|v| v < 3.0,
+    );
+    check(
+        "publish-api",
+        "publishes per second",
+        ">= 30,000/s",
+        sg("publish-api").and_then(|r| r.figure("publishes_per_s")),
+        "/s",
+        &|v| v >= 30_000.0,
+    );
+    out
+}
