@@ -23,7 +23,7 @@ use tower::ServiceExt;
 
 use crate::auth::Auth;
 use crate::broker::memory::MemoryBroker;
-use crate::broker::redis::{RedisBroker, RedisBrokerOptions};
+use crate::broker::redis::{RedisBroker, RedisBrokerOptions, Resubscribed};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::hub::{CloseReason, Hub};
@@ -33,7 +33,7 @@ use crate::presence::local::LocalPresence;
 use crate::presence::redis::RedisPresence;
 use crate::presence::Presence;
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
-use crate::store::redis::{Endpoint, RedisOptions, RedisStore};
+use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::Store;
 use crate::transport::codec::close;
 
@@ -130,17 +130,25 @@ async fn cluster(cfg: &Config, hub: &Arc<Hub>, instance: &str, stop: &Cancellati
     opts.max_len = cfg.store.max_stream_len;
     opts.room_max_len = cfg.rooms.history_size;
     opts.idempotency_ttl = cfg.store.idempotency_ttl;
-    let store = RedisStore::connect(opts.clone()).await?;
+    let store = RedisStore::connect(opts).await?;
     let mut bopts = RedisBrokerOptions::new(&r.url);
     bopts.mode = r.mode;
+    // Deployments sharing a Redis must not hear each other's channels either.
+    if r.key_prefix != "sg" {
+        bopts.channel_prefix = format!("{}:sync", r.key_prefix);
+    }
     let broker = RedisBroker::connect_with(bopts, instance, hub.clone()).await.map_err(|e| redis_err(&e))?;
-    let endpoint = Endpoint::resolve(&r.url, r.mode, opts.connect_timeout, opts.response_timeout)
-        .await
-        .map_err(|e| redis_err(&e))?;
-    let conn = endpoint.connect().await.map_err(|e| redis_err(&e))?;
-    let presence = Arc::new(RedisPresence::new(conn, &r.key_prefix, instance));
+    // A message published while a subscription was not yet (or no longer) in place never
+    // arrives over pub/sub: the affected connections read their streams from the store.
+    let h = hub.clone();
+    broker.on_resubscribed(Box::new(move |what| match what {
+        Resubscribed::User(u) => h.recheck_user(&u),
+        Resubscribed::Room(room) => h.recheck_room(&room),
+        Resubscribed::Everything => h.recheck_all(),
+    }));
+    let presence = Arc::new(RedisPresence::new(store.connection(), &r.key_prefix, instance));
     presence.spawn(hub.clone(), r.presence_ttl, stop.clone());
-    tracing::info!(cluster = endpoint.cluster, "cluster mode on Redis");
+    tracing::info!(cluster = store.is_cluster(), sharded_pubsub = broker.is_sharded(), "cluster mode on Redis");
     Ok((Arc::new(store), Arc::new(broker), presence))
 }
 

@@ -150,6 +150,9 @@ async fn two_nodes_deliver_to_each_other_and_drop_their_own() {
 
     // A user connected on both nodes gets one copy per connection.
     let alice_on_b = connect(&b, "alice");
+    // (A transient message published before B's subscription is confirmed would not reach B:
+    // the `Resubscribed` notice exists for the persisted ones.)
+    wait_for("B's subscription", || numsub(&server, "sync:user:alice") == 2).await;
     let n = a.broker.publish(env(Target::User("alice".into()), None, "typing")).await.unwrap();
     assert_eq!(n, 1);
     assert_eq!(frames(&alice, 1).await, vec![frame("typing")]);

@@ -254,6 +254,32 @@ impl Hub {
         n
     }
 
+    /// Local connections of `user` re-read their user stream from the store once.
+    pub fn recheck_user(&self, user: &str) {
+        if let Some(list) = self.users.read().get(user) {
+            for c in list {
+                c.recheck(Some(&StreamRef::User));
+            }
+        }
+    }
+
+    /// Local members of `room` re-read the room's history once.
+    pub fn recheck_room(&self, room: &str) {
+        if let Some(members) = self.rooms.get(room) {
+            let stream = StreamRef::Room(members.key().clone());
+            for c in members.values() {
+                c.recheck(Some(&stream));
+            }
+        }
+    }
+
+    /// Every local connection re-reads its streams once (after a broker reconnect).
+    pub fn recheck_all(&self) {
+        for c in self.conns.iter() {
+            c.recheck(None);
+        }
+    }
+
     /// Closes every local connection of `user`. Returns how many.
     pub fn disconnect_user(&self, user: &str, reason: CloseReason) -> usize {
         let list: Vec<Arc<Conn>> = self.users.read().get(user).cloned().unwrap_or_default();

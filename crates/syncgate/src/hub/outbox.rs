@@ -158,6 +158,25 @@ impl Conn {
         r
     }
 
+    /// Makes the connection read `stream` (or, with None, every positioned stream) from the
+    /// store once, in case a live event was missed (e.g. while a broker resubscribed).
+    pub fn recheck(&self, stream: Option<&StreamRef>) {
+        let mut guard = self.out.lock();
+        let out = &mut *guard;
+        if matches!(stream, None | Some(StreamRef::User)) {
+            out.user.behind = true;
+        }
+        for (name, pos) in out.rooms.iter_mut() {
+            if let Some(p) = pos {
+                if stream.is_none() || matches!(stream, Some(StreamRef::Room(r)) if r == name) {
+                    p.behind = true;
+                }
+            }
+        }
+        drop(guard);
+        self.notify.notify_one();
+    }
+
     /// Closes the connection with `reason` (the first reason wins).
     pub fn close(&self, reason: CloseReason) {
         let mut out = self.out.lock();
@@ -374,6 +393,18 @@ mod tests {
         assert_eq!(c.next_fill(), None, "no endless catch-up");
         assert_eq!(c.offer(&StreamRef::User, 6, &f(6), false), Offer::Queued);
         assert_eq!(drain(&c), vec![f(1), f(3), f(4), f(6)]);
+    }
+
+    #[test]
+    fn recheck_reads_the_store_once_even_without_a_later_event() {
+        let c = conn(10, 3);
+        assert_eq!(c.next_fill(), None);
+        c.recheck(Some(&StreamRef::User));
+        assert_eq!(c.next_fill(), Some((StreamRef::User, 3, 10)));
+        // The missed event 4 is in the store; the read brings it.
+        c.apply_fill(&StreamRef::User, 3, (1, 4), vec![(4, f(4))], true);
+        assert_eq!(c.next_fill(), None);
+        assert_eq!(drain(&c), vec![f(4)]);
     }
 
     #[test]

@@ -42,6 +42,7 @@
 //! | `sg:{i:N}:c` | zset | users with cursors, scored by (a lower bound of) their least recently used cursor |
 //! | `sg:stats` | hash | `m` user messages, `c` cursors (approximate counters) |
 //! | `sg:idem:KEY` | hash | idempotency record (`c` created ms, `h` request hash, `s` status, `b` body), expires by itself |
+//! | `sg:retention` | hash | `u`, `r`: the `max_len` last applied to every user stream / room |
 //! | `sg:epoch` | string | the store's epoch, set once (`SET NX`); a wiped Redis gets a new one |
 //!
 //! The indexes let the sweep find work without a scan: age and ttl retention read the index
@@ -196,6 +197,10 @@ impl Keys {
     }
     fn epoch(&self) -> String {
         format!("{}:epoch", self.prefix)
+    }
+    /// The length limits last applied to every stream (`u`, `r`), so a restart skips that pass.
+    fn retention(&self) -> String {
+        format!("{}:retention", self.prefix)
     }
     fn idem(&self, key: &str) -> String {
         format!("{}:idem:{key}", self.prefix)
@@ -614,16 +619,22 @@ impl Inner {
                     )
                     .await?;
                 // ZSCAN answers member, score, member, score...
-                let names: Vec<&String> = page.iter().step_by(2).collect();
-                for n in names {
-                    loop {
-                        let (r, more) = self.sweep_stream(kind, n, cutoff, now, max_len).await?;
-                        removed += r;
-                        if !more {
-                            break;
+                let calls: Vec<_> = page
+                    .iter()
+                    .step_by(2)
+                    .map(|n| async move {
+                        let mut removed = 0;
+                        loop {
+                            let (r, more) = self.sweep_stream(kind, n, cutoff, now, max_len).await?;
+                            removed += r;
+                            if !more {
+                                return Ok::<_, StoreError>(removed);
+                            }
                         }
-                    }
-                }
+                    })
+                    .collect();
+                let done = stream::iter(calls).buffer_unordered(SWEEP_PAGE).try_collect::<Vec<u64>>().await?;
+                removed += done.iter().sum::<u64>();
                 if next == 0 {
                     break;
                 }
@@ -884,7 +895,16 @@ impl Store for RedisStore {
             removed += inner.sweep_due(kind, 'x', now_ms.saturating_add(1), cutoff, now_ms, max_len).await?;
             removed += inner.sweep_due(kind, 't', cutoff, cutoff, now_ms, max_len).await?;
             if swept.load(Ordering::Relaxed) != max_len {
-                removed += inner.sweep_all(kind, cutoff, now_ms, max_len).await?;
+                // Another node (or this one before a restart) may have applied it already.
+                let mut conn = inner.conn();
+                let (key, field) = (inner.keys.retention(), kind.letter().to_string());
+                let cmd = redis::cmd("HGET").arg(&key).arg(&field).clone();
+                let applied: Option<String> = inner.run("sweep", cmd.query_async(&mut conn)).await?;
+                if applied != Some(max_len.to_string()) {
+                    removed += inner.sweep_all(kind, cutoff, now_ms, max_len).await?;
+                    let cmd = redis::cmd("HSET").arg(&key).arg(&field).arg(max_len.to_string()).clone();
+                    inner.run("sweep", cmd.query_async::<()>(&mut conn)).await?;
+                }
                 swept.store(max_len, Ordering::Relaxed);
             }
             if kind == Kind::User {
