@@ -156,7 +156,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
         return ApiError::from(Error::internal("connection cannot be upgraded")).into_response();
     };
     let session = Session::new(node.clone(), conn.clone(), claims);
-    tokio::spawn(async move {
+    let fut = async move {
         let stream = match on_upgrade.await {
             Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
                 Ok(parts) => Some((parts.io.into_inner(), parts.read_buf)),
@@ -170,8 +170,11 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
         };
         let _ = stream.set_nodelay(true);
         let c = conn::Connection::new(stream, leftover, session, node.cfg.limits.max_frame_bytes);
-        c.run(node.hub.clone(), node.clone()).await;
-    });
+        // Boxed so the task does not reserve room for both the upgrade and the connection
+        // states (the task would be 4.4 KB instead of ~0.3 KB + ~0.8 KB).
+        Box::pin(c.run(node.hub.clone(), node.clone())).await;
+    };
+    tokio::spawn(fut);
     switching_protocols(&key)
 }
 
