@@ -72,6 +72,13 @@ struct Common {
     /// Connection attempts in flight per worker process.
     #[arg(long, default_value_t = 128)]
     connect_concurrency: usize,
+    /// Drive an already running server at this URL (http://IP:PORT) instead of starting one;
+    /// it must run with the bench's JWT secret and API key (see docs/performance.md).
+    #[arg(long, requires = "pid")]
+    url: Option<String>,
+    /// Process id of the server given with --url, for the CPU and memory readings.
+    #[arg(long)]
+    pid: Option<u32>,
     /// Hard limit on any worker process's life, seconds.
     #[arg(long, default_value_t = 1800)]
     worker_deadline_s: u64,
@@ -149,6 +156,9 @@ struct RunArgs {
     msg_bytes: usize,
     #[arg(long, value_enum, default_value = "never")]
     fsync: FsyncArg,
+    /// publish-api: live-only messages (`"persist":false`), no store write.
+    #[arg(long)]
+    transient: bool,
     /// Run against this many syncgate nodes sharing a Redis (cluster mode).
     #[arg(long)]
     cluster_nodes: Option<usize>,
@@ -196,7 +206,8 @@ fn ctx(c: &Common, want_node: bool) -> Result<Ctx> {
         Some(p) => p.clone(),
         None => exe.with_file_name("syncgate"),
     };
-    if !syncgate.is_file() {
+    let external = c.url.clone().zip(c.pid);
+    if external.is_none() && !syncgate.is_file() {
         bail!("syncgate binary not found at {} (build it, or pass --server)", syncgate.display());
     }
     let node_dir = if want_node {
@@ -211,7 +222,7 @@ fn ctx(c: &Common, want_node: bool) -> Result<Ctx> {
         scenarios::log(format!("warning: open-file limit is {limit}; large runs need `ulimit -n 20000`"));
     }
     Ok(Ctx {
-        progs: Programs { syncgate, node_dir, redis_server: target::find_on_path("redis-server") },
+        progs: Programs { syncgate, node_dir, redis_server: target::find_on_path("redis-server"), external },
         local_ips: (0..c.source_ips.max(1)).map(|i| format!("127.0.0.{}", 2 + u16::from(i))).collect(),
         connect_concurrency: c.connect_concurrency,
         worker_deadline: Duration::from_secs(c.worker_deadline_s),
@@ -238,17 +249,21 @@ async fn run_suite(a: SuiteArgs) -> Result<bool> {
             bail!("--only matched no run");
         }
     }
+    // What is under test, read before the runs (other work may change the tree meanwhile).
+    let date = report::now_stamp();
+    let git_commit = report::git_commit();
+    let syncgate_version = report::version_of(&ctx.progs.syncgate, "--version");
     let mut results = Vec::new();
     for spec in &plan {
         results.push(scenarios::run(&ctx, spec).await);
     }
     let rep = report::SuiteReport {
-        date: report::now_stamp(),
+        date,
         command: std::env::args().collect::<Vec<_>>().join(" "),
         size,
-        git_commit: report::git_commit(),
+        git_commit,
         syncgate_binary: ctx.progs.syncgate.display().to_string(),
-        syncgate_version: report::version_of(&ctx.progs.syncgate, "--version"),
+        syncgate_version,
         node_version: if node { report::node_version() } else { None },
         machine: report::machine(),
         targets: suite::checks(&results),
@@ -290,6 +305,7 @@ async fn run_one(a: RunArgs) -> Result<bool> {
             duration_s: a.duration,
             warmup_s: 1.0,
             msg_bytes: a.msg_bytes,
+            persist: !a.transient,
         },
         ScenarioName::Resume => Scenario::Resume { devices: n, missed: a.missed, msg_bytes: a.msg_bytes },
     };

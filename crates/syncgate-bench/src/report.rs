@@ -89,19 +89,22 @@ pub fn machine() -> Machine {
     }
 }
 
+/// HEAD, and whether the server's sources differ from it (what matters for the figures).
 pub fn git_commit() -> Option<String> {
     let c = first_line("git", &["rev-parse", "--short=12", "HEAD"])?;
     let dirty = std::process::Command::new("git")
-        .args(["status", "--porcelain", "--untracked-files=no"])
+        .args(["status", "--porcelain", "--untracked-files=no", "--", "crates/syncgate", "Cargo.lock"])
         .output()
         .ok()
         .map(|o| !o.stdout.is_empty())
         .unwrap_or(false);
-    Some(if dirty { format!("{c} (with uncommitted changes)") } else { c })
+    Some(if dirty { format!("{c} (crates/syncgate with uncommitted changes)") } else { c })
 }
 
+/// `syncgate --version` without the program name (`0.1.0`).
 pub fn version_of(bin: &Path, arg: &str) -> Option<String> {
-    first_line(&bin.display().to_string(), &[arg])
+    let v = first_line(&bin.display().to_string(), &[arg])?;
+    Some(v.strip_prefix("syncgate ").map(str::to_string).unwrap_or(v))
 }
 
 pub fn node_version() -> Option<String> {

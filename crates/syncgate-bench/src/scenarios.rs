@@ -41,7 +41,8 @@ pub enum Scenario {
     Direct { users: usize, rate: f64, duration_s: f64, publishers: usize, msg_bytes: usize },
     /// `clients` keep-alive HTTP connections publishing back to back (to `users` users,
     /// nobody connected) for `duration_s` after `warmup_s`.
-    PublishApi { clients: usize, users: usize, duration_s: f64, warmup_s: f64, msg_bytes: usize },
+    /// `persist: false` publishes live-only messages (no store write): the HTTP path alone.
+    PublishApi { clients: usize, users: usize, duration_s: f64, warmup_s: f64, msg_bytes: usize, persist: bool },
     /// `devices` devices miss `missed` messages each, then reconnect all at once.
     Resume { devices: usize, missed: u64, msg_bytes: usize },
 }
@@ -181,9 +182,9 @@ pub async fn run(ctx: &Ctx, spec: &RunSpec) -> RunResult {
         Scenario::Direct { users, rate, duration_s, publishers, msg_bytes } => {
             direct(ctx, spec, &servers, &mut res, *users, *rate, secs(*duration_s), *publishers, *msg_bytes).await
         }
-        Scenario::PublishApi { clients, users, duration_s, warmup_s, msg_bytes } => {
-            publish_api(spec, &servers, &mut res, *clients, *users, secs(*duration_s), secs(*warmup_s), *msg_bytes)
-                .await
+        Scenario::PublishApi { clients, users, duration_s, warmup_s, msg_bytes, persist } => {
+            let (d, w) = (secs(*duration_s), secs(*warmup_s));
+            publish_api(spec, &servers, &mut res, *clients, *users, d, w, *msg_bytes, *persist).await
         }
         Scenario::Resume { devices, missed, msg_bytes } => {
             resume(ctx, spec, &servers, &mut res, *devices, *missed, *msg_bytes).await
@@ -193,10 +194,12 @@ pub async fn run(ctx: &Ctx, spec: &RunSpec) -> RunResult {
         res.ok = false;
         let mut msg = format!("{e:#}");
         if servers.check_alive().is_err() {
-            msg.push_str(&format!("\nserver output:\n{}", servers.nodes[0].log_tail()));
+            msg.push_str(&format!("\nserver output:\n{}", servers.log_tail()));
         }
         res.error = Some(msg);
     }
+    // Redis CPU (cluster runs) after the server's own figures.
+    res.display.sort_by_key(|(label, _)| label.starts_with("Redis"));
     tokio::task::spawn_blocking(move || servers.stop()).await.ok();
     res.elapsed_s = started.elapsed().as_secs_f64();
     log(format!(
@@ -268,12 +271,14 @@ struct Publisher {
     http: HttpConn,
     kind: TargetKind,
     size: usize,
+    /// `"persist":false` in user publishes.
+    transient: bool,
 }
 
 impl Publisher {
     async fn connect(servers: &ServerSet, size: usize) -> Result<Publisher> {
         let http = HttpConn::connect(servers.publish_base(), Some(API_KEY)).await?;
-        Ok(Publisher { http, kind: servers.kind, size })
+        Ok(Publisher { http, kind: servers.kind, size, transient: false })
     }
 
     async fn send(&mut self, path: &str, body: String) -> Result<()> {
@@ -293,7 +298,9 @@ impl Publisher {
     }
 
     async fn user(&mut self, user: usize, seq: u64) -> Result<()> {
-        let body = format!("{{\"user_id\":\"u-{user}\",\"type\":\"{KIND}\",\"data\":{}}}", data_json(seq, self.size));
+        let persist = if self.transient { ",\"persist\":false" } else { "" };
+        let body =
+            format!("{{\"user_id\":\"u-{user}\",\"type\":\"{KIND}\"{persist},\"data\":{}}}", data_json(seq, self.size));
         match self.kind {
             TargetKind::Syncgate => self.send("/api/v1/events", body).await,
             TargetKind::NodeWs => self.send("/publish", body).await,
@@ -305,6 +312,14 @@ impl Publisher {
         let body =
             format!("{{\"user_ids\":[{}],\"type\":\"{KIND}\",\"data\":{}}}", ids.join(","), data_json(seq, self.size));
         self.send("/api/v1/events/batch", body).await
+    }
+}
+
+/// Records the Redis CPU of a cluster run (Redis is not part of "server CPU").
+fn redis_figure(res: &mut RunResult, meter: Option<CpuMeter>) {
+    if let Some(used) = meter.and_then(|m| m.stop().ok()) {
+        res.fig("redis_cpu_cores", used.cores());
+        res.show("Redis CPU (not in server CPU)", format!("{:.2} cores", used.cores()));
     }
 }
 
@@ -321,13 +336,14 @@ fn kib(bytes: f64) -> String {
 
 fn thousands(v: f64) -> String {
     let n = v.round() as i64;
-    let s = n.abs().to_string();
+    let digits: Vec<char> = n.unsigned_abs().to_string().chars().collect();
     let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+    for (i, c) in digits.iter().enumerate() {
+        let left = digits.len() - i;
+        out.push(*c);
+        if left > 1 && left % 3 == 1 {
             out.push(',');
         }
-        out.push(c);
     }
     if n < 0 {
         format!("-{out}")
@@ -363,9 +379,11 @@ async fn idle(
     let ok = connect(&mut fleet, &device_spec(ctx, servers, conns), res).await?;
     tokio::time::sleep(settle).await;
     let cpu = CpuMeter::start(&servers.pids())?;
+    let redis_cpu = servers.redis_meter();
     log(format!("  holding {ok} idle connections for {:.0} s", hold.as_secs_f64()));
     tokio::time::sleep(hold).await;
     let used = cpu.stop()?;
+    redis_figure(res, redis_cpu);
     let rss1 = servers.rss_bytes()?;
     let fds: u64 = servers.pids().iter().map(|p| crate::sys::open_fds(*p)).sum();
     let t = fleet.tick();
@@ -424,6 +442,7 @@ async fn fanout(
     fleet.reset().await?;
     let pids = servers.pids();
     let cpu = CpuMeter::start(&pids)?;
+    let redis_cpu = servers.redis_meter();
     let gen_cpu = CpuMeter::start(&generator_pids(&fleet))?;
     let t0 = tokio::time::Instant::now();
     let mut published = 0u64;
@@ -466,6 +485,7 @@ async fn fanout(
     let complete = fleet.wait_until(|t| t.received >= expected, Duration::from_secs(5), Duration::from_secs(120)).await;
     let wall = t0.elapsed();
     let used = cpu.stop()?;
+    redis_figure(res, redis_cpu);
     let gen_used = gen_cpu.stop()?;
     let m = fleet.report().await?;
     let received = m.tick.received;
@@ -534,6 +554,7 @@ async fn direct(
         pubs.push(Publisher::connect(servers, size).await?);
     }
     let cpu = CpuMeter::start(&servers.pids())?;
+    let redis_cpu = servers.redis_meter();
     let gen_cpu = CpuMeter::start(&generator_pids(&fleet))?;
     let t0 = tokio::time::Instant::now();
     let mut tasks = Vec::new();
@@ -555,6 +576,7 @@ async fn direct(
     let complete = fleet.wait_until(|t| t.received >= total, Duration::from_secs(5), Duration::from_secs(120)).await;
     let wall = t0.elapsed();
     let used = cpu.stop()?;
+    redis_figure(res, redis_cpu);
     let gen_used = gen_cpu.stop()?;
     let m = fleet.report().await?;
     let received = m.tick.received;
@@ -635,20 +657,25 @@ async fn publish_api(
     duration: Duration,
     warmup: Duration,
     size: usize,
+    persist: bool,
 ) -> Result<()> {
     let mut pubs = Vec::with_capacity(clients);
     for _ in 0..clients {
-        pubs.push(Publisher::connect(servers, size).await?);
+        let mut p = Publisher::connect(servers, size).await?;
+        p.transient = !persist;
+        pubs.push(p);
     }
     let users = users.max(1);
     let (pubs, _, _, _) = hammer(pubs, users, tokio::time::Instant::now() + warmup).await?;
     log(format!("  {clients} clients publishing for {duration:?} (fsync {})", spec.fsync.as_str()));
     let cpu = CpuMeter::start(&servers.pids())?;
+    let redis_cpu = servers.redis_meter();
     let gen_cpu = CpuMeter::start(&[std::process::id()])?;
     let t0 = Instant::now();
     let (_, ok, refused, latency) = hammer(pubs, users, tokio::time::Instant::now() + duration).await?;
     let wall = t0.elapsed().as_secs_f64();
     let used = cpu.stop()?;
+    redis_figure(res, redis_cpu);
     let gen_used = gen_cpu.stop()?;
     res.fig("generator_cpu_cores", gen_used.cores());
     let summary = latency.summary();
@@ -724,6 +751,7 @@ async fn resume(
     spec.expect_events = missed;
     spec.concurrency = ctx.connect_concurrency.max(512);
     let cpu = CpuMeter::start(&servers.pids())?;
+    let redis_cpu = servers.redis_meter();
     let start_ns = unix_ns();
     let t1 = Instant::now();
     let c = fleet.connect(&spec, Duration::from_secs(600)).await?;
@@ -735,6 +763,7 @@ async fn resume(
         fleet.wait_until(|t| t.caught_up >= reconnected, Duration::from_secs(10), Duration::from_secs(300)).await;
     let wall = t1.elapsed();
     let used = cpu.stop()?;
+    redis_figure(res, redis_cpu);
     let m = fleet.report().await?;
     let done_ns = if complete { m.last_caught_up_ns.max(start_ns) } else { unix_ns() };
     let catch_up_s = (done_ns - start_ns) as f64 / 1e9;

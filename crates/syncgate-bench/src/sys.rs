@@ -86,6 +86,7 @@ impl CpuMeter {
 
 /// Raises this process's soft open-file limit to its hard limit (children inherit it).
 /// Returns the new soft limit.
+#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
 pub fn raise_nofile_limit() -> u64 {
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
     unsafe {

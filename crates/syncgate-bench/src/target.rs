@@ -67,6 +67,9 @@ pub struct Programs {
     /// bench/node (server.js and node_modules/ws), when the Node baseline is wanted.
     pub node_dir: Option<PathBuf>,
     pub redis_server: Option<PathBuf>,
+    /// Drive an already running server instead (`http://IP:PORT`, and its pid for the
+    /// /proc readings); it must use the bench credentials (`JWT_SECRET`, `API_KEY`).
+    pub external: Option<(String, u32)>,
 }
 
 fn keep_lines(
@@ -224,6 +227,8 @@ pub struct ServerSet {
     pub kind: TargetKind,
     pub nodes: Vec<Proc>,
     pub redis: Option<Proc>,
+    /// An already running server (see `Programs::external`), not started nor stopped here.
+    pub external: Option<(String, u32)>,
 }
 
 impl ServerSet {
@@ -234,14 +239,18 @@ impl ServerSet {
         fsync: Fsync,
         extra: &[(String, String)],
     ) -> Result<ServerSet> {
+        if let Some(ext) = &progs.external {
+            return Ok(ServerSet { kind, nodes: Vec::new(), redis: None, external: Some(ext.clone()) });
+        }
         match (kind, topology) {
             (TargetKind::NodeWs, Topology::Single) => {
                 let dir = progs.node_dir.as_deref().ok_or_else(|| anyhow!("no --node-dir for the Node baseline"))?;
-                Ok(ServerSet { kind, nodes: vec![Proc::node(dir)?], redis: None })
+                Ok(ServerSet { kind, nodes: vec![Proc::node(dir)?], redis: None, external: None })
             }
             (TargetKind::NodeWs, Topology::Cluster { .. }) => bail!("the Node baseline has no cluster mode"),
             (TargetKind::Syncgate, Topology::Single) => {
-                Ok(ServerSet { kind, nodes: vec![Proc::syncgate(progs, fsync, "bench-1", extra)?], redis: None })
+                let node = Proc::syncgate(progs, fsync, "bench-1", extra)?;
+                Ok(ServerSet { kind, nodes: vec![node], redis: None, external: None })
             }
             (TargetKind::Syncgate, Topology::Cluster { nodes }) => {
                 let bin = progs.redis_server.as_deref().ok_or_else(|| anyhow!("redis-server not found"))?;
@@ -252,28 +261,47 @@ impl ServerSet {
                 for i in 1..=nodes {
                     procs.push(Proc::syncgate(progs, fsync, &format!("bench-{i}"), &env)?);
                 }
-                Ok(ServerSet { kind, nodes: procs, redis: Some(redis) })
+                Ok(ServerSet { kind, nodes: procs, redis: Some(redis), external: None })
             }
         }
     }
 
     /// The URLs devices connect to (spread round-robin).
     pub fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(|p| p.base.clone()).collect()
+        match &self.external {
+            Some((url, _)) => vec![url.clone()],
+            None => self.nodes.iter().map(|p| p.base.clone()).collect(),
+        }
     }
 
     /// Where publishes go.
     pub fn publish_base(&self) -> &str {
-        &self.nodes[0].base
+        match &self.external {
+            Some((url, _)) => url,
+            None => &self.nodes[0].base,
+        }
     }
 
     /// The processes whose CPU and memory a run reports (not Redis).
     pub fn pids(&self) -> Vec<u32> {
-        self.nodes.iter().map(|p| p.pid).collect()
+        match &self.external {
+            Some((_, pid)) => vec![*pid],
+            None => self.nodes.iter().map(|p| p.pid).collect(),
+        }
     }
 
     pub fn rss_bytes(&self) -> Result<u64> {
-        self.nodes.iter().map(|p| crate::sys::rss_bytes(p.pid)).sum()
+        self.pids().iter().map(|p| crate::sys::rss_bytes(*p)).sum()
+    }
+
+    /// A CPU meter on the Redis of a cluster run.
+    pub fn redis_meter(&self) -> Option<crate::sys::CpuMeter> {
+        self.redis.as_ref().and_then(|r| crate::sys::CpuMeter::start(&[r.pid]).ok())
+    }
+
+    /// The last lines the first node printed (for error reports).
+    pub fn log_tail(&self) -> String {
+        self.nodes.first().map(Proc::log_tail).unwrap_or_default()
     }
 
     /// Fails with the server's last output if a node has died.

@@ -91,7 +91,10 @@ impl Device {
                 .map_err(|e| Error::InvalidInput(format!("header {name}: {e}")))?;
             headers.append(name, header_value(value)?);
         }
+        // tungstenite's default 128 KiB read buffer is zero-filled before every socket read;
+        // 8 KiB is plenty for a device and keeps many-device load generators cheap.
         let config = WebSocketConfig::default()
+            .read_buffer_size(8 * 1024)
             .max_message_size(Some(MAX_MESSAGE_BYTES))
             .max_frame_size(Some(MAX_MESSAGE_BYTES));
         let setup = async {

@@ -58,6 +58,13 @@ impl Drop for InflightGuard<'_> {
     }
 }
 
+/// The swappable parts of a node: embedded or Redis.
+pub struct Backends {
+    pub store: Arc<dyn Store>,
+    pub broker: Arc<dyn Broker>,
+    pub presence: Arc<dyn Presence>,
+}
+
 /// What to publish.
 pub struct Message<'a> {
     pub kind: &'a str,
@@ -78,13 +85,12 @@ impl Node {
         cfg: Arc<Config>,
         instance_id: String,
         hub: Arc<Hub>,
-        store: Arc<dyn Store>,
-        broker: Arc<dyn Broker>,
-        presence: Arc<dyn Presence>,
+        backends: Backends,
         auth: Auth,
         metrics: Arc<Metrics>,
     ) -> Self {
         let limits = Limiters::new(&cfg.rate_limits);
+        let Backends { store, broker, presence } = backends;
         Node {
             cfg,
             instance_id,

@@ -24,17 +24,14 @@ use tower::ServiceExt;
 use crate::auth::Auth;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::{RedisBroker, RedisBrokerOptions, Resubscribed};
-use crate::broker::Broker;
 use crate::config::Config;
 use crate::hub::{CloseReason, Hub};
 use crate::metrics::Metrics;
-use crate::node::Node;
+use crate::node::{Backends, Node};
 use crate::presence::local::LocalPresence;
 use crate::presence::redis::RedisPresence;
-use crate::presence::Presence;
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use crate::store::redis::{RedisOptions, RedisStore};
-use crate::store::Store;
 use crate::transport::codec::close;
 
 #[derive(Debug, thiserror::Error)]
@@ -110,18 +107,25 @@ pub fn instance_id(cfg: &Config) -> String {
     format!("{host}-{}", &random_token(3))
 }
 
-type Parts = (Arc<dyn Store>, Arc<dyn Broker>, Arc<dyn Presence>);
-
 /// One node on the embedded store: everything in this process.
-fn single_node(cfg: &Config, hub: &Arc<Hub>) -> Result<Parts, ServerError> {
+fn single_node(cfg: &Config, hub: &Arc<Hub>) -> Result<Backends, ServerError> {
     let dir = cfg.server.data_dir.clone();
     std::fs::create_dir_all(&dir).map_err(|source| ServerError::DataDir { path: dir.display().to_string(), source })?;
     let store = EmbeddedStore::open(EmbeddedOptions { dir, fsync: cfg.store.fsync, max_batch: 1024 })?;
-    Ok((Arc::new(store), Arc::new(MemoryBroker::new(hub.clone())), Arc::new(LocalPresence::new(hub.clone()))))
+    Ok(Backends {
+        store: Arc::new(store),
+        broker: Arc::new(MemoryBroker::new(hub.clone())),
+        presence: Arc::new(LocalPresence::new(hub.clone())),
+    })
 }
 
 /// Cluster mode: streams, fan-out and presence on Redis.
-async fn cluster(cfg: &Config, hub: &Arc<Hub>, instance: &str, stop: &CancellationToken) -> Result<Parts, ServerError> {
+async fn cluster(
+    cfg: &Config,
+    hub: &Arc<Hub>,
+    instance: &str,
+    stop: &CancellationToken,
+) -> Result<Backends, ServerError> {
     let r = &cfg.redis;
     let redis_err = |e: &dyn std::fmt::Display| ServerError::Redis(e.to_string());
     let mut opts = RedisOptions::new(&r.url);
@@ -149,7 +153,7 @@ async fn cluster(cfg: &Config, hub: &Arc<Hub>, instance: &str, stop: &Cancellati
     let presence = Arc::new(RedisPresence::new(store.connection(), &r.key_prefix, instance));
     presence.spawn(hub.clone(), r.presence_ttl, stop.clone());
     tracing::info!(cluster = store.is_cluster(), sharded_pubsub = broker.is_sharded(), "cluster mode on Redis");
-    Ok((Arc::new(store), Arc::new(broker), presence))
+    Ok(Backends { store: Arc::new(store), broker: Arc::new(broker), presence })
 }
 
 /// A bound, ready-to-run node.
@@ -171,7 +175,7 @@ impl Server {
         let hub = Arc::new(Hub::new(cfg.limits.max_connections, cfg.limits.max_connections_per_user, metrics.clone()));
         let instance = instance_id(&cfg);
         let background = CancellationToken::new();
-        let (store, broker, presence) = if cfg.redis.url.is_empty() {
+        let backends = if cfg.redis.url.is_empty() {
             single_node(&cfg, &hub)?
         } else {
             cluster(&cfg, &hub, &instance, &background).await?
@@ -179,7 +183,7 @@ impl Server {
         let listener = TcpListener::bind(&cfg.server.listen)
             .await
             .map_err(|source| ServerError::Listen { addr: cfg.server.listen.clone(), source })?;
-        let node = Arc::new(Node::new(cfg.clone(), instance, hub, store, broker, presence, auth, metrics));
+        let node = Arc::new(Node::new(cfg.clone(), instance, hub, backends, auth, metrics));
         Ok(Server { node, listener, background, dev })
     }
 

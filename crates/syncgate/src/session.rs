@@ -30,20 +30,23 @@ pub struct Session {
     node: Arc<Node>,
     pub conn: Arc<Conn>,
     claims: Claims,
+    /// Created on the first frame: most connections of a push gateway never send one.
     limiter: Option<Box<FrameLimiter>>,
     strikes: u32,
 }
 
 impl Session {
     pub fn new(node: Arc<Node>, conn: Arc<Conn>, claims: Claims) -> Self {
-        let limiter = node.limits.frame_limiter();
-        Session { node, conn, claims, limiter, strikes: 0 }
+        Session { node, conn, claims, limiter: None, strikes: 0 }
     }
 
     /// Counts a data frame against the rate limit. `Err(Some(close))` when the connection
     /// has gone on flooding past the strike count.
     fn admit_frame(&mut self, reference: Option<&RawValue>) -> std::result::Result<(), Option<CloseRequest>> {
         self.node.metrics.frames_in.inc();
+        if self.limiter.is_none() {
+            self.limiter = self.node.limits.frame_limiter();
+        }
         let Some(l) = &self.limiter else {
             return Ok(());
         };

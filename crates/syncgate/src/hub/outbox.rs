@@ -204,8 +204,8 @@ impl Conn {
         let mut out = self.out.lock();
         let n = out.frames.len().min(max);
         into.extend(out.frames.drain(..n));
-        if out.frames.is_empty() && out.frames.capacity() > 16 {
-            out.frames = VecDeque::new();
+        if out.frames.is_empty() && out.frames.capacity() > 0 {
+            out.frames = VecDeque::new(); // an idle connection keeps no queue memory
         }
         match out.close {
             Some(c) if out.frames.is_empty() => Some(c),

@@ -1,0 +1,87 @@
+//! Smoke test of the benchmark harness: every scenario of the suite at tiny sizes (20
+//! connections, about a second each) against the debug `syncgate` binary, so the harness
+//! cannot rot. It checks that every run delivered everything it should (counts), never how
+//! fast: timing assertions make CI flaky. The Node baseline is not part of it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The `syncgate` binary of the same profile as this test (`cargo test --workspace` builds
+/// it); built on demand when missing (e.g. `cargo test -p syncgate-bench` alone).
+fn syncgate_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("SYNCGATE_BIN") {
+        return PathBuf::from(p);
+    }
+    let bench = Path::new(env!("CARGO_BIN_EXE_syncgate-bench"));
+    let bin = bench.with_file_name(format!("syncgate{}", std::env::consts::EXE_SUFFIX));
+    if !bin.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "syncgate", "--bin", "syncgate"]);
+        if bench.parent().and_then(Path::file_name).is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("running cargo build -p syncgate");
+        assert!(st.success(), "cargo build -p syncgate failed");
+    }
+    assert!(bin.is_file(), "syncgate binary not found at {}", bin.display());
+    bin
+}
+
+#[test]
+fn every_scenario_delivers_at_smoke_size() {
+    let server = syncgate_binary();
+    let out = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    // The cluster runs need a redis-server (scripts/test installs one).
+    let cluster =
+        std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("redis-server").is_file()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_syncgate-bench"));
+    cmd.args(["suite", "--smoke", "--no-node", "--worker-deadline-s", "120", "--name", "smoke"]);
+    if cluster {
+        cmd.arg("--cluster");
+    }
+    let run = cmd.arg("--server").arg(&server).arg("--out").arg(out.path()).output().expect("running syncgate-bench");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let json = std::fs::read_to_string(out.path().join("smoke.json"))
+        .unwrap_or_else(|e| panic!("no results written ({e}); stderr:\n{stderr}"));
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    let ids: Vec<&str> = runs.iter().filter_map(|r| r["id"].as_str()).collect();
+    for want in [
+        "idle",
+        "fanout-10",
+        "fanout-sat",
+        "direct",
+        "publish-api",
+        "publish-api-durable",
+        "publish-api-transient",
+        "resume",
+    ] {
+        assert!(ids.contains(&want), "run {want} missing from {ids:?}");
+    }
+    for r in runs {
+        let id = r["id"].as_str().unwrap_or("?");
+        assert!(r["error"].is_null(), "run {id} failed: {}\nstderr:\n{stderr}", r["error"]);
+        assert_eq!(r["ok"], true, "run {id} did not deliver everything: {}\nstderr:\n{stderr}", r["notes"]);
+        let f = &r["figures"];
+        match id {
+            "idle" => assert_eq!(f["connections"], 20.0, "{id}: {f}"),
+            "fanout-10" | "fanout-sat" | "cluster-fanout-10" => {
+                assert!(f["published"].as_f64().unwrap() >= 1.0, "{id}: {f}");
+                assert_eq!(f["delivered"], f["expected"], "{id}: {f}");
+            }
+            "direct" | "cluster-direct" => assert_eq!(f["delivered"], f["published"], "{id}: {f}"),
+            "resume" | "cluster-resume" => {
+                assert_eq!(f["replayed"], 100.0, "{id}: {f}");
+                assert_eq!(f["resumed_announced"], 100.0, "{id}: {f}");
+            }
+            _ => assert!(f["accepted"].as_f64().unwrap() >= 1.0, "{id}: {f}"),
+        }
+    }
+    assert!(run.status.success(), "syncgate-bench exited with {}; stderr:\n{stderr}", run.status);
+    assert!(out.path().join("smoke.md").is_file());
+    eprintln!("smoke suite took {:.1} s", started.elapsed().as_secs_f64());
+    assert!(started.elapsed() < Duration::from_secs(120));
+}
