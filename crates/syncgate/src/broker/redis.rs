@@ -1,7 +1,8 @@
 //! Redis broker: fan-out between nodes over Redis Pub/Sub (standalone or Redis Cluster).
 //!
-//! Owns: the channel names, the envelope's wire format, the subscriber task (subscriptions
-//! that follow the hub's local interest, reconnects, health checks) and the pub/sub counters.
+//! Owns: the channel names, the envelope's wire format (`redis_wire.rs`), the subscriber task
+//! (subscriptions that follow the hub's local interest, reconnects, health checks) and the
+//! pub/sub counters.
 //!
 //! Must never: deliver its own messages twice (they are delivered locally at publish and
 //! dropped when Redis echoes them), subscribe to a user or room without a local connection,
@@ -13,20 +14,8 @@
 //! (SPUBLISH/SSUBSCRIBE: a message only travels to the shard of its channel); on older clusters
 //! classic PUBLISH, which the cluster bus copies to every node.
 //!
-//! Envelope on the wire (big endian), the frame bytes untouched after a small header:
-//!
-//! | bytes | content |
-//! |---|---|
-//! | 2 | magic `S1` (format version 1) |
-//! | 1 | target: 0 user, 1 room, 2 all, 3 disconnect |
-//! | 1 | flags: bit 0 = seq present |
-//! | 1 + n | origin instance id: length, bytes |
-//! | 2 + n | user or room name: length, bytes (empty for all) |
-//! | 8 | seq, if present |
-//! | rest | the encoded WebSocket frame |
-//!
-//! `Envelope::except` is not sent: it names a connection of the publishing node (connection ids
-//! are per node), and that node delivers its own copy locally.
+//! The envelope's wire format (a small header, then the frame bytes untouched) is described
+//! and implemented in `redis_wire.rs`.
 //!
 //! Delivery across an outage: pub/sub keeps nothing, so messages published while this node's
 //! subscriber is disconnected do not reach it. Persisted messages are recovered anyway: the
@@ -40,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
@@ -53,6 +42,10 @@ use super::memory::deliver_local;
 use super::{Broker, BrokerError, BrokerStats, Envelope, Interest, Target};
 use crate::hub::Hub;
 use crate::store::redis::{is_unavailable, Endpoint, RedisConn, RedisMode};
+use wire::{decode, encode};
+
+#[path = "redis_wire.rs"]
+mod wire;
 
 /// Where Redis is and how the broker behaves.
 #[derive(Debug, Clone)]
@@ -86,63 +79,6 @@ impl RedisBrokerOptions {
             sharded: None,
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Envelope encoding.
-
-const MAGIC: &[u8; 2] = b"S1";
-
-#[derive(Debug)]
-struct Wire {
-    origin: Bytes,
-    env: Envelope,
-}
-
-fn encode(origin: &str, env: &Envelope) -> Option<Bytes> {
-    let (kind, name): (u8, &str) = match &env.target {
-        Target::User(u) => (0, u),
-        Target::Room(r) => (1, r),
-        Target::All => (2, ""),
-        Target::Disconnect(u) => (3, u),
-    };
-    let origin_len = u8::try_from(origin.len()).ok()?;
-    let name_len = u16::try_from(name.len()).ok()?;
-    let mut b = BytesMut::with_capacity(16 + origin.len() + name.len() + env.frame.len());
-    b.put_slice(MAGIC);
-    b.put_u8(kind);
-    b.put_u8(u8::from(env.seq.is_some()));
-    b.put_u8(origin_len);
-    b.put_slice(origin.as_bytes());
-    b.put_u16(name_len);
-    b.put_slice(name.as_bytes());
-    if let Some(seq) = env.seq {
-        b.put_u64(seq);
-    }
-    b.put_slice(&env.frame);
-    Some(b.freeze())
-}
-
-/// Decodes a message; the frame is a slice of `buf` (no copy).
-fn decode(mut buf: Bytes) -> Option<Wire> {
-    let take = |buf: &mut Bytes, n: usize| (buf.remaining() >= n).then(|| buf.split_to(n));
-    if take(&mut buf, 2)?.as_ref() != MAGIC {
-        return None;
-    }
-    let head = take(&mut buf, 3)?;
-    let (kind, flags, origin_len) = (head[0], head[1], head[2] as usize);
-    let origin = take(&mut buf, origin_len)?;
-    let name_len = take(&mut buf, 2)?.get_u16() as usize;
-    let name = std::str::from_utf8(&take(&mut buf, name_len)?).ok()?.to_owned();
-    let seq = if flags & 1 == 1 { Some(take(&mut buf, 8)?.get_u64()) } else { None };
-    let target = match kind {
-        0 => Target::User(name.into()),
-        1 => Target::Room(name.into()),
-        2 => Target::All,
-        3 => Target::Disconnect(name.into()),
-        _ => return None,
-    };
-    Some(Wire { origin, env: Envelope { target, seq, frame: buf, except: None } })
 }
 
 // ---------------------------------------------------------------------------------------------
