@@ -13,7 +13,7 @@
 //! or block: everything here runs under a short mutex from delivery paths.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -71,6 +71,9 @@ pub struct Conn {
     /// Milliseconds (hub clock) when the client was last heard from.
     pub last_seen: AtomicU64,
     limit: usize,
+    /// Set (under the lock) whenever a stream becomes `behind`, cleared when none is: lets
+    /// the connection task skip the lock on every turn when there is nothing to read.
+    any_behind: AtomicBool,
     pub(crate) out: Mutex<Outbox>,
     pub(crate) notify: Notify,
 }
@@ -100,6 +103,7 @@ impl Conn {
             token_exp,
             last_seen: AtomicU64::new(0),
             limit,
+            any_behind: AtomicBool::new(user_pos.behind),
             out: Mutex::new(Outbox { frames: VecDeque::new(), close: None, user: user_pos, rooms: Vec::new() }),
             notify: Notify::new(),
         }
@@ -146,6 +150,7 @@ impl Conn {
         if pos.behind || seq != pos.delivered + 1 {
             pos.behind = true;
             pos.max_seen = pos.max_seen.max(seq);
+            self.any_behind.store(true, Ordering::Release);
             self.notify.notify_one();
             return Offer::Skipped;
         }
@@ -173,6 +178,7 @@ impl Conn {
                 }
             }
         }
+        self.any_behind.store(true, Ordering::Release);
         drop(guard);
         self.notify.notify_one();
     }
@@ -216,6 +222,9 @@ impl Conn {
     /// A stream that needs reading from the store, with the position after which to read
     /// and how many events fit in the queue now.
     pub fn next_fill(&self) -> Option<(StreamRef, u64, usize)> {
+        if !self.any_behind.load(Ordering::Acquire) {
+            return None;
+        }
         let out = self.out.lock();
         if out.close.is_some() {
             return None;
@@ -227,10 +236,14 @@ impl Conn {
         if out.user.behind {
             return Some((StreamRef::User, out.user.delivered, room));
         }
-        out.rooms.iter().find_map(|(name, pos)| match pos {
+        let found = out.rooms.iter().find_map(|(name, pos)| match pos {
             Some(p) if p.behind => Some((StreamRef::Room(name.clone()), p.delivered, room)),
             _ => None,
-        })
+        });
+        if found.is_none() {
+            self.any_behind.store(false, Ordering::Release); // e.g. a room left while behind
+        }
+        found
     }
 
     /// Queues events read from the store after `after`. `events` are (seq, frame) in order;
@@ -289,6 +302,8 @@ impl Conn {
         for f in queued {
             out.frames.push_back(f);
         }
+        let any = out.user.behind || out.rooms.iter().any(|(_, p)| p.as_ref().is_some_and(|p| p.behind));
+        self.any_behind.store(any, Ordering::Release);
         drop(guard);
         self.notify.notify_one();
         trimmed
@@ -299,6 +314,9 @@ impl Conn {
         let mut out = self.out.lock();
         if out.rooms.iter().any(|(n, _)| *n == room) {
             return false;
+        }
+        if pos.as_ref().is_some_and(|p| p.behind) {
+            self.any_behind.store(true, Ordering::Release);
         }
         out.rooms.push((room, pos));
         drop(out);
