@@ -36,6 +36,16 @@ async fn stop_all(nodes: Vec<TestServer>) {
     }
 }
 
+/// Waits until presence (as seen through `api`) counts `n` connections of `user`.
+async fn until_connections(api: &syncgate_client::Api, user: &str, n: u64) {
+    eventually_async(|| {
+        let api = api.clone();
+        let user = user.to_string();
+        async move { api.user_online(&user).await.unwrap().body["connections"] == n }
+    })
+    .await;
+}
+
 async fn eventually_async<F, Fut>(mut f: F)
 where
     F: FnMut() -> Fut,
@@ -112,11 +122,7 @@ async fn presence_online_users_and_user_limits_agree_across_nodes() {
     // Leaving is seen everywhere too.
     drop(a2);
     let api = n[0].api.clone();
-    eventually_async(|| {
-        let api = api.clone();
-        async move { api.user_online("alice").await.unwrap().body["connections"] == 1 }
-    })
-    .await;
+    until_connections(&api, "alice", 1).await;
     stop_all(n).await;
 }
 
@@ -239,11 +245,7 @@ async fn a_killed_node_is_forgotten_and_its_devices_resume_elsewhere() {
     assert_eq!(d.collect_events(5, T).await.unwrap().len(), 5);
     d.ack(&ids[4]).await.unwrap().expect_reply().unwrap();
     let api = survivor.api.clone();
-    eventually_async(|| {
-        let api = api.clone();
-        async move { api.user_online("alice").await.unwrap().body["connections"] == 1 }
-    })
-    .await;
+    until_connections(&api, "alice", 1).await;
     doomed.signal(libc::SIGKILL);
     doomed.wait_exit(Duration::from_secs(5));
     assert!(d.wait_closed(T).await.is_ok() || d.is_closed());
@@ -251,11 +253,7 @@ async fn a_killed_node_is_forgotten_and_its_devices_resume_elsewhere() {
         publish(&survivor.api, "alice", "n", json!(i)).await;
     }
     // The crashed node's connection disappears from presence within the TTL.
-    eventually_async(|| {
-        let api = api.clone();
-        async move { api.user_online("alice").await.unwrap().body["connections"] == 0 }
-    })
-    .await;
+    until_connections(&api, "alice", 0).await;
     let (mut d, w) = Device::connect(&survivor.base, DeviceOptions::new(token).client_id("phone")).await.unwrap();
     assert_eq!(w.resumed, 3);
     let got: Vec<_> = d.collect_events(3, T).await.unwrap().into_iter().map(|e| e.data).collect();
