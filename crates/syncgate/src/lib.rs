@@ -18,6 +18,9 @@
 //! - [`presence`]: who is online and in which rooms, across the deployment.
 //! - [`store`]: durable user streams, room history, cursors, idempotency (`Store` trait;
 //!   embedded redb for one node).
+//! - [`queue`]: the durable outbound job queue (webhooks, push sends, delayed publishes),
+//!   its workers, retries, circuit breakers and dead letters (`Queue` trait; embedded, Redis).
+//! - [`webhooks`]: the gateway's events to the app (Standard Webhooks), the connect proxy.
 //! - [`auth`], [`limits`], [`metrics`], [`config`], [`error`]: the cross-cutting parts.
 
 pub mod api;
@@ -31,7 +34,9 @@ pub mod metrics;
 pub mod node;
 pub mod presence;
 pub mod protocol;
+pub mod queue;
 pub mod server;
 pub mod session;
 pub mod store;
 pub mod transport;
+pub mod webhooks;

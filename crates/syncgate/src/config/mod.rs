@@ -6,6 +6,7 @@
 //!
 //! Must never: read configuration anywhere else, or start anything.
 
+mod outbound;
 mod rate;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 
+pub use outbound::{ConnectProxy, OnError, PushConfig, QueueConfig, WebhookEndpoint, WebhooksConfig, WEBHOOK_EVENTS};
 pub use rate::{duration, Rate, RateSetting};
 
 use crate::store::embedded::FsyncPolicy;
@@ -46,6 +48,9 @@ pub struct Config {
     pub store: StoreConfig,
     pub redis: RedisConfig,
     pub log: LogConfig,
+    pub webhooks: WebhooksConfig,
+    pub queue: QueueConfig,
+    pub push: PushConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -304,8 +309,13 @@ const STRING_KEYS: &[(&str, &str)] = &[
 ];
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[(&str, &str)] =
-    &[("auth", "api_keys"), ("server", "cors_origins"), ("messages", "allowed_types"), ("rooms", "client_publish")];
+const LIST_KEYS: &[(&str, &str)] = &[
+    ("auth", "api_keys"),
+    ("server", "cors_origins"),
+    ("messages", "allowed_types"),
+    ("rooms", "client_publish"),
+    ("webhooks", "client_message_types"),
+];
 
 impl Config {
     /// Loads the config: `file` (or SYNCGATE_CONFIG) if given, then the environment.
@@ -404,6 +414,7 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return key("log.level", format!("{e}"));
         }
+        self.validate_outbound()?;
         Ok(())
     }
 
