@@ -17,7 +17,10 @@
 
 pub mod backoff;
 pub mod breaker;
+pub mod embedded;
 pub mod metrics;
+pub mod redis;
+mod redis_scripts;
 pub mod worker;
 
 use std::time::Duration;
@@ -167,7 +170,6 @@ pub struct Job {
 /// A dead letter: a job that failed for good, with when and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadJob {
-    #[serde(flatten)]
     pub job: Job,
     pub failed_at: i64,
 }
@@ -199,6 +201,9 @@ pub enum QueueError {
     /// `queue.max_jobs` live jobs: answered 503 to a caller.
     #[error("the outbound queue is full ({max} jobs)")]
     Full { max: u64 },
+    /// A dead-letter cursor that no page handed out.
+    #[error("malformed cursor")]
+    BadCursor,
     #[error("outbound queue unavailable: {0}")]
     Unavailable(String),
     #[error("outbound queue error: {0}")]
@@ -308,9 +313,11 @@ pub trait Queue: Send + Sync {
     async fn delete_dead(&self, id: &str) -> QueueResult<bool>;
 }
 
-/// A new job id: 32 hex digits, unique without coordination (so two nodes never collide).
+/// A new job id: `job_` and a UUIDv7 in hex, unique without coordination (so two nodes
+/// never collide) and ordered by creation time, so jobs due in the same millisecond run
+/// in the order they were enqueued.
 pub fn new_job_id() -> String {
-    format!("job_{}", uuid::Uuid::new_v4().simple())
+    format!("job_{}", uuid::Uuid::now_v7().simple())
 }
 
 /// Now as unix ms.
