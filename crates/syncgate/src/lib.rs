@@ -20,6 +20,7 @@
 //!   embedded redb for one node).
 //! - [`queue`]: the durable outbound job queue (webhooks, push sends, delayed publishes),
 //!   its workers, retries, circuit breakers and dead letters (`Queue` trait; embedded, Redis).
+//! - [`delayed`]: publishes with `delay_s` / `deliver_at`, run as queue jobs.
 //! - [`webhooks`]: the gateway's events to the app (Standard Webhooks), the connect proxy.
 //! - [`auth`], [`limits`], [`metrics`], [`config`], [`error`]: the cross-cutting parts.
 
@@ -27,6 +28,7 @@ pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod delayed;
 pub mod error;
 pub mod hub;
 pub mod limits;

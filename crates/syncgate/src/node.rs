@@ -37,6 +37,10 @@ pub struct Node {
     pub store: Arc<dyn Store>,
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn Presence>,
+    /// The outbound queue's workers (webhooks, push sends, delayed publishes).
+    pub workers: Arc<crate::queue::Workers>,
+    /// Webhook events; the hooks below call it.
+    pub events: Arc<crate::webhooks::Events>,
     pub auth: Auth,
     pub limits: Limiters,
     pub metrics: Arc<Metrics>,
@@ -63,6 +67,8 @@ pub struct Backends {
     pub store: Arc<dyn Store>,
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn Presence>,
+    pub queue: Arc<dyn crate::queue::Queue>,
+    pub online: Arc<dyn crate::webhooks::online::OnlineMarks>,
 }
 
 /// What to publish.
@@ -90,7 +96,10 @@ impl Node {
         metrics: Arc<Metrics>,
     ) -> Self {
         let limits = Limiters::new(&cfg.rate_limits);
-        let Backends { store, broker, presence } = backends;
+        let Backends { store, broker, presence, queue, online } = backends;
+        let workers = crate::queue::Workers::new(queue, &cfg.queue, metrics.queue.clone());
+        let events =
+            Arc::new(crate::webhooks::Events::new(&cfg, &instance_id, workers.clone(), presence.clone(), online));
         Node {
             cfg,
             instance_id,
@@ -98,6 +107,8 @@ impl Node {
             store,
             broker,
             presence,
+            workers,
+            events,
             auth,
             limits,
             metrics,
@@ -189,6 +200,7 @@ impl Node {
                 .await;
                 ids.push(id);
             }
+            self.events.persisted_to_users(users, &ids, msg.kind, &msg.data, "normal", ts);
         } else {
             let id = self.transient_id();
             let frame = protocol::event(&id, "user", msg.kind, &msg.data, ts);

@@ -30,9 +30,12 @@ use crate::metrics::Metrics;
 use crate::node::{Backends, Node};
 use crate::presence::local::LocalPresence;
 use crate::presence::redis::RedisPresence;
+use crate::queue::embedded::{EmbeddedQueue, EmbeddedQueueOptions};
+use crate::queue::redis::RedisQueue;
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use crate::store::redis::{RedisOptions, RedisStore};
 use crate::transport::codec::close;
+use crate::webhooks::online::{LocalMarks, RedisMarks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -46,6 +49,8 @@ pub enum ServerError {
     Auth(#[from] crate::auth::AuthError),
     #[error("redis: {0}")]
     Redis(String),
+    #[error("outbound queue: {0}")]
+    Queue(String),
 }
 
 /// Development credentials, created under the data dir when the config has none.
@@ -111,11 +116,16 @@ pub fn instance_id(cfg: &Config) -> String {
 fn single_node(cfg: &Config, hub: &Arc<Hub>) -> Result<Backends, ServerError> {
     let dir = cfg.server.data_dir.clone();
     std::fs::create_dir_all(&dir).map_err(|source| ServerError::DataDir { path: dir.display().to_string(), source })?;
+    let q = &cfg.queue;
+    let qopts = EmbeddedQueueOptions { max_jobs: q.max_jobs, max_dead: q.max_dead, fsync: cfg.store.fsync };
+    let queue = EmbeddedQueue::open(&dir, qopts).map_err(|e| ServerError::Queue(e.to_string()))?;
     let store = EmbeddedStore::open(EmbeddedOptions { dir, fsync: cfg.store.fsync, max_batch: 1024 })?;
     Ok(Backends {
         store: Arc::new(store),
         broker: Arc::new(MemoryBroker::new(hub.clone())),
         presence: Arc::new(LocalPresence::new(hub.clone())),
+        queue: Arc::new(queue),
+        online: Arc::new(LocalMarks::default()),
     })
 }
 
@@ -153,7 +163,15 @@ async fn cluster(
     let presence = Arc::new(RedisPresence::new(store.connection(), &r.key_prefix, instance));
     presence.spawn(hub.clone(), r.presence_ttl, stop.clone());
     tracing::info!(cluster = store.is_cluster(), sharded_pubsub = broker.is_sharded(), "cluster mode on Redis");
-    Ok(Backends { store: Arc::new(store), broker: Arc::new(broker), presence })
+    let queue = RedisQueue::new(store.connection(), &r.key_prefix, cfg.queue.max_jobs, cfg.queue.max_dead);
+    let online = RedisMarks::new(store.connection(), &r.key_prefix);
+    Ok(Backends {
+        store: Arc::new(store),
+        broker: Arc::new(broker),
+        presence,
+        queue: Arc::new(queue),
+        online: Arc::new(online),
+    })
 }
 
 /// A bound, ready-to-run node.
@@ -184,6 +202,8 @@ impl Server {
             .await
             .map_err(|source| ServerError::Listen { addr: cfg.server.listen.clone(), source })?;
         let node = Arc::new(Node::new(cfg.clone(), instance, hub, backends, auth, metrics));
+        crate::webhooks::install(&node);
+        crate::delayed::install(&node);
         Ok(Server { node, listener, background, dev })
     }
 
@@ -196,6 +216,8 @@ impl Server {
         let Server { node, listener, background, .. } = self;
         let shutdown = CancellationToken::new();
         node.spawn_housekeeping(shutdown.clone());
+        let queue_stop = CancellationToken::new();
+        let workers = node.workers.spawn(queue_stop.clone(), node.cfg.server.shutdown_grace);
         let router = crate::api::router(node.clone());
         let tracker = TaskTracker::new();
         let http_stop = CancellationToken::new();
@@ -253,6 +275,8 @@ impl Server {
             tracing::warn!(left = node.hub.counts().0, "shutdown grace time over; dropping the rest");
         }
         shutdown.cancel();
+        queue_stop.cancel();
+        let _ = workers.await;
         background.cancel();
         node.store.close().await?;
         tracing::info!("shutdown complete");

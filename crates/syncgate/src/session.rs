@@ -193,6 +193,8 @@ impl Session {
             }
         };
         self.node.count_in("client", 1);
+        let client = self.conn.client_id.as_deref();
+        self.node.events.client_published(&self.conn.user, client, kind, room, &id, data.get().as_bytes());
         Ok(vec![("id", json!(id))])
     }
 }

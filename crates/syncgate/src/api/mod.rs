@@ -13,6 +13,7 @@ pub mod extract;
 mod offline;
 mod publish;
 mod query;
+mod queue;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,7 +22,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -39,6 +40,7 @@ use crate::node::Node;
         query::presence, query::history, query::user_online, query::disconnect, query::online_users,
         query::stats, query::pubsub_stats, query::offline_stats,
         offline::messages, offline::ack, offline::ack_batch, offline::count,
+        queue::stats, queue::dead, queue::retry_one, queue::retry_all, queue::delete,
         health, ready, metrics, openapi_json,
     ),
     components(schemas(publish::UserEvent, publish::BatchEvent, publish::BroadcastEvent, publish::RoomEvent, publish::Priority, offline::AckBody, offline::AckBatchBody)),
@@ -78,6 +80,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/offline/ack"),
     ("post", "/api/v1/offline/ack/batch"),
     ("get", "/api/v1/offline/count"),
+    ("get", "/api/v1/queue/stats"),
+    ("get", "/api/v1/queue/dead"),
+    ("post", "/api/v1/queue/dead/{id}/retry"),
+    ("post", "/api/v1/queue/dead/retry"),
+    ("delete", "/api/v1/queue/dead/{id}"),
     ("get", "/health"),
     ("get", "/ready"),
     ("get", "/metrics"),
@@ -102,6 +109,11 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/offline/ack", post(offline::ack))
         .route("/api/v1/offline/ack/batch", post(offline::ack_batch))
         .route("/api/v1/offline/count", get(offline::count))
+        .route("/api/v1/queue/stats", get(queue::stats))
+        .route("/api/v1/queue/dead", get(queue::dead))
+        .route("/api/v1/queue/dead/retry", post(queue::retry_all))
+        .route("/api/v1/queue/dead/{id}/retry", post(queue::retry_one))
+        .route("/api/v1/queue/dead/{id}", delete(queue::delete))
         .layer(cors(&node.cfg.server.cors_origins));
     Router::new()
         .merge(api)
@@ -124,7 +136,7 @@ fn cors(origins: &[String]) -> CorsLayer {
     };
     CorsLayer::new()
         .allow_origin(allow)
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,

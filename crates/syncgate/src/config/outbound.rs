@@ -101,6 +101,9 @@ pub struct QueueConfig {
     /// at once; this bounds the wait for delayed jobs and jobs from other nodes).
     #[serde(with = "duration")]
     pub poll_interval: Duration,
+    /// Longest `delay_s` / `deliver_at` ahead accepted on publishes.
+    #[serde(with = "duration")]
+    pub max_delay: Duration,
 }
 
 impl Default for QueueConfig {
@@ -116,6 +119,7 @@ impl Default for QueueConfig {
             concurrency: 32,
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_millis(200),
+            max_delay: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }

@@ -78,6 +78,11 @@ impl Workers {
         }
     }
 
+    /// Wakes an idle worker (jobs became due, e.g. dead letters retried).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     pub fn queue(&self) -> &Arc<dyn Queue> {
         &self.queue
     }

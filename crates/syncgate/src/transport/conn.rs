@@ -59,6 +59,7 @@ impl Connection {
             Box::pin(self.finish(code, reason)).await;
         }
         hub.remove(&conn);
+        node.events.disconnected(conn.id, end.map(|(code, _)| code));
     }
 
     /// Runs until the connection ends; returns the close to send, if any.
