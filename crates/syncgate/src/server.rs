@@ -277,6 +277,9 @@ impl Server {
         shutdown.cancel();
         queue_stop.cancel();
         let _ = workers.await;
+        if let Err(e) = node.workers.queue().close().await {
+            tracing::warn!(error = %e, "closing the outbound queue failed");
+        }
         background.cancel();
         node.store.close().await?;
         tracing::info!("shutdown complete");

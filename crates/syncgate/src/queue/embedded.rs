@@ -16,7 +16,6 @@
 //! its time passes, so jobs in flight at a kill -9 run again.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -85,6 +84,9 @@ enum Op {
     RetryDead(String),
     RetryDeadAll(DeadFilter),
     DeleteDead(String),
+    Stats,
+    Dead { limit: usize, before: Option<(i64, String)> },
+    Close,
 }
 
 enum Answer {
@@ -93,6 +95,8 @@ enum Answer {
     Unit,
     Bool(bool),
     Count(u64),
+    Stats(QueueStats),
+    Page(DeadPage),
 }
 
 struct Req {
@@ -100,8 +104,9 @@ struct Req {
     tx: oneshot::Sender<QueueResult<Answer>>,
 }
 
+/// The queue's handle: every operation, reads included, goes to the one thread that owns
+/// the database, so closing it (and so the file lock) is one message.
 pub struct EmbeddedQueue {
-    db: Arc<Database>,
     tx: mpsc::Sender<Req>,
 }
 
@@ -128,14 +133,12 @@ impl EmbeddedQueue {
             }
             r!(txn.commit());
         }
-        let db = Arc::new(db);
         let (tx, rx) = mpsc::channel(QUEUE);
-        let wdb = db.clone();
         std::thread::Builder::new()
             .name("outbound-queue".into())
-            .spawn(move || writer_loop(&wdb, rx, &opts))
+            .spawn(move || writer_loop(db, rx, &opts))
             .map_err(|e| QueueError::Internal(format!("writer thread: {e}")))?;
-        Ok(EmbeddedQueue { db, tx })
+        Ok(EmbeddedQueue { tx })
     }
 
     async fn call(&self, op: Op) -> QueueResult<Answer> {
@@ -143,51 +146,61 @@ impl EmbeddedQueue {
         self.tx.send(Req { op, tx }).await.map_err(|_| QueueError::Unavailable("queue closed".into()))?;
         rx.await.map_err(|_| QueueError::Unavailable("queue closed".into()))?
     }
+}
 
-    async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&redb::ReadTransaction) -> QueueResult<T> + Send + 'static,
-    ) -> QueueResult<T> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let txn = db.begin_read().map_err(|e| err("read")(e.into()))?;
-            f(&txn)
-        })
-        .await
-        .map_err(|e| QueueError::Internal(format!("read task: {e}")))?
+type Reply = (oneshot::Sender<QueueResult<Answer>>, QueueResult<Answer>);
+
+fn writer_loop(db: Database, rx: mpsc::Receiver<Req>, opts: &EmbeddedQueueOptions) {
+    let replies = serve(&db, rx, opts);
+    // The batch with the close is answered only once the file lock is released.
+    drop(db);
+    for (tx, a) in replies {
+        let _ = tx.send(a);
     }
 }
 
-fn writer_loop(db: &Database, mut rx: mpsc::Receiver<Req>, opts: &EmbeddedQueueOptions) {
+fn serve(db: &Database, mut rx: mpsc::Receiver<Req>, opts: &EmbeddedQueueOptions) -> Vec<Reply> {
     let mut last_durable = Instant::now();
     let mut batch: Vec<Req> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
+        let mut closing = matches!(first.op, Op::Close);
         batch.push(first);
-        while batch.len() < MAX_BATCH {
+        while !closing && batch.len() < MAX_BATCH {
             let Ok(r) = rx.try_recv() else { break };
+            closing = matches!(r.op, Op::Close);
             batch.push(r);
         }
-        let durable = opts.fsync == FsyncPolicy::Always || last_durable.elapsed() >= NEVER_FLUSH_EVERY;
-        match commit(db, &mut batch, opts, durable) {
-            Ok(answers) => batch.drain(..).zip(answers).for_each(|(req, a)| {
-                let _ = req.tx.send(a);
-            }),
-            Err(e) => batch.drain(..).for_each(|req| {
-                let _ = req.tx.send(Err(match &e {
-                    QueueError::Unavailable(m) => QueueError::Unavailable(m.clone()),
-                    other => QueueError::Internal(other.to_string()),
-                }));
-            }),
-        }
+        let durable = closing || opts.fsync == FsyncPolicy::Always || last_durable.elapsed() >= NEVER_FLUSH_EVERY;
+        let replies: Vec<Reply> = match commit(db, &mut batch, opts, durable) {
+            Ok(answers) => batch.drain(..).zip(answers).map(|(req, a)| (req.tx, a)).collect(),
+            Err(e) => batch
+                .drain(..)
+                .map(|req| {
+                    let e = match &e {
+                        QueueError::Unavailable(m) => QueueError::Unavailable(m.clone()),
+                        other => QueueError::Internal(other.to_string()),
+                    };
+                    (req.tx, Err(e))
+                })
+                .collect(),
+        };
         if durable {
             last_durable = Instant::now();
         }
+        if closing {
+            // Requests still queued get `Unavailable` (their senders see the channel gone).
+            return replies;
+        }
+        for (tx, a) in replies {
+            let _ = tx.send(a);
+        }
     }
-    // Senders gone (shutdown): make what was committed durable.
+    // Senders gone: make what was committed durable.
     if let Ok(mut txn) = db.begin_write() {
         txn.set_durability(Durability::Immediate);
         let _ = txn.commit();
     }
+    Vec::new()
 }
 
 /// One transaction for the batch. An answer that is an error of its own (queue full, not
@@ -288,7 +301,49 @@ fn apply(txn: &WriteTransaction, op: Op, opts: &EmbeddedQueueOptions, now: i64) 
             Ok(Answer::Count(n))
         }
         Op::DeleteDead(id) => Ok(Answer::Bool(take_dead(txn, &id)?.is_some())),
+        Op::Stats => stats(txn, now).map(Answer::Stats),
+        Op::Dead { limit, before } => dead_page(txn, limit, before).map(Answer::Page),
+        Op::Close => Ok(Answer::Unit),
     }
+}
+
+fn stats(txn: &WriteTransaction, now: i64) -> QueueResult<QueueStats> {
+    let mut s = QueueStats::default();
+    let ready = r!(txn.open_table(READY));
+    let mut all = 0u64;
+    for p in Priority::ALL {
+        let rank = p.rank();
+        let due = r!(ready.range((rank, i64::MIN, "")..(rank, now.saturating_add(1), ""))).count() as u64;
+        *s.ready.get_mut(p) = due;
+        all += due;
+    }
+    s.delayed = r!(ready.len()).saturating_sub(all);
+    s.in_flight = r!(r!(txn.open_table(LEASED)).len());
+    s.dead = r!(r!(txn.open_table(DEAD)).len());
+    let created = r!(txn.open_table(CREATED));
+    if let Some((k, _)) = r!(created.first()) {
+        s.oldest_age_ms = (now - k.value().0).max(0);
+    }
+    Ok(s)
+}
+
+fn dead_page(txn: &WriteTransaction, limit: usize, before: Option<(i64, String)>) -> QueueResult<DeadPage> {
+    let dead = r!(txn.open_table(DEAD));
+    let mut page = DeadPage::default();
+    let iter = match &before {
+        Some((t, id)) => r!(dead.range(..(*t, id.as_str()))),
+        None => r!(dead.iter()),
+    };
+    for item in iter.rev() {
+        let (_, v) = r!(item);
+        if page.jobs.len() == limit {
+            // There is more: the cursor is the last job shown.
+            page.next_cursor = page.jobs.last().map(|d| format!("{}:{}", d.failed_at, d.job.id));
+            break;
+        }
+        page.jobs.push(decode(v.value())?);
+    }
+    Ok(page)
 }
 
 fn insert_live(txn: &WriteTransaction, job: Job, max_jobs: u64) -> QueueResult<String> {
@@ -461,27 +516,10 @@ impl Queue for EmbeddedQueue {
     }
 
     async fn stats(&self) -> QueueResult<QueueStats> {
-        self.read(|txn| {
-            let now = now_ms();
-            let mut s = QueueStats::default();
-            let ready = r!(txn.open_table(READY));
-            let mut all = 0u64;
-            for p in Priority::ALL {
-                let rank = p.rank();
-                let due = r!(ready.range((rank, i64::MIN, "")..(rank, now.saturating_add(1), ""))).count() as u64;
-                *s.ready.get_mut(p) = due;
-                all += due;
-            }
-            s.delayed = r!(ready.len()).saturating_sub(all);
-            s.in_flight = r!(r!(txn.open_table(LEASED)).len());
-            s.dead = r!(r!(txn.open_table(DEAD)).len());
-            let created = r!(txn.open_table(CREATED));
-            if let Some((k, _)) = r!(created.first()) {
-                s.oldest_age_ms = (now - k.value().0).max(0);
-            }
-            Ok(s)
-        })
-        .await
+        match self.call(Op::Stats).await? {
+            Answer::Stats(s) => Ok(s),
+            _ => Err(QueueError::Internal("unexpected answer".into())),
+        }
     }
 
     async fn dead(&self, limit: usize, cursor: Option<&str>) -> QueueResult<DeadPage> {
@@ -489,29 +527,10 @@ impl Queue for EmbeddedQueue {
             None => None,
             Some(c) => Some(parse_cursor(c).ok_or(QueueError::BadCursor)?),
         };
-        self.read(move |txn| {
-            let dead = r!(txn.open_table(DEAD));
-            let mut page = DeadPage::default();
-            let iter = match &before {
-                Some((t, id)) => r!(dead.range(..(*t, id.as_str()))),
-                None => r!(dead.iter()),
-            };
-            for item in iter.rev() {
-                let (k, v) = r!(item);
-                if page.jobs.len() == limit {
-                    let (t, id) = k.value();
-                    page.next_cursor = Some(format!("{t}:{id}"));
-                    break;
-                }
-                page.jobs.push(decode(v.value())?);
-            }
-            // The cursor is the last job shown: the next page starts before it.
-            if page.next_cursor.is_some() {
-                page.next_cursor = page.jobs.last().map(|d| format!("{}:{}", d.failed_at, d.job.id));
-            }
-            Ok(page)
-        })
-        .await
+        match self.call(Op::Dead { limit, before }).await? {
+            Answer::Page(p) => Ok(p),
+            _ => Err(QueueError::Internal("unexpected answer".into())),
+        }
     }
 
     async fn retry_dead(&self, id: &str) -> QueueResult<bool> {
@@ -533,6 +552,10 @@ impl Queue for EmbeddedQueue {
             Answer::Bool(b) => Ok(b),
             _ => Err(QueueError::Internal("unexpected answer".into())),
         }
+    }
+
+    async fn close(&self) -> QueueResult<()> {
+        self.call(Op::Close).await.map(|_| ())
     }
 }
 

@@ -311,6 +311,11 @@ pub trait Queue: Send + Sync {
 
     /// Deletes a dead letter; false when there is none with that id.
     async fn delete_dead(&self, id: &str) -> QueueResult<bool>;
+
+    /// Makes everything durable and lets go of local resources (the embedded file).
+    async fn close(&self) -> QueueResult<()> {
+        Ok(())
+    }
 }
 
 /// A new job id: `job_` and a UUIDv7 in hex, unique without coordination (so two nodes

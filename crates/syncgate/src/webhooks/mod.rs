@@ -39,8 +39,8 @@ pub struct Undelivered {
     pub id: String,
     #[serde(rename = "type")]
     pub kind: String,
-    /// The event's `data`, raw JSON.
-    pub data: Box<serde_json::value::RawValue>,
+    /// The event's `data`.
+    pub data: serde_json::Value,
     /// `high`, `normal` or `low`, as published.
     pub priority: String,
     /// Unix ms when it was published.
@@ -314,7 +314,7 @@ impl Events {
                 if me.presence.user_connections(&user).await.unwrap_or(0) > 0 {
                     continue;
                 }
-                let data = raw(&data);
+                let data = serde_json::from_slice(&data).unwrap_or(serde_json::Value::Null);
                 let u = Undelivered { user_id: user, id, kind: kind.clone(), data, priority: priority.clone(), ts };
                 let payload = json!({"check": "undelivered", "message": u}).to_string();
                 let job = NewJob::new(JobKind::Undelivered, "undelivered-check", payload).priority(qp).not_before(at);
@@ -332,15 +332,6 @@ impl Events {
     pub(crate) fn online(&self) -> &Arc<dyn OnlineMarks> {
         &self.online
     }
-}
-
-/// Raw JSON bytes as a `RawValue` (`null` if they are not JSON, which the publish paths
-/// have already ruled out).
-fn raw(data: &[u8]) -> Box<serde_json::value::RawValue> {
-    serde_json::from_slice::<&serde_json::value::RawValue>(data)
-        .map(|r| r.to_owned())
-        .or_else(|_| serde_json::value::to_raw_value(&serde_json::Value::Null))
-        .unwrap_or_default()
 }
 
 /// Registers the webhook and check runners with the node's workers.
