@@ -76,6 +76,9 @@ pub struct Conn {
     any_behind: AtomicBool,
     pub(crate) out: Mutex<Outbox>,
     pub(crate) notify: Notify,
+    /// permessage-deflate was negotiated: this connection takes the deflated encoding of
+    /// messages (transport::deflate::text_frame).
+    pub deflate: bool,
 }
 
 /// What `offer` did with a frame.
@@ -106,7 +109,14 @@ impl Conn {
             any_behind: AtomicBool::new(user_pos.behind),
             out: Mutex::new(Outbox { frames: VecDeque::new(), close: None, user: user_pos, rooms: Vec::new() }),
             notify: Notify::new(),
+            deflate: false,
         }
+    }
+
+    /// Marks the connection as having negotiated permessage-deflate.
+    pub fn with_deflate(mut self, on: bool) -> Self {
+        self.deflate = on;
+        self
     }
 
     pub fn touch(&self, now: u64) {

@@ -18,13 +18,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::net::TcpStream;
 
-use super::codec::{self, close, Decoder, Incoming};
+use super::codec::{self, Decoder, Incoming};
+use super::deflate;
 use crate::session::{CloseRequest, Session};
 
 /// Frames written in one system call at most.
 const MAX_IOV: usize = 64;
 /// Bytes read per readiness event before other connections get a turn.
 const READ_BUDGET: usize = 256 * 1024;
+/// How long a server-initiated close waits for the client's Close frame or EOF.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 pub struct Connection {
     stream: TcpStream,
@@ -34,6 +37,8 @@ pub struct Connection {
     offset: usize,
     session: Session,
     max_frame: usize,
+    /// Set when permessage-deflate was negotiated.
+    deflate: Option<deflate::Settings>,
 }
 
 enum Step {
@@ -44,12 +49,29 @@ enum Step {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, leftover: Bytes, session: Session, max_frame: usize) -> Self {
-        let mut decoder = Decoder::default();
+    pub fn new(
+        stream: TcpStream,
+        leftover: Bytes,
+        session: Session,
+        max_frame: usize,
+        deflate: Option<deflate::Settings>,
+    ) -> Self {
+        let mut decoder = Decoder::new(deflate.is_some());
         if !leftover.is_empty() {
             decoder.feed(&leftover);
         }
-        Connection { stream, decoder, pending: Vec::new(), offset: 0, session, max_frame }
+        Connection { stream, decoder, pending: Vec::new(), offset: 0, session, max_frame, deflate }
+    }
+
+    /// Until the hub fans out events with a deflated encoding cached per message, a
+    /// connection that negotiated permessage-deflate compresses its own copy of the large
+    /// text frames it takes from the outbox (`pending[from..]`).
+    fn deflate_taken(&mut self, from: usize) {
+        if let Some(settings) = &self.deflate {
+            for f in &mut self.pending[from..] {
+                *f = deflate::deflate_frame(std::mem::take(f), settings);
+            }
+        }
     }
 
     pub async fn run(mut self, hub: Arc<crate::hub::Hub>, node: Arc<crate::node::Node>) {
@@ -81,7 +103,9 @@ impl Connection {
                 }
             }
             if self.pending.is_empty() {
-                if let Some(reason) = conn.take(&mut self.pending, MAX_IOV) {
+                let close = conn.take(&mut self.pending, MAX_IOV);
+                self.deflate_taken(0);
+                if let Some(reason) = close {
                     if self.pending.is_empty() {
                         return Some((reason.code, reason.reason));
                     }
@@ -162,13 +186,16 @@ impl Connection {
                 }
                 Incoming::Pong => None,
                 Incoming::Close(code) => {
-                    // Echo the client's close code, as RFC 6455 asks.
-                    let code = match code {
-                        Some(c) if (1000..5000).contains(&c) && !matches!(c, 1004..=1006 | 1015) => c,
-                        _ => close::NORMAL,
+                    // Echo the client's close code (the decoder refused invalid ones), or an
+                    // empty close for an empty one (RFC 6455 section 5.5.1), then close TCP
+                    // at once: the server closes first (section 7.1.1).
+                    let frame = match code {
+                        Some(c) => codec::close_frame(c, ""),
+                        None => codec::encode(codec::OP_CLOSE, &[]),
                     };
-                    let frame = codec::close_frame(code, "");
-                    let _ = Box::pin(self.write_all_now(&frame)).await;
+                    if Box::pin(self.write_all_now(&frame)).await.is_ok() {
+                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.stream).await;
+                    }
                     return Step::Gone;
                 }
             };
@@ -225,8 +252,12 @@ impl Connection {
         Ok(())
     }
 
-    /// Sends what is still pending and a close frame, then waits briefly for the client to
-    /// close too, so the close frame is not lost to a TCP reset.
+    /// Sends what is still pending and a close frame, then reads until the client's Close
+    /// frame (or EOF, or `CLOSE_WAIT`) and closes TCP at once (RFC 6455 section 7.1.1).
+    /// Data frames that arrive meanwhile are dropped; after a protocol violation the input
+    /// cannot be framed any more, so it is only drained until EOF. The write side is shut
+    /// down right after the Close frame, so a client that waits for the server to close TCP
+    /// first sees it at once.
     async fn finish(&mut self, code: u16, reason: &str) {
         // Frames queued before the close (e.g. the error frames that led to it) go first.
         let conn = self.session.conn.clone();
@@ -236,19 +267,31 @@ impl Connection {
             if self.pending.len() == before {
                 break;
             }
+            self.deflate_taken(before);
         }
         let frame = codec::close_frame(code, reason);
         if self.write_all_now(&frame).await.is_err() {
             return;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.stream).await;
+        let mut framed = code != codec::close::PROTOCOL && code != codec::close::INVALID_DATA;
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
             let mut buf = [0u8; 1024];
             loop {
+                while framed {
+                    match self.decoder.next(self.max_frame) {
+                        Ok(Some(Incoming::Close(_))) => return,
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(_) => framed = false,
+                    }
+                }
                 if self.stream.readable().await.is_err() {
                     return;
                 }
                 match self.stream.try_read(&mut buf) {
                     Ok(0) => return,
+                    Ok(n) if framed => self.decoder.feed(&buf[..n]),
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(_) => return,
