@@ -359,3 +359,140 @@ async fn handshake_with_another_version_gets_426() {
         assert_eq!(v["error"]["code"], "invalid_request", "{v}");
     }
 }
+
+// ---- Sections 12 and 13: permessage-deflate (RFC 7692) -----------------------------
+
+const ANSWER: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
+/// Raw DEFLATE with a sync flush, tail removed (RFC 7692 section 7.2.1), as a client sends.
+fn client_deflate(data: &[u8]) -> Vec<u8> {
+    let mut c = flate2::Compress::new(flate2::Compression::new(6), false);
+    let mut out = Vec::with_capacity(data.len() + 1024);
+    c.compress_vec(data, &mut out, flate2::FlushCompress::Sync).expect("compress");
+    assert_eq!(c.total_in() as usize, data.len(), "one call compresses everything");
+    assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+    out.truncate(out.len() - 4);
+    out
+}
+
+fn client_inflate(data: &[u8]) -> Vec<u8> {
+    let mut d = flate2::Decompress::new(false);
+    let mut input = data.to_vec();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut out = Vec::with_capacity(1 << 21);
+    d.decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync).expect("server sent valid DEFLATE");
+    out
+}
+
+async fn open_deflate(s: &TestServer, addr: &str, offer: &str) -> Raw {
+    Raw::connect(addr, &s.token("alice", &[]), &format!("Sec-WebSocket-Extensions: {offer}\r\n")).await
+}
+
+#[tokio::test]
+async fn s13_negotiation_answers() {
+    let (s, addr) = server().await;
+    // 13.1-13.2 (default offers of browsers, Node ws and Python websockets).
+    for offer in [
+        "permessage-deflate",
+        "permessage-deflate; client_max_window_bits",
+        "permessage-deflate; client_max_window_bits=9",
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+        "x-webkit-deflate-frame, permessage-deflate; client_max_window_bits",
+        "permessage-deflate; unknown_param, permessage-deflate",
+    ] {
+        assert_eq!(open_deflate(&s, &addr, offer).await.extensions.as_deref(), Some(ANSWER), "{offer}");
+    }
+    // server_max_window_bits is echoed (it must be); only 15 is accepted, see docs/protocol.md.
+    let ws = open_deflate(&s, &addr, "permessage-deflate; server_max_window_bits=15").await;
+    assert_eq!(ws.extensions.as_deref(), Some(&*format!("{ANSWER}; server_max_window_bits=15")));
+    for declined in [
+        "permessage-deflate; server_max_window_bits=10",
+        "permessage-deflate; client_max_window_bits=16",
+        "permessage-deflate; unknown_param",
+        "permessage-deflate; client_no_context_takeover; client_no_context_takeover",
+        "x-webkit-deflate-frame",
+    ] {
+        assert_eq!(open_deflate(&s, &addr, declined).await.extensions, None, "{declined}");
+    }
+    // compression.enabled: false answers no extension at all.
+    let off = TestServer::with(|c| c.compression.enabled = false).await;
+    let off_addr = off.base.trim_start_matches("http://").to_string();
+    assert_eq!(open_deflate(&off, &off_addr, "permessage-deflate").await.extensions, None);
+}
+
+#[tokio::test]
+async fn s12_server_messages_are_compressed_from_min_bytes() {
+    let (s, addr) = server().await;
+    let mut ws = open_deflate(&s, &addr, "permessage-deflate; client_max_window_bits").await;
+    let mut plain = open(&s, &addr).await;
+    // 12.1.x-12.2.x: messages of growing size; each arrives intact, compressed once it is
+    // at least compression.min_bytes (1024) long, plain below.
+    for size in [16usize, 500, 1024, 4096, 16384, 65536, 262144] {
+        let data = "abc ".repeat(size / 4);
+        common::publish(&s.api, "alice", "doc", serde_json::json!({ "text": data })).await;
+        let f = ws.next().await;
+        let p = plain.next().await;
+        let text = if f.rsv == RSV1 { client_inflate(&f.payload) } else { f.payload.clone() };
+        assert_eq!(text, p.payload, "size {size}: same message on both connections");
+        let event: serde_json::Value = serde_json::from_slice(&text).expect("JSON event");
+        assert_eq!(event["data"]["text"].as_str().map(str::len), Some(data.len()), "size {size}");
+        assert_eq!(f.rsv == RSV1, p.payload.len() >= 1024, "size {size}: RSV1 {:#x} for {}", f.rsv, p.payload.len());
+        if f.rsv == RSV1 {
+            assert!(f.payload.len() < p.payload.len() / 4, "size {size}: compressed to {}", f.payload.len());
+        }
+        assert_eq!(p.rsv, 0);
+    }
+    // Replies and pongs go plain or compressed by the same rule.
+    ws.alive("deflate-alive").await;
+}
+
+#[tokio::test]
+async fn s12_compressed_client_messages() {
+    let (s, addr) = server().await;
+    let mut ws = open_deflate(&s, &addr, "permessage-deflate").await;
+    // A compressed ping in one frame, and one in three fragments (RSV1 on the first only).
+    let z = client_deflate(&ping_json("zipped", 3000));
+    ws.send(&frame(0x80 | RSV1 | TEXT, &z)).await;
+    assert!(ws.next().await.text().contains("zipped"));
+    let z = client_deflate(&ping_json("zipped-frags", 5000));
+    let (a, rest) = z.split_at(z.len() / 3);
+    let (b, c) = rest.split_at(rest.len() / 2);
+    let mut bytes = frame(RSV1 | TEXT, a);
+    bytes.extend(frame(CONT, b));
+    bytes.extend(fin(PING, b"mid"));
+    bytes.extend(fin(CONT, c));
+    ws.send(&bytes).await;
+    assert_eq!(ws.next().await.payload, b"mid");
+    assert!(ws.next().await.text().contains("zipped-frags"));
+    // Uncompressed messages stay allowed on a deflate connection.
+    ws.alive("plain-on-deflate").await;
+    // A compressed binary message is inflated too (and refused by the protocol).
+    ws.send(&frame(0x80 | RSV1 | BINARY, &client_deflate(&[7u8; 2000]))).await;
+    assert!(ws.next().await.text().contains("invalid_frame"));
+}
+
+#[tokio::test]
+async fn s12_bad_compressed_client_messages() {
+    let (s, addr) = server().await;
+    let big = client_deflate(&ping_json("bomb", 65537)); // a few hundred bytes on the wire
+    assert!(big.len() < 1000);
+    let mut rsv1_cont = frame(RSV1 | TEXT, &client_deflate(b"{\"op\":"));
+    rsv1_cont.extend(frame(0x80 | RSV1 | CONT, b"x"));
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("inflates past limits.max_frame_bytes", frame(0x80 | RSV1 | TEXT, &big), 1009),
+        ("RSV1 on a continuation frame", rsv1_cont, 1002),
+        ("RSV1 on a ping", frame(0x80 | RSV1 | PING, b""), 1002),
+        ("RSV1 on a close", frame(0x80 | RSV1 | CLOSE, &close_payload(1000, b"")), 1002),
+        ("RSV2 with deflate negotiated", frame(0x80 | 0x20 | TEXT, b"{}"), 1002),
+        ("corrupt DEFLATE data", frame(0x80 | RSV1 | TEXT, &[0xff; 16]), 1007),
+        ("inflates to invalid UTF-8", frame(0x80 | RSV1 | TEXT, &client_deflate(b"\xff\xfe")), 1007),
+    ];
+    for (name, bytes, code) in cases {
+        let mut ws = open_deflate(&s, &addr, "permessage-deflate").await;
+        ws.send(&bytes).await;
+        let f = ws.next_close().await;
+        assert_eq!(f.close_code(), Some(code), "case {name}: {f:?}");
+        ws.send(&fin(CLOSE, &f.payload[..2])).await;
+        ws.expect_eof().await;
+    }
+}
