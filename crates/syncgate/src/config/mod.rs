@@ -46,6 +46,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub redis: RedisConfig,
     pub log: LogConfig,
+    pub compression: CompressionConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -274,6 +275,21 @@ impl Default for LogConfig {
     }
 }
 
+/// permessage-deflate (RFC 7692) on WebSocket connections whose client offers it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompressionConfig {
+    pub enabled: bool,
+    pub min_bytes: usize,
+    pub level: u32,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        CompressionConfig { enabled: true, min_bytes: 1024, level: 1 }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -403,6 +419,9 @@ impl Config {
         }
         if self.redis.presence_ttl < Duration::from_secs(3) {
             return key("redis.presence_ttl", "must be at least 3s".into());
+        }
+        if self.compression.level > 9 {
+            return key("compression.level", "must be 0 (no compression) to 9 (smallest)".into());
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return key("log.level", format!("{e}"));
@@ -535,6 +554,16 @@ mod tests {
         assert!(e.contains("limits.max_frame_bytes"), "{e}");
         let e = Config::load_from(None, env(&[("SYNCGATE_NOPE", "1")])).unwrap_err().to_string();
         assert!(e.contains("SYNCGATE_NOPE"), "{e}");
+    }
+
+    #[test]
+    fn compression_keys_are_read_and_checked() {
+        let c = Config::load_from(None, env(&[("SYNCGATE_COMPRESSION__ENABLED", "false")])).unwrap();
+        assert!(!c.compression.enabled);
+        let c = Config::from_yaml("compression:\n  min_bytes: 0\n  level: 9\n").unwrap();
+        assert_eq!((c.compression.min_bytes, c.compression.level), (0, 9));
+        let e = Config::from_yaml("compression:\n  level: 10\n").unwrap_err().to_string();
+        assert!(e.contains("compression.level"), "{e}");
     }
 
     #[test]
