@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use super::memory::deliver_local;
 use super::{Broker, BrokerError, BrokerStats, Envelope, Interest, Target};
 use crate::hub::Hub;
-use crate::store::redis::{is_unavailable, Endpoint, RedisConn, RedisMode};
+use crate::redis_conn::{is_unavailable, Endpoint, RedisConn, RedisMode};
 use wire::{decode, encode};
 
 #[path = "redis_wire.rs"]

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Presence, PresenceError, RoomPresence};
 use crate::hub::Hub;
 use crate::node::now_ms;
-use crate::store::redis::RedisConn;
+use crate::redis_conn::RedisConn;
 
 pub struct RedisPresence {
     conn: RedisConn,

@@ -3,9 +3,8 @@
 //!
 //! Owns: the key layout below, the Lua scripts that keep each stream's numbering atomic
 //! (`redis_scripts.rs`, with the decoding of their answers), the retention indexes and their
-//! sweep (`redis_sweep.rs`, with the `stats` figures), and the connection to Redis
-//! (`redis_conn.rs`: `RedisConn`, one type for a standalone server and a cluster, shared with
-//! `broker::redis` and `presence::redis`).
+//! sweep (`redis_sweep.rs`, with the `stats` figures). The connection to Redis is
+//! `crate::redis_conn` (shared with `broker::redis` and `presence::redis`).
 //!
 //! Must never: answer an append before Redis acknowledged it, number two events of a stream
 //! with the same seq or leave a hole in the numbering, touch keys of two streams in one script
@@ -68,14 +67,12 @@ use super::{IdemRecord, NewEvent, Page, Retention, Store, StoreError, StoreResul
 use scripts::*;
 use sweep::flush_loop;
 
-#[path = "redis_conn.rs"]
-mod conn;
 #[path = "redis_scripts.rs"]
 mod scripts;
 #[path = "redis_sweep.rs"]
 mod sweep;
 
-pub use conn::{is_unavailable, Endpoint, RedisConn, RedisMode};
+pub use crate::redis_conn::{is_unavailable, Endpoint, RedisConn, RedisMode};
 
 /// How many shards each retention index has (spread over the cluster by their hash tags).
 const INDEX_SHARDS: u32 = 16;
