@@ -186,7 +186,8 @@ impl Node {
                     frame,
                     except: msg.except,
                 })
-                .await;
+                .await
+                .ok();
                 ids.push(id);
             }
         } else {
@@ -199,7 +200,7 @@ impl Node {
                     frame: frame.clone(),
                     except: msg.except,
                 })
-                .await;
+                .await?;
                 ids.push(id.clone());
             }
         }
@@ -224,7 +225,10 @@ impl Node {
             (self.transient_id(), None)
         };
         let frame = protocol::event(&id, &stream, msg.kind, &msg.data, ts);
-        self.fan_out(Envelope { target: Target::Room(room.into()), seq, frame, except: msg.except }).await;
+        let sent = self.fan_out(Envelope { target: Target::Room(room.into()), seq, frame, except: msg.except }).await;
+        if seq.is_none() {
+            sent?;
+        }
         Ok(id)
     }
 
@@ -232,25 +236,33 @@ impl Node {
     pub async fn broadcast(&self, msg: Message<'_>) -> Result<String> {
         let id = self.transient_id();
         let frame = protocol::event(&id, "broadcast", msg.kind, &msg.data, now_ms());
-        self.fan_out(Envelope { target: Target::All, seq: None, frame, except: None }).await;
+        self.fan_out(Envelope { target: Target::All, seq: None, frame, except: None }).await?;
         Ok(id)
     }
 
     /// Closes every connection of a user, on every node. Returns the local count.
-    pub async fn disconnect_user(&self, user: &str) -> usize {
+    pub async fn disconnect_user(&self, user: &str) -> Result<usize> {
         self.fan_out(Envelope { target: Target::Disconnect(user.into()), seq: None, frame: Bytes::new(), except: None })
             .await
     }
 
-    async fn fan_out(&self, env: Envelope) -> usize {
-        match self.broker.publish(env).await {
-            Ok(n) => n,
-            Err(e) => {
-                // Persisted messages are already stored: devices get them on catch-up.
-                tracing::warn!(error = %e, "broker publish failed");
-                0
-            }
-        }
+    /// Hands an envelope to the broker. An error (503) means the other nodes did not get it;
+    /// every such failure is counted by what was published. Callers ignore the error of a
+    /// persisted message (answered 202): the store has it, and connected devices read it
+    /// from the store when their subscription comes back (`Resubscribed`) or the next
+    /// message shows the gap; a 503 would make the caller retry and store it twice.
+    async fn fan_out(&self, env: Envelope) -> Result<usize> {
+        let kind = match (&env.target, env.seq) {
+            (Target::Disconnect(_), _) => "disconnect",
+            (Target::All, _) => "broadcast",
+            (_, Some(_)) => "persisted",
+            (_, None) => "transient",
+        };
+        self.broker.publish(env).await.map_err(|e| {
+            tracing::warn!(error = %e, kind, "broker publish failed");
+            self.metrics.dependency_failures.get_or_create(&KindLabels { kind }).inc();
+            e.into()
+        })
     }
 
     pub fn count_in(&self, source: &'static str, n: u64) {

@@ -437,13 +437,13 @@ impl Drop for RedisBroker {
 
 #[async_trait]
 impl Broker for RedisBroker {
-    /// Delivers locally first, then publishes for the other nodes. A failed publish still
-    /// returns the local deliveries (they happened); it is counted in `failed` and makes the
-    /// broker not ready until a publish or health check succeeds.
+    /// Delivers locally first, then publishes for the other nodes. A failed publish is an
+    /// error (the local deliveries happened, the other nodes got nothing); it is counted in
+    /// `failed` and makes the broker not ready until a publish or health check succeeds.
     async fn publish(&self, envelope: Envelope) -> Result<usize, BrokerError> {
         let n = deliver_local(&self.shared.hub, &envelope);
         let channel = self.shared.target_channel(&envelope.target);
-        let _ = self.send(channel, &envelope).await;
+        self.send(channel, &envelope).await?;
         Ok(n)
     }
 

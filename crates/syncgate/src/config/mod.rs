@@ -124,6 +124,17 @@ pub struct Limits {
     pub max_name_bytes: usize,
     pub max_batch_users: usize,
     pub max_page: usize,
+    /// What the per-user connection limit does when presence cannot be read.
+    pub presence_failure: PresenceFailure,
+}
+
+/// `limits.presence_failure`: refuse (503) or admit when the deployment-wide count is unknown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceFailure {
+    #[default]
+    Closed,
+    Open,
 }
 
 impl Default for Limits {
@@ -138,6 +149,7 @@ impl Default for Limits {
             max_name_bytes: 128,
             max_batch_users: 10_000,
             max_page: 1000,
+            presence_failure: PresenceFailure::Closed,
         }
     }
 }
@@ -246,6 +258,11 @@ pub struct RedisConfig {
     pub key_prefix: String,
     #[serde(with = "duration")]
     pub presence_ttl: Duration,
+    /// Replicas that must have a persisted publish before it is answered (`WAIT`); 0: none.
+    pub wait_replicas: u32,
+    /// How long that `WAIT` may take before the publish is answered 503.
+    #[serde(with = "duration")]
+    pub wait_timeout: Duration,
 }
 
 impl Default for RedisConfig {
@@ -255,6 +272,8 @@ impl Default for RedisConfig {
             mode: Default::default(),
             key_prefix: "sg".into(),
             presence_ttl: Duration::from_secs(30),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
         }
     }
 }
