@@ -13,10 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use std::collections::HashSet;
-
 use bytes::Bytes;
-use parking_lot::Mutex;
 
 use crate::auth::Auth;
 use crate::broker::{Broker, Envelope, Target};
@@ -43,19 +40,6 @@ pub struct Node {
     pub started: Instant,
     shutting_down: AtomicBool,
     transient: AtomicU64,
-    inflight: Mutex<HashSet<String>>,
-}
-
-/// Holds an Idempotency-Key while its request runs; released on drop.
-pub struct InflightGuard<'a> {
-    node: &'a Node,
-    key: String,
-}
-
-impl Drop for InflightGuard<'_> {
-    fn drop(&mut self) {
-        self.node.inflight.lock().remove(&self.key);
-    }
 }
 
 /// The swappable parts of a node: embedded or Redis.
@@ -104,13 +88,7 @@ impl Node {
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
             transient: AtomicU64::new(0),
-            inflight: Mutex::new(HashSet::new()),
         }
-    }
-
-    /// Marks an idempotency key as in flight; None if it already is.
-    pub fn idempotency_inflight(&self, key: &str) -> Option<InflightGuard<'_>> {
-        self.inflight.lock().insert(key.to_string()).then(|| InflightGuard { node: self, key: key.to_string() })
     }
 
     pub fn is_shutting_down(&self) -> bool {

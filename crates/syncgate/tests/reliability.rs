@@ -108,3 +108,58 @@ impl<T: PartialEq, F: std::future::Future<Output = T>> ThenEq<T> for F {
         self.await == v
     }
 }
+
+#[tokio::test]
+async fn concurrent_same_key_publishes_on_three_nodes_publish_once() {
+    let redis = RedisServer::start();
+    let n = nodes(&redis.url(), 3, |_| {}).await;
+    let (mut dev, _) = n[1].device_with("zed", "phone").await;
+    for round in 0..3 {
+        let key = format!("order-{round}");
+        let body = json!({"user_id": "zed", "type": "paid", "data": {"round": round}});
+        let mut calls = Vec::new();
+        for i in 0..9 {
+            let api = n[i % 3].api.clone();
+            let (key, body) = (key.clone(), body.clone());
+            calls.push(tokio::spawn(async move { api.post_with_idempotency_key("/api/v1/events", &key, body).await }));
+        }
+        let mut fresh = Vec::new();
+        let mut replayed = Vec::new();
+        for c in calls {
+            let r = c.await.unwrap().unwrap();
+            assert_eq!(r.header("idempotency-key"), Some(key.as_str()), "the key is echoed: {}", r.text);
+            match r.status {
+                202 if r.header("idempotent-replayed").is_some() => replayed.push(r.body["id"].clone()),
+                202 => fresh.push(r.body["id"].clone()),
+                409 => assert_eq!(r.error_code(), Some("idempotency_conflict"), "{}", r.text),
+                s => panic!("unexpected {s}: {}", r.text),
+            }
+        }
+        assert_eq!(fresh.len(), 1, "exactly one request publishes (round {round})");
+        assert!(replayed.iter().all(|id| *id == fresh[0]), "replays give the first answer");
+        // A replay after the fact, on any node, gives the same answer.
+        let again = n[2].api.post_with_idempotency_key("/api/v1/events", &key, body.clone()).await.unwrap();
+        assert_eq!((again.status, again.body["id"].clone()), (202, fresh[0].clone()), "{}", again.text);
+        let ev = dev.next_event(T).await.unwrap();
+        assert_eq!(json!(ev.id), fresh[0]);
+    }
+    assert!(dev.try_next_event(Duration::from_millis(300)).await.unwrap().is_none(), "nothing published twice");
+    let stored = n[0].api.offline_messages(Some("zed"), None, None, None).await.unwrap().body;
+    assert_eq!(stored["events"].as_array().map(Vec::len), Some(3), "{stored}");
+    stop_all(n).await;
+}
+
+#[tokio::test]
+async fn a_failed_publish_is_not_remembered_under_its_key() {
+    let redis = RedisServer::start();
+    let n = nodes(&redis.url(), 1, |c| c.messages.allowed_types = vec!["ok".into()]).await;
+    let bad = json!({"user_id": "u", "type": "nope", "data": 1});
+    let r = n[0].api.post_with_idempotency_key("/api/v1/events", "k1", bad).await.unwrap();
+    assert_eq!(r.status, 400, "{}", r.text);
+    // Same key, corrected body: not a conflict, since the failure was not remembered.
+    let good = json!({"user_id": "u", "type": "ok", "data": 1});
+    let r = n[0].api.post_with_idempotency_key("/api/v1/events", "k1", good).await.unwrap();
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert!(r.header("idempotent-replayed").is_none());
+    stop_all(n).await;
+}

@@ -232,6 +232,9 @@ pub struct StoreConfig {
     pub cursor_ttl: Duration,
     #[serde(with = "duration")]
     pub idempotency_ttl: Duration,
+    /// How long a claimed Idempotency-Key stays in flight if its request never finishes.
+    #[serde(with = "duration")]
+    pub idempotency_lease: Duration,
     #[serde(with = "duration")]
     pub sweep_interval: Duration,
 }
@@ -245,6 +248,7 @@ impl Default for StoreConfig {
             max_stream_len: 10_000,
             cursor_ttl: Duration::from_secs(30 * DAY),
             idempotency_ttl: Duration::from_secs(DAY),
+            idempotency_lease: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(60),
         }
     }

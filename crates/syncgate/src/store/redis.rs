@@ -239,6 +239,34 @@ pub struct RedisStore {
 const NEVER_SWEPT: u64 = u64::MAX - 1;
 
 impl RedisStore {
+    /// Runs `IDEM_PUT`: stores `record` as created at `created`, expiring after `expire_ms`.
+    async fn idem_write(
+        &self,
+        key: &str,
+        record: IdemRecord,
+        created: i64,
+        expire_ms: i64,
+    ) -> StoreResult<Option<IdemRecord>> {
+        let inner = &self.inner;
+        let mut inv = inner.scripts.idem_put.key(inner.keys.idem(key));
+        inv.arg(now_ms())
+            .arg(inner.live.idem_ttl_ms.load(Ordering::Relaxed))
+            .arg(record.request_hash.to_string())
+            .arg(record.status)
+            .arg(record.body.as_ref())
+            .arg(created)
+            .arg(expire_ms.max(1));
+        let mut conn = inner.conn();
+        let v: Value = inner.run("idempotency", inv.invoke_async(&mut conn)).await?;
+        match v {
+            Value::Nil => Ok(None),
+            v => {
+                let a = into_array(v).ok_or_else(|| bad("idempotency"))?;
+                decode_idem(&a).map(Some).ok_or_else(|| bad("idempotency"))
+            }
+        }
+    }
+
     /// Connects (detecting a cluster with `RedisMode::Auto`), loads or creates the epoch.
     pub async fn connect(opts: RedisOptions) -> StoreResult<Self> {
         let setup = async {
@@ -538,22 +566,29 @@ impl Store for RedisStore {
     }
 
     async fn idem_put(&self, key: &str, record: IdemRecord) -> StoreResult<Option<IdemRecord>> {
+        let ttl = self.inner.live.idem_ttl_ms.load(Ordering::Relaxed);
+        let now = now_ms();
+        self.idem_write(key, record, now, ttl).await
+    }
+
+    async fn idem_claim(&self, key: &str, request_hash: u64, lease: Duration) -> StoreResult<Option<IdemRecord>> {
+        let ttl = self.inner.live.idem_ttl_ms.load(Ordering::Relaxed);
+        // Back-dated so that the record's ordinary expiry (created + ttl) ends the lease.
+        let created = now_ms().saturating_sub(ttl).saturating_add(ms(lease).max(1));
+        self.idem_write(
+            key,
+            IdemRecord { request_hash, status: 0, body: bytes::Bytes::new() },
+            created,
+            ms(lease).max(1),
+        )
+        .await
+    }
+
+    async fn idem_release(&self, key: &str) -> StoreResult<()> {
         let inner = &self.inner;
-        let mut inv = inner.scripts.idem_put.key(inner.keys.idem(key));
-        inv.arg(now_ms())
-            .arg(inner.live.idem_ttl_ms.load(Ordering::Relaxed))
-            .arg(record.request_hash.to_string())
-            .arg(record.status)
-            .arg(record.body.as_ref());
+        let inv = inner.scripts.idem_release.key(inner.keys.idem(key));
         let mut conn = inner.conn();
-        let v: Value = inner.run("idempotency", inv.invoke_async(&mut conn)).await?;
-        match v {
-            Value::Nil => Ok(None),
-            v => {
-                let a = into_array(v).ok_or_else(|| bad("idempotency"))?;
-                decode_idem(&a).map(Some).ok_or_else(|| bad("idempotency"))
-            }
-        }
+        inner.run("idempotency", inv.invoke_async::<i64>(&mut conn)).await.map(|_| ())
     }
 
     async fn stats(&self) -> StoreResult<StoreStats> {
