@@ -9,7 +9,7 @@ mod redis_support;
 use std::time::{Duration, Instant};
 
 use common::*;
-use redis_support::RedisServer;
+use redis_support::{RedisServer, ServerOpts};
 use serde_json::json;
 use syncgate_client::Api;
 
@@ -161,5 +161,55 @@ async fn a_failed_publish_is_not_remembered_under_its_key() {
     let r = n[0].api.post_with_idempotency_key("/api/v1/events", "k1", good).await.unwrap();
     assert_eq!(r.status, 202, "{}", r.text);
     assert!(r.header("idempotent-replayed").is_none());
+    stop_all(n).await;
+}
+
+async fn ready(api: &Api) -> bool {
+    api.ready().await.map(|r| r.status == 200).unwrap_or(false)
+}
+
+#[tokio::test]
+async fn after_a_redis_restart_ready_means_live_delivery_works() {
+    let mut redis = RedisServer::start_with(ServerOpts { appendonly: true, ..Default::default() });
+    let n = nodes(&redis.url(), 2, |_| {}).await;
+    let (mut dev, _) = n[0].device_with("alice", "phone").await;
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        acked.push(publish(&n[1].api, "alice", "before", json!(i)).await);
+    }
+    assert_eq!(dev.collect_events(5, T).await.unwrap().len(), 5);
+    for round in 0..2 {
+        redis.kill();
+        let down = within(Duration::from_secs(15), || async { !ready(&n[0].api).await && !ready(&n[1].api).await });
+        assert!(down.await.is_some(), "both nodes notice Redis is gone");
+        // Publishes while Redis is down are refused, not acknowledged.
+        let r = n[1].api.publish_user("alice", "during", json!(round)).await.unwrap();
+        assert_eq!(r.status, 503, "{}", r.text);
+        let r = n[1].api.publish(json!({"user_id": "alice", "type": "t", "data": 0, "persist": false})).await.unwrap();
+        assert_eq!(r.status, 503, "a transient publish that reaches no broker is refused: {}", r.text);
+        redis.restart();
+        let up = within(Duration::from_secs(20), || async { ready(&n[0].api).await && ready(&n[1].api).await });
+        let took = up.await.expect("both nodes ready again");
+        println!("round {round}: ready again {took:?} after the restart");
+        // Right away: a live-only message from node B reaches the device on node A within 1 s.
+        let r = n[1]
+            .api
+            .publish(json!({"user_id": "alice", "type": "live", "data": round, "persist": false}))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 202, "{}", r.text);
+        let sent = Instant::now();
+        let ev = dev.next_event(Duration::from_secs(1)).await.expect("live delivery within 1 s of ready");
+        assert_eq!((ev.kind.as_str(), ev.data.clone()), ("live", json!(round)));
+        println!("round {round}: delivered {:?} after publishing", sent.elapsed());
+        acked.push(publish(&n[1].api, "alice", "after", json!(round)).await);
+        assert_eq!(dev.next_event(T).await.unwrap().kind, "after");
+    }
+    // No acknowledged persisted message is lost.
+    let stored = n[0].api.offline_messages(Some("alice"), None, None, None).await.unwrap().body;
+    let ids: Vec<&str> = stored["events"].as_array().unwrap().iter().filter_map(|e| e["id"].as_str()).collect();
+    for id in &acked {
+        assert!(ids.contains(&id.as_str()), "acknowledged {id} lost: {stored}");
+    }
     stop_all(n).await;
 }

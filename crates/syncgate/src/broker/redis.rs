@@ -75,7 +75,9 @@ impl RedisBrokerOptions {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
             health_interval: Duration::from_secs(5),
-            max_backoff: Duration::from_secs(5),
+            // Short, so that a node is ready (and delivering) again within about a second of
+            // Redis coming back; one connection attempt per second per node costs nothing.
+            max_backoff: Duration::from_secs(1),
             sharded: None,
         }
     }
@@ -564,6 +566,9 @@ async fn session(
         let _ = tx.send(Ok(()));
     }
     let up = |e: String| SessionEnd::Lost { was_up: true, error: e };
+    // A publish that failed while the subscriber was down keeps the node not ready until the
+    // publisher answers again: check it now, and every 200 ms while it does not.
+    check_publisher(shared, publisher, limit).await;
     let mut health = tokio::time::interval(opts.health_interval);
     health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     health.tick().await;
@@ -596,22 +601,30 @@ async fn session(
                     }
                 }
             }
+            _ = tokio::time::sleep(Duration::from_millis(200)), if !shared.publish_ok.load(Ordering::Acquire) => {
+                check_publisher(shared, publisher, limit).await;
+            }
             _ = health.tick() => {
                 match tokio::time::timeout(limit, conn.ping()).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return up(format!("ping: {e}")),
                     Err(_) => return up("ping timed out".into()),
                 }
-                // The publisher reconnects by itself; this tells `is_ready` when it is back.
-                let ok = tokio::time::timeout(limit, redis::cmd("PING").query_async::<()>(publisher)).await;
-                match ok {
-                    Ok(Ok(())) => shared.publish_ok.store(true, Ordering::Release),
-                    Ok(Err(e)) if is_unavailable(&e) => shared.publish_ok.store(false, Ordering::Release),
-                    Ok(Err(_)) => {}
-                    Err(_) => shared.publish_ok.store(false, Ordering::Release),
-                }
+                check_publisher(shared, publisher, limit).await;
             }
         }
+    }
+}
+
+/// Pings the publisher connection (which reconnects by itself) and records whether it
+/// answers, for `is_ready`.
+async fn check_publisher(shared: &Shared, publisher: &mut RedisConn, limit: Duration) {
+    let ok = tokio::time::timeout(limit, redis::cmd("PING").query_async::<()>(publisher)).await;
+    match ok {
+        Ok(Ok(())) => shared.publish_ok.store(true, Ordering::Release),
+        Ok(Err(e)) if is_unavailable(&e) => shared.publish_ok.store(false, Ordering::Release),
+        Ok(Err(_)) => {}
+        Err(_) => shared.publish_ok.store(false, Ordering::Release),
     }
 }
 
