@@ -213,3 +213,35 @@ async fn after_a_redis_restart_ready_means_live_delivery_works() {
     }
     stop_all(n).await;
 }
+
+/// Python's urllib writes the whole body before it reads the answer: with a 2 MiB body and
+/// the default 1 MiB limit, it must read the 413, not fail with EPIPE or a reset.
+#[tokio::test]
+async fn a_python_urllib_client_sending_2_mib_reads_the_413() {
+    let s = TestServer::start().await;
+    let script = r#"
+import json, sys, urllib.request, urllib.error
+url, key = sys.argv[1], sys.argv[2]
+body = b'{"user_id":"u","type":"t","data":"' + b"x" * (2 * 1024 * 1024) + b'"}'
+for _ in range(3):
+    req = urllib.request.Request(url, data=body, method="POST",
+        headers={"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(req, timeout=20)
+        print("unexpected success"); sys.exit(1)
+    except urllib.error.HTTPError as e:
+        err = json.loads(e.read())
+        print(e.code, err["error"]["code"])
+        if e.code != 413 or err["error"]["code"] != "payload_too_large": sys.exit(1)
+"#;
+    let url = format!("{}/api/v1/events", s.base);
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", script, &url, API_KEY])
+        .output()
+        .await
+        .expect("python3 runs (it is on every CI machine)");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "python saw: {stdout}{stderr}");
+    assert_eq!(stdout.matches("413 payload_too_large").count(), 3, "{stdout}");
+    s.stop().await;
+}
