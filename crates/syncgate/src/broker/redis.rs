@@ -245,7 +245,8 @@ impl SubConn {
                 .build()?;
             Ok(SubConn::Cluster(client.get_async_connection().await?))
         } else {
-            let info = endpoint.nodes[0].clone();
+            // With Sentinel: the current master, looked up again on every (re)connect.
+            let info = endpoint.master().await?;
             let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
             let client = redis::Client::open(info.set_redis_settings(settings))?;
             let cfg = redis::AsyncConnectionConfig::new()

@@ -14,8 +14,9 @@
 //! Same guarantees as the embedded store (see `store::Store`), with these differences:
 //!
 //! - Durability is Redis's: `appendonly yes` with `appendfsync always` loses nothing that was
-//!   answered, `everysec` risks one second. Replication is asynchronous and the store does not
-//!   `WAIT`, so a failover to a replica can lose the last answered writes.
+//!   answered, `everysec` risks one second. Replication is asynchronous: unless
+//!   `wait_replicas` is set (then every append ends with `WAIT`), a failover to a replica can
+//!   lose the last answered writes.
 //! - Redis must run with `maxmemory-policy noeviction`: an evicted head key would restart a
 //!   stream's numbering (the append script repairs it from the stream when the stream is
 //!   still there).
@@ -101,6 +102,10 @@ pub struct RedisOptions {
     pub room_max_len: u64,
     /// Idempotency record lifetime until the first sweep brings the configured one.
     pub idempotency_ttl: Duration,
+    /// Replicas that must confirm an append before it is answered (`WAIT`); 0: none.
+    pub wait_replicas: u32,
+    /// How long that confirmation may take; fewer replicas by then: `Unavailable`.
+    pub wait_timeout: Duration,
 }
 
 impl RedisOptions {
@@ -115,6 +120,8 @@ impl RedisOptions {
             max_len: u64::MAX,
             room_max_len: u64::MAX,
             idempotency_ttl: Duration::from_secs(24 * 3600),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -216,6 +223,10 @@ struct Live {
 
 struct Inner {
     conn: RedisConn,
+    /// Appends go here: with `wait`, a connection of their own, since `WAIT` covers the
+    /// writes of its own connection and blocks it until the replicas answer.
+    writer: RedisConn,
+    wait: Option<(u32, Duration)>,
     endpoint: Endpoint,
     keys: Keys,
     scripts: Scripts,
@@ -272,14 +283,18 @@ impl RedisStore {
         let setup = async {
             let endpoint = Endpoint::resolve(&opts.url, opts.mode, opts.connect_timeout, opts.response_timeout).await?;
             let conn = endpoint.connect().await?;
-            Ok::<_, RedisError>((endpoint, conn))
+            let writer = if opts.wait_replicas > 0 { endpoint.connect().await? } else { conn.clone() };
+            Ok::<_, RedisError>((endpoint, conn, writer))
         };
-        let (endpoint, mut conn) = match tokio::time::timeout(opts.op_timeout, setup).await {
+        let (endpoint, mut conn, writer) = match tokio::time::timeout(opts.op_timeout, setup).await {
             Ok(r) => r.map_err(|e| store_err("connect", e))?,
             Err(_) => {
                 return Err(StoreError::Unavailable(format!("redis did not answer within {:?}", opts.op_timeout)))
             }
         };
+        if endpoint.cluster && opts.wait_replicas > 0 {
+            return Err(StoreError::Internal("redis.wait_replicas is not supported on a Redis Cluster".into()));
+        }
         let keys = Keys { prefix: opts.key_prefix.clone() };
         let fresh = format!("{:08x}", rand::random::<u32>());
         let old: Option<String> = tokio::time::timeout(
@@ -292,6 +307,8 @@ impl RedisStore {
         let epoch = old.unwrap_or(fresh);
         let inner = Arc::new(Inner {
             conn,
+            writer,
+            wait: (opts.wait_replicas > 0).then_some((opts.wait_replicas, opts.wait_timeout)),
             endpoint,
             keys,
             scripts: Scripts::new(),
@@ -387,7 +404,7 @@ impl Inner {
                     let expires = e.ttl.map_or(0, |t| e.ts.saturating_add(ms(t)).max(1));
                     inv.arg(e.ts).arg(expires).arg(&e.kind).arg(e.data.as_ref());
                 }
-                let mut conn = self.conn();
+                let mut conn = self.writer.clone();
                 async move { inv.invoke_async::<Value>(&mut conn).await }
             })
             .collect();
@@ -433,6 +450,18 @@ impl Inner {
                 tracing::warn!(error = %e, "redis store: retention index update failed after an append");
             }
         }
+        // With `redis.wait_replicas`, answered only once enough replicas have the events (the
+        // events stay stored on the master either way; a 503 may still be delivered).
+        if let Some((n, timeout)) = self.wait {
+            let mut c = self.writer.clone();
+            let wait = redis::cmd("WAIT").arg(n).arg(ms(timeout)).clone();
+            let got: i64 = self.run("wait", wait.query_async(&mut c)).await?;
+            if got < i64::from(n) {
+                return Err(StoreError::Unavailable(format!(
+                    "only {got} of {n} replicas confirmed the write within {timeout:?} (redis.wait_replicas)"
+                )));
+            }
+        }
         Ok(seqs)
     }
 
@@ -441,7 +470,7 @@ impl Inner {
     async fn send_all(&self, pipe: &mut Pipeline, cmds: Vec<Cmd>) -> Result<(), RedisError> {
         let mut conn = self.conn();
         match &conn {
-            RedisConn::Single(_) => {
+            RedisConn::Single(_) | RedisConn::Sentinel(_) => {
                 for c in cmds {
                     pipe.add_command(c).ignore();
                 }
