@@ -415,8 +415,20 @@ impl Config {
             return key("auth.api_keys", "every API key must have at least 8 characters".into());
         }
         let url = &self.redis.url;
-        if !url.is_empty() && !url.starts_with("redis://") && !url.starts_with("rediss://") {
-            return key("redis.url", "must start with redis:// or rediss://".into());
+        if !url.is_empty()
+            && !url.starts_with("redis://")
+            && !url.starts_with("rediss://")
+            && !crate::redis_conn::sentinel::SentinelSpec::matches(url)
+        {
+            return key(
+                "redis.url",
+                "must start with redis://, rediss://, redis+sentinel:// or rediss+sentinel://".into(),
+            );
+        }
+        if crate::redis_conn::sentinel::SentinelSpec::matches(url) {
+            if let Err(e) = crate::redis_conn::sentinel::SentinelSpec::parse(url, Duration::from_secs(1)) {
+                return key("redis.url", e.to_string());
+            }
         }
         if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(char::is_whitespace) {
             return key("redis.key_prefix", "must be a non-empty word".into());
