@@ -30,11 +30,14 @@ use crate::hub::{Changed, Hub};
 use crate::node::now_ms;
 use crate::redis_conn::RedisConn;
 
+/// A set of user ids or room names.
+type Names = HashSet<Arc<str>>;
+
 /// Users and rooms whose presence changed since the last write, coalesced (bounded by the
 /// number of distinct local users and rooms).
 #[derive(Default)]
 struct Dirty {
-    sets: Mutex<(HashSet<Arc<str>>, HashSet<Arc<str>>)>,
+    sets: Mutex<(Names, Names)>,
     wake: Notify,
 }
 
@@ -49,7 +52,7 @@ impl Dirty {
         self.wake.notify_one();
     }
 
-    fn take(&self) -> (HashSet<Arc<str>>, HashSet<Arc<str>>) {
+    fn take(&self) -> (Names, Names) {
         std::mem::take(&mut *self.sets.lock())
     }
 }
@@ -158,8 +161,8 @@ impl RedisPresence {
         &self,
         hub: &Hub,
         ttl: Duration,
-        changed_users: HashSet<Arc<str>>,
-        changed_rooms: HashSet<Arc<str>>,
+        changed_users: Names,
+        changed_rooms: Names,
         users: &mut HashMap<Arc<str>, usize>,
         rooms: &mut HashMap<Arc<str>, (usize, Vec<String>)>,
     ) -> Result<(), PresenceError> {
