@@ -124,6 +124,7 @@ pub struct Limits {
     pub max_name_bytes: usize,
     pub max_batch_users: usize,
     pub max_page: usize,
+    pub max_devices_per_user: usize,
     /// What the per-user connection limit does when presence cannot be read.
     pub presence_failure: PresenceFailure,
 }
@@ -149,6 +150,7 @@ impl Default for Limits {
             max_name_bytes: 128,
             max_batch_users: 10_000,
             max_page: 1000,
+            max_devices_per_user: 50,
             presence_failure: PresenceFailure::Closed,
         }
     }
@@ -382,6 +384,7 @@ impl Config {
             ("limits.max_name_bytes", l.max_name_bytes),
             ("limits.max_batch_users", l.max_batch_users),
             ("limits.max_page", l.max_page),
+            ("limits.max_devices_per_user", l.max_devices_per_user),
             ("messages.max_type_bytes", self.messages.max_type_bytes),
         ] {
             if v == 0 {
