@@ -55,6 +55,11 @@ impl Runner for PublishRunner {
             data: Bytes::copy_from_slice(p.data.get().as_bytes()),
             persist: p.persist,
             ttl: p.ttl_s.map(std::time::Duration::from_secs),
+            priority: match p.priority.as_deref() {
+                Some("high") => crate::event::Priority::High,
+                Some("low") => crate::event::Priority::Low,
+                _ => crate::event::Priority::Normal,
+            },
             except: None,
         };
         let r = match &p.room {

@@ -46,6 +46,9 @@ pub struct Metrics {
     pub replayed: Counter,
     pub trimmed: Counter<u64, AtomicU64>,
     pub queue: std::sync::Arc<crate::queue::metrics::QueueMetrics>,
+    /// Requests answered 503 (or let through, by `limits.presence_failure`) because the
+    /// broker or presence could not serve, by path.
+    pub dependency_failures: Family<KindLabels, Counter>,
 }
 
 impl Metrics {
@@ -66,6 +69,7 @@ impl Metrics {
             replayed: Counter::default(),
             trimmed: Counter::default(),
             queue: Default::default(),
+            dependency_failures: Family::default(),
             registry: Registry::default(),
         };
         registry.register("websocket_connections", "Open WebSocket connections", m.connections.clone());
@@ -102,6 +106,11 @@ impl Metrics {
             m.trimmed.clone(),
         );
         m.queue.register(&mut registry);
+        registry.register(
+            "dependency_failures",
+            "Publishes, disconnects and admission checks the broker or presence could not serve, by path",
+            m.dependency_failures.clone(),
+        );
         Metrics { registry, ..m }
     }
 
