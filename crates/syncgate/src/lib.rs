@@ -18,6 +18,8 @@
 //! - [`presence`]: who is online and in which rooms, across the deployment.
 //! - [`store`]: durable user streams, room history, cursors, idempotency (`Store` trait;
 //!   embedded redb for one node).
+//! - [`push`]: push registrations and providers (Web Push, FCM, APNs) for devices that
+//!   are not connected.
 //! - [`auth`], [`limits`], [`metrics`], [`config`], [`error`]: the cross-cutting parts.
 
 pub mod api;
@@ -31,6 +33,7 @@ pub mod metrics;
 pub mod node;
 pub mod presence;
 pub mod protocol;
+pub mod push;
 pub mod server;
 pub mod session;
 pub mod store;

@@ -37,6 +37,7 @@ pub struct Node {
     pub store: Arc<dyn Store>,
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn Presence>,
+    pub push: Arc<crate::push::Push>,
     pub auth: Auth,
     pub limits: Limiters,
     pub metrics: Arc<Metrics>,
@@ -63,6 +64,8 @@ pub struct Backends {
     pub store: Arc<dyn Store>,
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn Presence>,
+    /// Push registrations (on the same backend) and providers.
+    pub push: Arc<crate::push::Push>,
 }
 
 /// What to publish.
@@ -90,7 +93,7 @@ impl Node {
         metrics: Arc<Metrics>,
     ) -> Self {
         let limits = Limiters::new(&cfg.rate_limits);
-        let Backends { store, broker, presence } = backends;
+        let Backends { store, broker, presence, push } = backends;
         Node {
             cfg,
             instance_id,
@@ -98,6 +101,7 @@ impl Node {
             store,
             broker,
             presence,
+            push,
             auth,
             limits,
             metrics,

@@ -46,6 +46,8 @@ pub enum ServerError {
     Auth(#[from] crate::auth::AuthError),
     #[error("redis: {0}")]
     Redis(String),
+    #[error("{0}")]
+    Push(#[from] crate::push::PushError),
 }
 
 /// Development credentials, created under the data dir when the config has none.
@@ -111,8 +113,10 @@ pub fn instance_id(cfg: &Config) -> String {
 fn single_node(cfg: &Config, hub: &Arc<Hub>) -> Result<Backends, ServerError> {
     let dir = cfg.server.data_dir.clone();
     std::fs::create_dir_all(&dir).map_err(|source| ServerError::DataDir { path: dir.display().to_string(), source })?;
-    let store = EmbeddedStore::open(EmbeddedOptions { dir, fsync: cfg.store.fsync, max_batch: 1024 })?;
+    let store = EmbeddedStore::open(EmbeddedOptions { dir: dir.clone(), fsync: cfg.store.fsync, max_batch: 1024 })?;
+    let devices = Arc::new(crate::push::devices_embedded::EmbeddedDevices::open(&dir)?);
     Ok(Backends {
+        push: Arc::new(crate::push::Push::new(&cfg.push, devices)?),
         store: Arc::new(store),
         broker: Arc::new(MemoryBroker::new(hub.clone())),
         presence: Arc::new(LocalPresence::new(hub.clone())),
@@ -153,7 +157,9 @@ async fn cluster(
     let presence = Arc::new(RedisPresence::new(store.connection(), &r.key_prefix, instance));
     presence.spawn(hub.clone(), r.presence_ttl, stop.clone());
     tracing::info!(cluster = store.is_cluster(), sharded_pubsub = broker.is_sharded(), "cluster mode on Redis");
-    Ok(Backends { store: Arc::new(store), broker: Arc::new(broker), presence })
+    let devices = Arc::new(crate::push::devices_redis::RedisDevices::new(store.connection(), &r.key_prefix));
+    let push = Arc::new(crate::push::Push::new(&cfg.push, devices)?);
+    Ok(Backends { store: Arc::new(store), broker: Arc::new(broker), presence, push })
 }
 
 /// A bound, ready-to-run node.

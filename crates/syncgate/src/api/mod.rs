@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 mod offline;
 mod publish;
+mod push;
 mod query;
 
 use std::sync::Arc;
@@ -39,9 +40,10 @@ use crate::node::Node;
         query::presence, query::history, query::user_online, query::disconnect, query::online_users,
         query::stats, query::pubsub_stats, query::offline_stats,
         offline::messages, offline::ack, offline::ack_batch, offline::count,
+        push::register, push::list, push::unregister,
         health, ready, metrics, openapi_json,
     ),
-    components(schemas(publish::UserEvent, publish::BatchEvent, publish::BroadcastEvent, publish::RoomEvent, publish::Priority, offline::AckBody, offline::AckBatchBody)),
+    components(schemas(publish::UserEvent, publish::BatchEvent, publish::BroadcastEvent, publish::RoomEvent, publish::Priority, offline::AckBody, offline::AckBatchBody, push::RegisterBody, crate::push::Provider, crate::push::Subscription, crate::push::SubscriptionKeys)),
     modifiers(&SecurityAddon),
 )]
 pub struct ApiDoc;
@@ -78,6 +80,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/offline/ack"),
     ("post", "/api/v1/offline/ack/batch"),
     ("get", "/api/v1/offline/count"),
+    ("post", "/api/v1/push/devices"),
+    ("get", "/api/v1/push/devices"),
+    ("delete", "/api/v1/push/devices/{client_id}"),
     ("get", "/health"),
     ("get", "/ready"),
     ("get", "/metrics"),
@@ -102,6 +107,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/offline/ack", post(offline::ack))
         .route("/api/v1/offline/ack/batch", post(offline::ack_batch))
         .route("/api/v1/offline/count", get(offline::count))
+        .route("/api/v1/push/devices", post(push::register).get(push::list))
+        .route("/api/v1/push/devices/{client_id}", axum::routing::delete(push::unregister))
         .layer(cors(&node.cfg.server.cors_origins));
     Router::new()
         .merge(api)
@@ -124,7 +131,7 @@ fn cors(origins: &[String]) -> CorsLayer {
     };
     CorsLayer::new()
         .allow_origin(allow)
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,

@@ -46,6 +46,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub redis: RedisConfig,
     pub log: LogConfig,
+    pub push: PushConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -279,6 +280,103 @@ pub enum LogFormat {
     Text,
 }
 
+/// `push`: device registrations and the push providers (see docs/push.md).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// A persisted user message no device acked within this time, while none was
+    /// connected, is `message.undelivered` and is pushed.
+    #[serde(with = "duration")]
+    pub delay: Duration,
+    /// Push registrations kept per user; a new client id past it replaces the registration
+    /// updated least recently.
+    pub max_devices_per_user: usize,
+    /// Lifetime of a notification at the provider when the message has no `ttl_s`
+    /// (Web Push `TTL`, APNs `apns-expiration`, FCM `android.ttl`).
+    #[serde(with = "duration")]
+    pub ttl: Duration,
+    /// Time limit of one request to a provider.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Extra PEM root certificates trusted for provider endpoints (test servers, private
+    /// gateways); empty: the public web roots only.
+    pub ca_file: String,
+    pub providers: PushProviders,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            delay: Duration::from_secs(10),
+            max_devices_per_user: 20,
+            ttl: Duration::from_secs(24 * 3600),
+            timeout: Duration::from_secs(10),
+            ca_file: String::new(),
+            providers: PushProviders::default(),
+        }
+    }
+}
+
+/// `push.providers`: any of them; a provider left out refuses registrations for it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushProviders {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<PushWebhook>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webpush: Option<PushWebPush>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fcm: Option<PushFcm>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apns: Option<PushApns>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushWebhook {
+    /// Name of a `webhooks.endpoints` entry that gets `message.undelivered`.
+    pub endpoint: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushWebPush {
+    /// The VAPID private key: a PEM file (PKCS#8 or SEC1) or the raw key in base64url.
+    pub vapid_private_key_file: String,
+    /// VAPID `sub` claim: a `mailto:` or `https:` contact.
+    pub subject: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushFcm {
+    /// A Google service-account JSON key file (its `token_uri` is the OAuth2 endpoint).
+    pub service_account_file: String,
+    #[serde(default = "fcm_endpoint")]
+    pub endpoint: String,
+}
+
+fn fcm_endpoint() -> String {
+    "https://fcm.googleapis.com".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushApns {
+    /// The `.p8` token-signing key (PKCS#8 PEM, P-256) from the Apple developer account.
+    pub key_file: String,
+    pub key_id: String,
+    pub team_id: String,
+    /// `apns-topic`: the app's bundle id.
+    pub topic: String,
+    #[serde(default = "apns_endpoint")]
+    pub endpoint: String,
+}
+
+fn apns_endpoint() -> String {
+    "https://api.push.apple.com".into()
+}
+
 /// Short variables of the contract and the config key each one sets.
 const SHORT_VARS: &[(&str, &str, &str)] = &[
     ("SYNCGATE_LISTEN", "server", "listen"),
@@ -400,6 +498,42 @@ impl Config {
         }
         if self.redis.presence_ttl < Duration::from_secs(3) {
             return key("redis.presence_ttl", "must be at least 3s".into());
+        }
+        let p = &self.push;
+        if p.max_devices_per_user == 0 {
+            return key("push.max_devices_per_user", "must be at least 1".into());
+        }
+        if p.timeout.is_zero() {
+            return key("push.timeout", "must be more than 0".into());
+        }
+        if p.ttl.is_zero() {
+            return key("push.ttl", "must be more than 0".into());
+        }
+        let pp = &p.providers;
+        if pp.webhook.as_ref().is_some_and(|w| w.endpoint.is_empty()) {
+            return key("push.providers.webhook.endpoint", "must name a webhooks.endpoints entry".into());
+        }
+        if let Some(w) = &pp.webpush {
+            if w.vapid_private_key_file.is_empty() {
+                return key("push.providers.webpush.vapid_private_key_file", "must name a file".into());
+            }
+            if !w.subject.starts_with("mailto:") && !w.subject.starts_with("https://") {
+                return key("push.providers.webpush.subject", "must be a mailto: or https:// contact".into());
+            }
+        }
+        if let Some(f) = &pp.fcm {
+            if f.service_account_file.is_empty() {
+                return key("push.providers.fcm.service_account_file", "must name a file".into());
+            }
+        }
+        if let Some(a) = &pp.apns {
+            for (name, v) in
+                [("key_file", &a.key_file), ("key_id", &a.key_id), ("team_id", &a.team_id), ("topic", &a.topic)]
+            {
+                if v.is_empty() {
+                    return key(&format!("push.providers.apns.{name}"), "must be set".into());
+                }
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return key("log.level", format!("{e}"));
