@@ -20,6 +20,9 @@
 //!   embedded redb for one node).
 //! - [`push`]: push registrations and providers (Web Push, FCM, APNs) for devices that
 //!   are not connected.
+//! - [`queue`]: the durable outbound job queue (webhooks, push sends, delayed publishes),
+//!   its workers, retries, circuit breakers and dead letters (`Queue` trait; embedded, Redis).
+//! - [`webhooks`]: the gateway's events to the app (Standard Webhooks), the connect proxy.
 //! - [`auth`], [`limits`], [`metrics`], [`config`], [`error`]: the cross-cutting parts.
 
 pub mod api;
@@ -34,7 +37,9 @@ pub mod node;
 pub mod presence;
 pub mod protocol;
 pub mod push;
+pub mod queue;
 pub mod server;
 pub mod session;
 pub mod store;
 pub mod transport;
+pub mod webhooks;

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub client_errors: Family<KindLabels, Counter>,
     pub replayed: Counter,
     pub trimmed: Counter<u64, AtomicU64>,
+    pub queue: std::sync::Arc<crate::queue::metrics::QueueMetrics>,
 }
 
 impl Metrics {
@@ -64,6 +65,7 @@ impl Metrics {
             client_errors: Family::default(),
             replayed: Counter::default(),
             trimmed: Counter::default(),
+            queue: Default::default(),
             registry: Registry::default(),
         };
         registry.register("websocket_connections", "Open WebSocket connections", m.connections.clone());
@@ -99,6 +101,7 @@ impl Metrics {
             "Messages a resuming connection missed because retention removed them",
             m.trimmed.clone(),
         );
+        m.queue.register(&mut registry);
         Metrics { registry, ..m }
     }
 

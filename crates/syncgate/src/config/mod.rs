@@ -6,6 +6,8 @@
 //!
 //! Must never: read configuration anywhere else, or start anything.
 
+mod outbound;
+mod push;
 mod rate;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +16,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 
+pub use outbound::{ConnectProxy, OnError, PushConfig, QueueConfig, WebhookEndpoint, WebhooksConfig, WEBHOOK_EVENTS};
+pub use push::{PushApns, PushFcm, PushProviders, PushWebPush, PushWebhook};
 pub use rate::{duration, Rate, RateSetting};
 
 use crate::store::embedded::FsyncPolicy;
@@ -46,6 +50,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub redis: RedisConfig,
     pub log: LogConfig,
+    pub webhooks: WebhooksConfig,
+    pub queue: QueueConfig,
     pub push: PushConfig,
 }
 
@@ -280,103 +286,6 @@ pub enum LogFormat {
     Text,
 }
 
-/// `push`: device registrations and the push providers (see docs/push.md).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PushConfig {
-    /// A persisted user message no device acked within this time, while none was
-    /// connected, is `message.undelivered` and is pushed.
-    #[serde(with = "duration")]
-    pub delay: Duration,
-    /// Push registrations kept per user; a new client id past it replaces the registration
-    /// updated least recently.
-    pub max_devices_per_user: usize,
-    /// Lifetime of a notification at the provider when the message has no `ttl_s`
-    /// (Web Push `TTL`, APNs `apns-expiration`, FCM `android.ttl`).
-    #[serde(with = "duration")]
-    pub ttl: Duration,
-    /// Time limit of one request to a provider.
-    #[serde(with = "duration")]
-    pub timeout: Duration,
-    /// Extra PEM root certificates trusted for provider endpoints (test servers, private
-    /// gateways); empty: the public web roots only.
-    pub ca_file: String,
-    pub providers: PushProviders,
-}
-
-impl Default for PushConfig {
-    fn default() -> Self {
-        PushConfig {
-            delay: Duration::from_secs(10),
-            max_devices_per_user: 20,
-            ttl: Duration::from_secs(24 * 3600),
-            timeout: Duration::from_secs(10),
-            ca_file: String::new(),
-            providers: PushProviders::default(),
-        }
-    }
-}
-
-/// `push.providers`: any of them; a provider left out refuses registrations for it.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PushProviders {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub webhook: Option<PushWebhook>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub webpush: Option<PushWebPush>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fcm: Option<PushFcm>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub apns: Option<PushApns>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PushWebhook {
-    /// Name of a `webhooks.endpoints` entry that gets `message.undelivered`.
-    pub endpoint: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PushWebPush {
-    /// The VAPID private key: a PEM file (PKCS#8 or SEC1) or the raw key in base64url.
-    pub vapid_private_key_file: String,
-    /// VAPID `sub` claim: a `mailto:` or `https:` contact.
-    pub subject: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PushFcm {
-    /// A Google service-account JSON key file (its `token_uri` is the OAuth2 endpoint).
-    pub service_account_file: String,
-    #[serde(default = "fcm_endpoint")]
-    pub endpoint: String,
-}
-
-fn fcm_endpoint() -> String {
-    "https://fcm.googleapis.com".into()
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PushApns {
-    /// The `.p8` token-signing key (PKCS#8 PEM, P-256) from the Apple developer account.
-    pub key_file: String,
-    pub key_id: String,
-    pub team_id: String,
-    /// `apns-topic`: the app's bundle id.
-    pub topic: String,
-    #[serde(default = "apns_endpoint")]
-    pub endpoint: String,
-}
-
-fn apns_endpoint() -> String {
-    "https://api.push.apple.com".into()
-}
-
 /// Short variables of the contract and the config key each one sets.
 const SHORT_VARS: &[(&str, &str, &str)] = &[
     ("SYNCGATE_LISTEN", "server", "listen"),
@@ -402,8 +311,13 @@ const STRING_KEYS: &[(&str, &str)] = &[
 ];
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[(&str, &str)] =
-    &[("auth", "api_keys"), ("server", "cors_origins"), ("messages", "allowed_types"), ("rooms", "client_publish")];
+const LIST_KEYS: &[(&str, &str)] = &[
+    ("auth", "api_keys"),
+    ("server", "cors_origins"),
+    ("messages", "allowed_types"),
+    ("rooms", "client_publish"),
+    ("webhooks", "client_message_types"),
+];
 
 impl Config {
     /// Loads the config: `file` (or SYNCGATE_CONFIG) if given, then the environment.
@@ -538,6 +452,7 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return key("log.level", format!("{e}"));
         }
+        self.validate_outbound()?;
         Ok(())
     }
 

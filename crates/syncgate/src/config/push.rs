@@ -1,0 +1,64 @@
+//! The `push.providers` section: which push services this node sends through, with their
+//! keys and endpoints (the rest of `push` is in `outbound.rs`).
+
+use serde::{Deserialize, Serialize};
+
+/// `push.providers`: any of them; a provider left out refuses registrations for it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushProviders {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<PushWebhook>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webpush: Option<PushWebPush>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fcm: Option<PushFcm>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apns: Option<PushApns>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushWebhook {
+    /// Name of a `webhooks.endpoints` entry that gets `message.undelivered`.
+    pub endpoint: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushWebPush {
+    /// The VAPID private key: a PEM file (PKCS#8 or SEC1) or the raw key in base64url.
+    pub vapid_private_key_file: String,
+    /// VAPID `sub` claim: a `mailto:` or `https:` contact.
+    pub subject: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushFcm {
+    /// A Google service-account JSON key file (its `token_uri` is the OAuth2 endpoint).
+    pub service_account_file: String,
+    #[serde(default = "fcm_endpoint")]
+    pub endpoint: String,
+}
+
+fn fcm_endpoint() -> String {
+    "https://fcm.googleapis.com".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushApns {
+    /// The `.p8` token-signing key (PKCS#8 PEM, P-256) from the Apple developer account.
+    pub key_file: String,
+    pub key_id: String,
+    pub team_id: String,
+    /// `apns-topic`: the app's bundle id.
+    pub topic: String,
+    #[serde(default = "apns_endpoint")]
+    pub endpoint: String,
+}
+
+fn apns_endpoint() -> String {
+    "https://api.push.apple.com".into()
+}
