@@ -143,12 +143,18 @@ async fn webpush_endpoint(State(s): State<WebPushService>, headers: HeaderMap, b
     reply(&s.plan, StatusCode::CREATED)
 }
 
-#[tokio::test]
-async fn webpush_payload_decrypts_with_the_subscription_keys_and_vapid_verifies() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cert = TestCert::new(tmp.path());
+/// A Web Push stand-in with one subscription, and the VAPID key file of the app server.
+struct WebPushFixture {
+    _server: TlsServer,
+    vapid_file: std::path::PathBuf,
+    got: Log<(u64, String, Value)>,
+    plan: Plan,
+    sub: Subscription,
+}
+
+async fn webpush_fixture(dir: &std::path::Path, cert: &TestCert) -> WebPushFixture {
     let vapid = p256_key();
-    let vapid_file = tmp.path().join("vapid.pem");
+    let vapid_file = dir.join("vapid.pem");
     std::fs::write(&vapid_file, vapid.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
     let app_server_key = URL_SAFE_NO_PAD.encode(vapid.public_key().to_encoded_point(false).as_bytes());
     let ua_secret = p256_key();
@@ -165,24 +171,16 @@ async fn webpush_payload_decrypts_with_the_subscription_keys_and_vapid_verifies(
     // The VAPID audience is the server's origin, known once it listens.
     let origin_cell = Arc::new(parking_lot::Mutex::new(String::new()));
     let oc = origin_cell.clone();
-    let base_state = svc;
     let router = Router::new().route(
         "/wp/{id}",
         post(move |_: Path<String>, headers: HeaderMap, body: Bytes| {
-            let mut st = base_state.clone();
+            let mut st = svc.clone();
             st.origin = oc.lock().clone();
             async move { webpush_endpoint(State(st), headers, body).await }
         }),
     );
-    let server = TlsServer::start(&cert, router, false).await;
+    let server = TlsServer::start(cert, router, false).await;
     *origin_cell.lock() = server.url();
-
-    let (push, devices) = push_with(tmp.path(), &cert, |c| {
-        c.providers.webpush = Some(PushWebPush {
-            vapid_private_key_file: vapid_file.display().to_string(),
-            subject: "mailto:ops@example.com".into(),
-        })
-    });
     let sub = Subscription {
         endpoint: format!("{}/wp/sub-1", server.url()),
         keys: syncgate::push::SubscriptionKeys {
@@ -190,13 +188,34 @@ async fn webpush_payload_decrypts_with_the_subscription_keys_and_vapid_verifies(
             auth: URL_SAFE_NO_PAD.encode(auth),
         },
     };
-    let reg = Registration {
+    WebPushFixture { _server: server, vapid_file, got, plan, sub }
+}
+
+fn webpush_config(c: &mut PushConfig, f: &WebPushFixture) {
+    c.providers.webpush = Some(PushWebPush {
+        vapid_private_key_file: f.vapid_file.display().to_string(),
+        subject: "mailto:ops@example.com".into(),
+    });
+}
+
+fn browser(sub: &Subscription) -> Registration {
+    Registration {
         client_id: "browser".into(),
         provider: Provider::Webpush,
         token: None,
-        subscription: Some(sub),
+        subscription: Some(sub.clone()),
         updated_at: 1,
-    };
+    }
+}
+
+#[tokio::test]
+async fn webpush_payload_decrypts_with_the_subscription_keys_and_vapid_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cert = TestCert::new(tmp.path());
+    let fx = webpush_fixture(tmp.path(), &cert).await;
+    let (got, plan) = (fx.got.clone(), fx.plan.clone());
+    let (push, devices) = push_with(tmp.path(), &cert, |c| webpush_config(c, &fx));
+    let reg = browser(&fx.sub);
     reg.validate(2048).expect("a browser subscription is valid");
     devices.put("alice", reg, 10).await.unwrap();
 
@@ -560,4 +579,105 @@ async fn apns_sends_over_http2_with_an_es256_provider_token_and_its_headers() {
     let j = job("ipad", Provider::Apns, event(Priority::High, json!(1)));
     assert!(matches!(push.deliver(&j).await, Sent::Gone(r) if r.contains("BadDeviceToken")));
     assert!(devices.get("alice", "ipad").await.unwrap().is_none(), "a BadDeviceToken registration is removed");
+}
+
+// ---------------------------------------------------------------- through the outbound queue
+
+#[tokio::test]
+async fn undelivered_messages_are_pushed_through_the_queue_with_retries_dead_letters_and_gone_removal() {
+    use syncgate::push::runner::{PushHook, PushRunner};
+    use syncgate::queue::embedded::{EmbeddedQueue, EmbeddedQueueOptions};
+    use syncgate::queue::metrics::QueueMetrics;
+    use syncgate::queue::{JobKind, Queue, Workers};
+    use syncgate::webhooks::{Undelivered, UndeliveredHook};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let cert = TestCert::new(tmp.path());
+    let fx = webpush_fixture(tmp.path(), &cert).await;
+    let (push, devices) = push_with(tmp.path(), &cert, |c| webpush_config(c, &fx));
+    let push = Arc::new(push);
+    devices.put("alice", browser(&fx.sub), 10).await.unwrap();
+
+    let qcfg = syncgate::config::QueueConfig {
+        backoff_min: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(50),
+        max_attempts: 4,
+        poll_interval: Duration::from_millis(20),
+        ..Default::default()
+    };
+    let opts =
+        EmbeddedQueueOptions { max_jobs: 1000, max_dead: 100, fsync: syncgate::store::embedded::FsyncPolicy::Never };
+    let queue: Arc<dyn Queue> = Arc::new(EmbeddedQueue::open(tmp.path(), opts).unwrap());
+    let workers = Workers::new(queue.clone(), &qcfg, Arc::new(QueueMetrics::default()));
+    workers.register(JobKind::Push, Arc::new(PushRunner::new(push.clone())));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _w = workers.spawn(stop.clone(), Duration::from_secs(2));
+    let hook = PushHook::new(push.clone(), workers.clone());
+
+    let undelivered = |id: &str, priority: &str| Undelivered {
+        user_id: "alice".into(),
+        id: id.into(),
+        kind: "chat.message".into(),
+        data: serde_json::value::RawValue::from_string(r#"{"text":"hi"}"#.into()).unwrap(),
+        priority: priority.into(),
+        ts: 1_700_000_000_000,
+    };
+    let wait = |what: &'static str, f: Box<dyn Fn() -> bool + Send>| async move {
+        for _ in 0..500 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("not reached in 10 s: {what}");
+    };
+    let settled = |q: Arc<dyn Queue>| async move {
+        for _ in 0..500 {
+            let s = q.stats().await.unwrap();
+            if s.ready.total() + s.delayed + s.in_flight == 0 {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("queue did not settle");
+    };
+
+    // Two 503s, then accepted: the third attempt delivers it, once.
+    fx.plan.push(503, &[], "");
+    fx.plan.push(503, &[], "");
+    hook.undelivered(&undelivered("e1.abcdef.1", "high")).await.unwrap();
+    let got = fx.got.clone();
+    wait("delivered after retries", Box::new(move || got.len() == 3)).await;
+    let s = settled(queue.clone()).await;
+    assert_eq!(s.dead, 0);
+    let (_, urgency, body) = fx.got.all().pop().unwrap();
+    assert_eq!((urgency.as_str(), body["id"].as_str()), ("high", Some("e1.abcdef.1")));
+
+    // A permanent refusal is dead-lettered at once, with the push job as its payload.
+    fx.plan.push(400, &[], "malformed");
+    hook.undelivered(&undelivered("e1.abcdef.2", "normal")).await.unwrap();
+    let s = settled(queue.clone()).await;
+    assert_eq!(s.dead, 1);
+    let dead = queue.dead(10, None).await.unwrap().jobs.remove(0);
+    assert_eq!(dead.job.kind, JobKind::Push);
+    assert_eq!(dead.job.endpoint, "webpush:127.0.0.1");
+    assert_eq!(dead.job.attempts, 1);
+    let payload: Value = serde_json::from_slice(&dead.job.payload).unwrap();
+    assert_eq!(
+        (payload["client_id"].as_str(), payload["event"]["id"].as_str()),
+        (Some("browser"), Some("e1.abcdef.2"))
+    );
+
+    // Gone: the job is done and the registration removed; later messages make no jobs.
+    fx.plan.push(410, &[], "");
+    hook.undelivered(&undelivered("e1.abcdef.3", "low")).await.unwrap();
+    let d = devices.clone();
+    settled(queue.clone()).await;
+    assert!(d.get("alice", "browser").await.unwrap().is_none());
+    assert!(push
+        .enqueue_for(&workers, "alice", &syncgate::push::runner::event_of(&undelivered("x", "low")))
+        .await
+        .unwrap()
+        .is_empty());
+    stop.cancel();
 }

@@ -3,11 +3,11 @@
 //! outbound queue's webhooks).
 //!
 //! Owns: `Push` (the registrations and the configured providers), the job a send is
-//! (`PushJob`: one event for one device), turning an undelivered event into one job per
-//! registered device (`jobs_for`), and running one job (`deliver`): load the device's
-//! registration, send through its provider, and remove the registration when the provider
-//! says the token is gone. Files: `devices*.rs` the registrations, one file per provider,
-//! `http.rs` the shared HTTP client and answer classification.
+//! (`PushJob`: one event for one device), and running one job (`deliver`): load the
+//! device's registration, send through its provider, and remove the registration when the
+//! provider says the token is gone. Files: `devices*.rs` the registrations, one file per
+//! provider, `http.rs` the shared HTTP client and answer classification, `runner.rs` the
+//! outbound queue's side (`Push::enqueue_for`, the `Runner`, the undelivered hook).
 //!
 //! Must never: retry by itself (retries, backoff and dead letters are the outbound queue's),
 //! send anything but the event it was given, or keep a registration a provider called gone.
@@ -18,6 +18,7 @@ pub mod devices_embedded;
 pub mod devices_redis;
 pub mod fcm;
 pub mod http;
+pub mod runner;
 pub mod webpush;
 
 use std::sync::Arc;
@@ -28,7 +29,6 @@ use serde::{Deserialize, Serialize};
 pub use devices::{Devices, Provider, Registration, Subscription, SubscriptionKeys};
 
 use crate::config::PushConfig;
-use crate::store::StoreError;
 
 /// Why the push part could not start (a key file that does not load, and the like).
 #[derive(Debug, thiserror::Error)]
@@ -139,22 +139,6 @@ impl Push {
             Provider::Fcm => self.fcm.is_some(),
             Provider::Apns => self.apns.is_some(),
         }
-    }
-
-    /// One job per registered device of `user` whose provider is configured: what
-    /// `message.undelivered` turns into.
-    pub async fn jobs_for(&self, user: &str, event: &PushEvent) -> Result<Vec<PushJob>, StoreError> {
-        let regs = self.devices.list(user).await?;
-        Ok(regs
-            .into_iter()
-            .filter(|r| self.has_provider(r.provider))
-            .map(|r| PushJob {
-                user: user.to_string(),
-                client_id: r.client_id,
-                provider: r.provider,
-                event: event.clone(),
-            })
-            .collect())
     }
 
     /// How long the provider should keep this event for an unreachable device.
