@@ -427,8 +427,10 @@ impl Config {
             return key("push.ttl", "must be more than 0".into());
         }
         let pp = &p.providers;
-        if pp.webhook.as_ref().is_some_and(|w| w.endpoint.is_empty()) {
-            return key("push.providers.webhook.endpoint", "must name a webhooks.endpoints entry".into());
+        if let Some(w) = &pp.webhook {
+            if !self.webhooks.endpoints.iter().any(|e| e.name == w.endpoint) {
+                return key("push.providers.webhook.endpoint", "must name a webhooks.endpoints entry".into());
+            }
         }
         if let Some(w) = &pp.webpush {
             if w.vapid_private_key_file.is_empty() {

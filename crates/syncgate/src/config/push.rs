@@ -62,3 +62,27 @@ pub struct PushApns {
 fn apns_endpoint() -> String {
     "https://api.push.apple.com".into()
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn err(yaml: &str) -> String {
+        Config::from_yaml(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn push_keys_are_checked_with_their_paths() {
+        let c = Config::from_yaml("push:\n  providers:\n    fcm: { service_account_file: sa.json }\n").unwrap();
+        assert_eq!(c.push.providers.fcm.unwrap().endpoint, "https://fcm.googleapis.com");
+        assert!(err("push:\n  max_devices_per_user: 0\n").contains("push.max_devices_per_user"));
+        assert!(err("push:\n  timeout: 0s\n").contains("push.timeout"));
+        let e = err("push:\n  providers:\n    apns: { key_file: k.p8, key_id: '', team_id: T, topic: a.b }\n");
+        assert!(e.contains("push.providers.apns.key_id"), "{e}");
+        let e = err("push:\n  providers:\n    webpush: { vapid_private_key_file: v.pem, subject: ops }\n");
+        assert!(e.contains("push.providers.webpush.subject"), "{e}");
+        let e = err("push:\n  providers:\n    webhook: { endpoint: app }\n");
+        assert!(e.contains("push.providers.webhook.endpoint"), "{e}");
+        assert!(err("push:\n  providers:\n    sms: {}\n").contains("sms"));
+    }
+}

@@ -141,6 +141,11 @@ impl Push {
         }
     }
 
+    /// Whether any device provider is configured (else undelivered messages make no jobs).
+    pub fn sends_anything(&self) -> bool {
+        self.webpush.is_some() || self.fcm.is_some() || self.apns.is_some()
+    }
+
     /// How long the provider should keep this event for an unreachable device.
     fn ttl(&self, event: &PushEvent) -> Duration {
         event.ttl_s.map(Duration::from_secs).unwrap_or(self.cfg.ttl)
