@@ -46,6 +46,7 @@ pub struct Metrics {
     pub replayed: Counter,
     pub trimmed: Counter<u64, AtomicU64>,
     pub queue: std::sync::Arc<crate::queue::metrics::QueueMetrics>,
+    pub push: std::sync::Arc<crate::push::metrics::PushMetrics>,
 }
 
 impl Metrics {
@@ -66,6 +67,7 @@ impl Metrics {
             replayed: Counter::default(),
             trimmed: Counter::default(),
             queue: Default::default(),
+            push: Default::default(),
             registry: Registry::default(),
         };
         registry.register("websocket_connections", "Open WebSocket connections", m.connections.clone());
@@ -102,6 +104,7 @@ impl Metrics {
             m.trimmed.clone(),
         );
         m.queue.register(&mut registry);
+        m.push.register(&mut registry);
         Metrics { registry, ..m }
     }
 

@@ -109,13 +109,13 @@ pub fn instance_id(cfg: &Config) -> String {
 }
 
 /// One node on the embedded store: everything in this process.
-fn single_node(cfg: &Config, hub: &Arc<Hub>) -> Result<Backends, ServerError> {
+fn single_node(cfg: &Config, hub: &Arc<Hub>, metrics: &Metrics) -> Result<Backends, ServerError> {
     let dir = cfg.server.data_dir.clone();
     std::fs::create_dir_all(&dir).map_err(|source| ServerError::DataDir { path: dir.display().to_string(), source })?;
     let store = EmbeddedStore::open(EmbeddedOptions { dir: dir.clone(), fsync: cfg.store.fsync, max_batch: 1024 })?;
     let devices = Arc::new(crate::push::devices_embedded::EmbeddedDevices::open(&dir)?);
     Ok(Backends {
-        push: Arc::new(crate::push::Push::new(&cfg.push, devices)?),
+        push: Arc::new(crate::push::Push::new(&cfg.push, devices, metrics.push.clone())?),
         store: Arc::new(store),
         broker: Arc::new(MemoryBroker::new(hub.clone())),
         presence: Arc::new(LocalPresence::new(hub.clone())),
@@ -128,6 +128,7 @@ async fn cluster(
     hub: &Arc<Hub>,
     instance: &str,
     stop: &CancellationToken,
+    metrics: &Metrics,
 ) -> Result<Backends, ServerError> {
     let r = &cfg.redis;
     let redis_err = |e: &dyn std::fmt::Display| ServerError::Redis(e.to_string());
@@ -157,7 +158,7 @@ async fn cluster(
     presence.spawn(hub.clone(), r.presence_ttl, stop.clone());
     tracing::info!(cluster = store.is_cluster(), sharded_pubsub = broker.is_sharded(), "cluster mode on Redis");
     let devices = Arc::new(crate::push::devices_redis::RedisDevices::new(store.connection(), &r.key_prefix));
-    let push = Arc::new(crate::push::Push::new(&cfg.push, devices)?);
+    let push = Arc::new(crate::push::Push::new(&cfg.push, devices, metrics.push.clone())?);
     Ok(Backends { store: Arc::new(store), broker: Arc::new(broker), presence, push })
 }
 
@@ -181,9 +182,9 @@ impl Server {
         let instance = instance_id(&cfg);
         let background = CancellationToken::new();
         let backends = if cfg.redis.url.is_empty() {
-            single_node(&cfg, &hub)?
+            single_node(&cfg, &hub, &metrics)?
         } else {
-            cluster(&cfg, &hub, &instance, &background).await?
+            cluster(&cfg, &hub, &instance, &background, &metrics).await?
         };
         let listener = TcpListener::bind(&cfg.server.listen)
             .await

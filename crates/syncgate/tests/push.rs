@@ -68,7 +68,7 @@ fn push_with(dir: &std::path::Path, cert: &TestCert, f: impl FnOnce(&mut PushCon
     cfg.timeout = Duration::from_secs(10);
     f(&mut cfg);
     let devices = Arc::new(EmbeddedDevices::open(dir).expect("devices"));
-    (Push::new(&cfg, devices.clone()).expect("push builds"), devices)
+    (Push::new(&cfg, devices.clone(), Default::default()).expect("push builds"), devices)
 }
 
 // ---------------------------------------------------------------- Web Push

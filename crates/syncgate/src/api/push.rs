@@ -80,6 +80,7 @@ pub async fn register(
     reg.validate(MAX_ADDRESS_BYTES)?;
     let max = node.push.cfg.max_devices_per_user;
     let replaced = node.push.devices.put(&caller.user, reg.clone(), max).await?;
+    node.push.metrics.replaced.inc_by(replaced.len() as u64);
     Ok(Json(json!({"ok": true, "client_id": reg.client_id, "provider": reg.provider, "replaced": replaced})))
 }
 

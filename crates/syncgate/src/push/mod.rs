@@ -18,6 +18,7 @@ pub mod devices_embedded;
 pub mod devices_redis;
 pub mod fcm;
 pub mod http;
+pub mod metrics;
 pub mod runner;
 pub mod webpush;
 
@@ -113,6 +114,7 @@ pub struct Push {
     webpush: Option<webpush::WebPush>,
     fcm: Option<fcm::Fcm>,
     apns: Option<apns::Apns>,
+    pub metrics: Arc<metrics::PushMetrics>,
 }
 
 /// Longest token or subscription endpoint accepted at registration.
@@ -120,7 +122,11 @@ pub const MAX_ADDRESS_BYTES: usize = 2048;
 
 impl Push {
     /// Loads the providers' keys and builds their HTTP clients.
-    pub fn new(cfg: &PushConfig, devices: Arc<dyn Devices>) -> Result<Self, PushError> {
+    pub fn new(
+        cfg: &PushConfig,
+        devices: Arc<dyn Devices>,
+        metrics: Arc<metrics::PushMetrics>,
+    ) -> Result<Self, PushError> {
         let p = &cfg.providers;
         let client = http::Clients::new(cfg)?;
         Ok(Push {
@@ -129,6 +135,7 @@ impl Push {
             webpush: p.webpush.as_ref().map(|w| webpush::WebPush::new(w, &client)).transpose()?,
             fcm: p.fcm.as_ref().map(|f| fcm::Fcm::new(f, &client)).transpose()?,
             apns: p.apns.as_ref().map(|a| apns::Apns::new(a, &client)).transpose()?,
+            metrics,
         })
     }
 
@@ -176,9 +183,21 @@ impl Push {
                 (_, None) => Sent::Gone("registration has no token".into()),
             },
         };
+        let result = match &sent {
+            Sent::Delivered => "delivered",
+            Sent::Skipped => "skipped",
+            Sent::Gone(_) => "gone",
+            Sent::Retry { .. } => "retry",
+            Sent::Failed(_) => "failed",
+        };
+        let provider = reg.provider.as_str();
+        self.metrics.sends.get_or_create(&metrics::SendLabels { provider, result }).inc();
         if let Sent::Gone(reason) = &sent {
             match self.devices.remove_if(&job.user, &job.client_id, reg.address()).await {
                 Ok(removed) => {
+                    if removed {
+                        self.metrics.gone.get_or_create(&metrics::ProviderLabels { provider }).inc();
+                    }
                     tracing::info!(
                         user = job.user,
                         client_id = job.client_id,
