@@ -23,6 +23,8 @@
 //!   the store, the broker and presence in cluster mode.
 //! - [`store`]: durable user streams, room history, cursors, idempotency (`Store` trait;
 //!   embedded redb for one node).
+//! - [`push`]: push registrations and providers (Web Push, FCM, APNs) for devices that
+//!   are not connected.
 //! - [`queue`]: the durable outbound job queue (webhooks, push sends, delayed publishes),
 //!   its workers, retries, circuit breakers and dead letters (`Queue` trait; embedded, Redis).
 //! - [`delayed`]: publishes with `delay_s` / `deliver_at`, run as queue jobs.
@@ -44,6 +46,7 @@ pub mod metrics;
 pub mod node;
 pub mod presence;
 pub mod protocol;
+pub mod push;
 pub mod queue;
 pub mod redis_conn;
 pub mod server;

@@ -49,6 +49,7 @@ pub struct Metrics {
     /// Requests answered 503 (or let through, by `limits.presence_failure`) because the
     /// broker or presence could not serve, by path.
     pub dependency_failures: Family<KindLabels, Counter>,
+    pub push: std::sync::Arc<crate::push::metrics::PushMetrics>,
 }
 
 impl Metrics {
@@ -70,6 +71,7 @@ impl Metrics {
             trimmed: Counter::default(),
             queue: Default::default(),
             dependency_failures: Family::default(),
+            push: Default::default(),
             registry: Registry::default(),
         };
         registry.register("websocket_connections", "Open WebSocket connections", m.connections.clone());
@@ -111,6 +113,7 @@ impl Metrics {
             "Publishes, disconnects and admission checks the broker or presence could not serve, by path",
             m.dependency_failures.clone(),
         );
+        m.push.register(&mut registry);
         Metrics { registry, ..m }
     }
 

@@ -41,6 +41,7 @@ pub struct Node {
     pub workers: Arc<crate::queue::Workers>,
     /// Webhook events; the hooks below call it.
     pub events: Arc<crate::webhooks::Events>,
+    pub push: Arc<crate::push::Push>,
     pub auth: Auth,
     pub limits: Limiters,
     pub metrics: Arc<Metrics>,
@@ -58,6 +59,8 @@ pub struct Backends {
     pub presence: Arc<dyn Presence>,
     pub queue: Arc<dyn crate::queue::Queue>,
     pub online: Arc<dyn crate::webhooks::online::OnlineMarks>,
+    /// Push registrations (on the same backend) and providers.
+    pub push: Arc<crate::push::Push>,
 }
 
 /// What to publish.
@@ -86,7 +89,7 @@ impl Node {
         metrics: Arc<Metrics>,
     ) -> Self {
         let limits = Limiters::new(&cfg.rate_limits);
-        let Backends { store, broker, presence, queue, online } = backends;
+        let Backends { store, broker, presence, queue, online, push } = backends;
         let streams = Streams::new(store.clone(), cfg.limits.max_devices_per_user, metrics.clone());
         let workers = crate::queue::Workers::new(queue, &cfg.queue, metrics.queue.clone());
         let events =
@@ -101,6 +104,7 @@ impl Node {
             presence,
             workers,
             events,
+            push,
             auth,
             limits,
             metrics,

@@ -50,6 +50,8 @@ pub enum ServerError {
     Redis(String),
     #[error("outbound queue: {0}")]
     Queue(String),
+    #[error("{0}")]
+    Push(#[from] crate::push::PushError),
 }
 
 /// Development credentials, created under the data dir when the config has none.
@@ -112,14 +114,16 @@ pub fn instance_id(cfg: &Config) -> String {
 }
 
 /// One node on the embedded store: everything in this process.
-fn single_node(cfg: &Config, hub: &Arc<Hub>) -> Result<Backends, ServerError> {
+fn single_node(cfg: &Config, hub: &Arc<Hub>, metrics: &Metrics) -> Result<Backends, ServerError> {
     let dir = cfg.server.data_dir.clone();
     std::fs::create_dir_all(&dir).map_err(|source| ServerError::DataDir { path: dir.display().to_string(), source })?;
     let q = &cfg.queue;
     let qopts = EmbeddedQueueOptions { max_jobs: q.max_jobs, max_dead: q.max_dead, fsync: cfg.store.fsync };
     let queue = EmbeddedQueue::open(&dir, qopts).map_err(|e| ServerError::Queue(e.to_string()))?;
-    let store = EmbeddedStore::open(EmbeddedOptions { dir, fsync: cfg.store.fsync, max_batch: 1024 })?;
+    let store = EmbeddedStore::open(EmbeddedOptions { dir: dir.clone(), fsync: cfg.store.fsync, max_batch: 1024 })?;
+    let devices = Arc::new(crate::push::devices_embedded::EmbeddedDevices::open(&dir)?);
     Ok(Backends {
+        push: Arc::new(crate::push::Push::new(&cfg.push, devices, metrics.push.clone())?),
         store: Arc::new(store),
         broker: Arc::new(MemoryBroker::new(hub.clone())),
         presence: Arc::new(LocalPresence::new(hub.clone())),
@@ -134,6 +138,7 @@ async fn cluster(
     hub: &Arc<Hub>,
     instance: &str,
     stop: &CancellationToken,
+    metrics: &Metrics,
 ) -> Result<Backends, ServerError> {
     let r = &cfg.redis;
     let redis_err = |e: &dyn std::fmt::Display| ServerError::Redis(e.to_string());
@@ -166,12 +171,15 @@ async fn cluster(
     tracing::info!(cluster = store.is_cluster(), sharded_pubsub = broker.is_sharded(), "cluster mode on Redis");
     let queue = RedisQueue::new(store.connection(), &r.key_prefix, cfg.queue.max_jobs, cfg.queue.max_dead);
     let online = RedisMarks::new(store.connection(), &r.key_prefix);
+    let devices = Arc::new(crate::push::devices_redis::RedisDevices::new(store.connection(), &r.key_prefix));
+    let push = Arc::new(crate::push::Push::new(&cfg.push, devices, metrics.push.clone())?);
     Ok(Backends {
         store: Arc::new(store),
         broker: Arc::new(broker),
         presence,
         queue: Arc::new(queue),
         online: Arc::new(online),
+        push,
     })
 }
 
@@ -195,9 +203,9 @@ impl Server {
         let instance = instance_id(&cfg);
         let background = CancellationToken::new();
         let backends = if cfg.redis.url.is_empty() {
-            single_node(&cfg, &hub)?
+            single_node(&cfg, &hub, &metrics)?
         } else {
-            cluster(&cfg, &hub, &instance, &background).await?
+            cluster(&cfg, &hub, &instance, &background, &metrics).await?
         };
         let listener = TcpListener::bind(&cfg.server.listen)
             .await
@@ -205,6 +213,7 @@ impl Server {
         let node = Arc::new(Node::new(cfg.clone(), instance, hub, backends, auth, metrics));
         crate::webhooks::install(&node);
         crate::delayed::install(&node);
+        crate::push::runner::install(&node);
         Ok(Server { node, listener, background, dev })
     }
 

@@ -178,12 +178,32 @@ impl FromRequestParts<Arc<Node>> for OfflineCaller {
                 axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&parts.uri).ok().map(|v| (q, v.0))
             })
             .and_then(|(_, pairs)| pairs.into_iter().find(|(k, _)| k == "user_id").map(|(_, v)| v));
-        let Some(credential) = presented_key(&parts.headers) else {
+        OfflineCaller::authenticate(node, &parts.headers, &parts.extensions, query_user)
+    }
+}
+
+impl OfflineCaller {
+    /// Authenticates a device (user JWT) or a backend (API key) acting for `named_user`
+    /// (from the query string, or a body's `user_id`); a user token may only name its own
+    /// user.
+    pub fn authenticate(
+        node: &Node,
+        headers: &HeaderMap,
+        extensions: &axum::http::Extensions,
+        named_user: Option<String>,
+    ) -> Result<Self, ApiError> {
+        let report = |allowed: Option<Allowed>| {
+            if let (Some(a), Some(slot)) = (allowed, extensions.get::<RateSlot>()) {
+                *slot.0.lock() = Some(a);
+            }
+        };
+        let query_user = named_user;
+        let Some(credential) = presented_key(headers) else {
             return Err(Error::unauthorized("missing credentials: a user token or an API key").into());
         };
         if node.auth.is_api_key(credential) {
             let Some(user) = query_user else {
-                return Err(Error::invalid("an API key caller must name the user with ?user_id=").into());
+                return Err(Error::invalid("an API key caller must name the user with user_id").into());
             };
             node.check_name("user_id", &user)?;
             let fp = fingerprint(credential);
@@ -192,7 +212,7 @@ impl FromRequestParts<Arc<Node>> for OfflineCaller {
                 .api_key
                 .check(&Arc::from(fp.as_str()), &node.metrics)
                 .map_err(|r| ApiError::rate_limited(r, "too many requests for this API key"))?;
-            report(parts, allowed);
+            report(allowed);
             return Ok(OfflineCaller { user, bound_client: None });
         }
         let claims = node.auth.verify(credential).map_err(|e| Error::unauthorized(e.to_string()))?;
@@ -206,7 +226,7 @@ impl FromRequestParts<Arc<Node>> for OfflineCaller {
             .api_user
             .check(&Arc::from(claims.sub.as_str()), &node.metrics)
             .map_err(|r| ApiError::rate_limited(r, "too many requests for this user"))?;
-        report(parts, allowed);
+        report(allowed);
         Ok(OfflineCaller { user: claims.sub, bound_client: claims.client_id })
     }
 }

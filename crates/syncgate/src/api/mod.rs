@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 mod offline;
 mod publish;
+mod push;
 mod query;
 mod queue;
 
@@ -41,9 +42,10 @@ use crate::node::Node;
         query::stats, query::pubsub_stats, query::offline_stats,
         offline::messages, offline::ack, offline::ack_batch, offline::count,
         queue::stats, queue::dead, queue::retry_one, queue::retry_all, queue::delete,
+        push::register, push::list, push::unregister,
         health, ready, metrics, openapi_json,
     ),
-    components(schemas(publish::UserEvent, publish::BatchEvent, publish::BroadcastEvent, publish::RoomEvent, publish::Priority, offline::AckBody, offline::AckBatchBody)),
+    components(schemas(publish::UserEvent, publish::BatchEvent, publish::BroadcastEvent, publish::RoomEvent, publish::Priority, offline::AckBody, offline::AckBatchBody, push::RegisterBody, crate::push::Provider, crate::push::Subscription, crate::push::SubscriptionKeys)),
     modifiers(&SecurityAddon),
 )]
 pub struct ApiDoc;
@@ -85,6 +87,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/queue/dead/{id}/retry"),
     ("post", "/api/v1/queue/dead/retry"),
     ("delete", "/api/v1/queue/dead/{id}"),
+    ("post", "/api/v1/push/devices"),
+    ("get", "/api/v1/push/devices"),
+    ("delete", "/api/v1/push/devices/{client_id}"),
     ("get", "/health"),
     ("get", "/ready"),
     ("get", "/metrics"),
@@ -114,6 +119,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/queue/dead/retry", post(queue::retry_all))
         .route("/api/v1/queue/dead/{id}/retry", post(queue::retry_one))
         .route("/api/v1/queue/dead/{id}", delete(queue::delete))
+        .route("/api/v1/push/devices", post(push::register).get(push::list))
+        .route("/api/v1/push/devices/{client_id}", delete(push::unregister))
         .layer(cors(&node.cfg.server.cors_origins));
     Router::new()
         .merge(api)

@@ -7,6 +7,7 @@
 //! Must never: read configuration anywhere else, or start anything.
 
 mod outbound;
+mod push;
 mod rate;
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 
 pub use outbound::{ConnectProxy, OnError, PushConfig, QueueConfig, WebhookEndpoint, WebhooksConfig, WEBHOOK_EVENTS};
+pub use push::{PushApns, PushFcm, PushProviders, PushWebPush, PushWebhook};
 pub use rate::{duration, Rate, RateSetting};
 
 use crate::store::embedded::FsyncPolicy;
@@ -472,6 +474,7 @@ impl Config {
             return key("log.level", format!("{e}"));
         }
         self.validate_outbound()?;
+        self.validate_push()?;
         Ok(())
     }
 

@@ -132,11 +132,32 @@ pub struct PushConfig {
     /// none was connected is `message.undelivered` (webhook, push).
     #[serde(with = "duration")]
     pub delay: Duration,
+    /// Push registrations kept per user; a new client id past it replaces the registration
+    /// updated least recently.
+    pub max_devices_per_user: usize,
+    /// Lifetime of a notification at the provider when the message has no `ttl_s`
+    /// (Web Push `TTL`, APNs `apns-expiration`, FCM `android.ttl`).
+    #[serde(with = "duration")]
+    pub ttl: Duration,
+    /// Time limit of one request to a provider.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Extra PEM root certificates trusted for provider endpoints (test servers, private
+    /// gateways); empty: the system's roots only.
+    pub ca_file: String,
+    pub providers: super::PushProviders,
 }
 
 impl Default for PushConfig {
     fn default() -> Self {
-        PushConfig { delay: Duration::from_secs(10) }
+        PushConfig {
+            delay: Duration::from_secs(10),
+            max_devices_per_user: 20,
+            ttl: Duration::from_secs(24 * 3600),
+            timeout: Duration::from_secs(10),
+            ca_file: String::new(),
+            providers: super::PushProviders::default(),
+        }
     }
 }
 
