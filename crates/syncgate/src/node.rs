@@ -187,7 +187,7 @@ impl Node {
                 self.fan_out(Envelope::new(target, Some(seq), event(id.clone()), msg.except)).await.ok();
                 ids.push(id);
             }
-            self.events.persisted_to_users(users, &ids, msg.kind, &msg.data, msg.priority.as_str(), ts);
+            self.events.persisted_to_users(users, &ids, &msg, ts);
         } else {
             // One live-only event for all: the same id, encoded once for every recipient.
             let id = self.transient_id();

@@ -621,6 +621,7 @@ async fn undelivered_messages_are_pushed_through_the_queue_with_retries_dead_let
         data: json!({"text": "hi"}),
         priority: priority.into(),
         ts: 1_700_000_000_000,
+        ttl_s: None,
     };
     let wait = |what: &'static str, f: Box<dyn Fn() -> bool + Send>| async move {
         for _ in 0..500 {

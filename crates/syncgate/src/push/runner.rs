@@ -72,7 +72,7 @@ pub fn event_of(msg: &Undelivered) -> PushEvent {
         data: msg.data.clone(),
         ts: msg.ts,
         priority,
-        ttl_s: None,
+        ttl_s: msg.ttl_s,
     }
 }
 

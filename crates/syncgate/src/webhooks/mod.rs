@@ -45,6 +45,9 @@ pub struct Undelivered {
     pub priority: String,
     /// Unix ms when it was published.
     pub ts: i64,
+    /// The message's `ttl_s`, if it had one (push providers keep it no longer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<u64>,
 }
 
 /// Told about every undelivered message (the push module registers one with
@@ -294,9 +297,7 @@ impl Events {
         self: &Arc<Self>,
         users: &[String],
         ids: &[String],
-        kind: &str,
-        data: &bytes::Bytes,
-        priority: &str,
+        msg: &crate::node::Message<'_>,
         ts: i64,
     ) {
         if !self.wanted("message.undelivered") && self.hooks.read().is_empty() {
@@ -304,9 +305,10 @@ impl Events {
         }
         let me = self.clone();
         let users: Vec<(String, String)> = users.iter().cloned().zip(ids.iter().cloned()).collect();
-        let kind = kind.to_string();
-        let data = data.clone();
-        let priority = priority.to_string();
+        let kind = msg.kind.to_string();
+        let data = msg.data.clone();
+        let priority = msg.priority.as_str().to_string();
+        let ttl = msg.ttl;
         tokio::spawn(async move {
             let at = now_ms() + me.undelivered_delay.as_millis() as i64;
             let qp = Priority::of_publish(&priority).unwrap_or(Priority::Normal);
@@ -315,7 +317,9 @@ impl Events {
                     continue;
                 }
                 let data = serde_json::from_slice(&data).unwrap_or(serde_json::Value::Null);
-                let u = Undelivered { user_id: user, id, kind: kind.clone(), data, priority: priority.clone(), ts };
+                let ttl_s = ttl.map(|t| t.as_secs());
+                let u =
+                    Undelivered { user_id: user, id, kind: kind.clone(), data, priority: priority.clone(), ts, ttl_s };
                 let payload = json!({"check": "undelivered", "message": u}).to_string();
                 let job = NewJob::new(JobKind::Undelivered, "undelivered-check", payload).priority(qp).not_before(at);
                 if let Err(e) = me.workers.enqueue(job).await {
