@@ -356,6 +356,11 @@ async fn the_connect_proxy_admits_refuses_and_follows_on_error() {
     upgrade_status(&s, "kim").await.expect("admitted on timeout with on_error: allow");
     rx.set(|b| {
         b.delay = Duration::ZERO;
+        b.script = [500].into();
+    });
+    upgrade_status(&s, "kim").await.expect("admitted on a 500 with on_error: allow");
+    rx.set(|b| {
+        b.delay = Duration::ZERO;
         b.answer = Some(json!({"allow": false}));
     });
     assert_eq!(upgrade_status(&s, "kim").await.err(), Some(403), "a refusal is a refusal under allow too");

@@ -26,6 +26,10 @@ pub struct Hit {
     pub status: u16,
     pub at: Instant,
     pub path: String,
+    /// The body as received, and the signature headers (for verifiers written elsewhere).
+    pub raw: Bytes,
+    pub timestamp: String,
+    pub signature: String,
 }
 
 impl Hit {
@@ -47,6 +51,9 @@ pub struct Behaviour {
 pub struct Receiver {
     pub addr: SocketAddr,
     pub hits: Arc<Mutex<Vec<Hit>>>,
+    /// Every signed request as it arrived, before any delay (status 0): what a sender that
+    /// died mid-request had sent.
+    pub arrivals: Arc<Mutex<Vec<Hit>>>,
     /// Requests whose signature did not verify (must stay empty).
     pub bad: Arc<Mutex<Vec<String>>>,
     pub behaviour: Arc<Mutex<Behaviour>>,
@@ -56,6 +63,7 @@ pub struct Receiver {
 #[derive(Clone)]
 struct St {
     hits: Arc<Mutex<Vec<Hit>>>,
+    arrivals: Arc<Mutex<Vec<Hit>>>,
     bad: Arc<Mutex<Vec<String>>>,
     behaviour: Arc<Mutex<Behaviour>>,
     key: Vec<u8>,
@@ -74,6 +82,10 @@ async fn handle(State(st): State<St>, uri: axum::http::Uri, headers: HeaderMap, 
             return StatusCode::UNAUTHORIZED.into_response();
         }
     }
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let (timestamp, signature) = (h("webhook-timestamp"), h("webhook-signature"));
+    let hit = Hit { id, body: parsed, status: 0, at: Instant::now(), path, raw: body, timestamp, signature };
+    st.arrivals.lock().push(hit.clone());
     let (status, delay, answer) = {
         let mut b = st.behaviour.lock();
         let s = b.script.pop_front().unwrap_or(b.default);
@@ -82,8 +94,7 @@ async fn handle(State(st): State<St>, uri: axum::http::Uri, headers: HeaderMap, 
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    st.hits.lock().push(Hit { id, body: parsed, status, at: Instant::now(), path });
+    st.hits.lock().push(Hit { status, at: Instant::now(), ..hit });
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     match answer {
         Some(a) if status == 200 => (code, axum::Json(a)).into_response(),
@@ -94,10 +105,12 @@ async fn handle(State(st): State<St>, uri: axum::http::Uri, headers: HeaderMap, 
 impl Receiver {
     pub async fn start() -> Receiver {
         let hits = Arc::new(Mutex::new(Vec::new()));
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
         let bad = Arc::new(Mutex::new(Vec::new()));
         let behaviour = Arc::new(Mutex::new(Behaviour { default: 200, ..Default::default() }));
         let st = St {
             hits: hits.clone(),
+            arrivals: arrivals.clone(),
             bad: bad.clone(),
             behaviour: behaviour.clone(),
             key: signature::decode_secret(SECRET).unwrap(),
@@ -108,7 +121,7 @@ impl Receiver {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Receiver { addr, hits, bad, behaviour, task }
+        Receiver { addr, hits, arrivals, bad, behaviour, task }
     }
 
     pub fn url(&self) -> String {
