@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::event::Priority;
 pub use devices::{Devices, Provider, Registration, Subscription, SubscriptionKeys};
 
 use crate::config::PushConfig;
@@ -43,26 +44,6 @@ pub enum PushError {
 impl PushError {
     fn config(provider: &'static str, message: impl Into<String>) -> Self {
         PushError::Config { provider, message: message.into() }
-    }
-}
-
-/// A message's priority, as publishes carry it (`high`, `normal`, `low`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Priority {
-    High,
-    #[default]
-    Normal,
-    Low,
-}
-
-impl Priority {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::High => "high",
-            Priority::Normal => "normal",
-            Priority::Low => "low",
-        }
     }
 }
 

@@ -22,10 +22,7 @@ use async_trait::async_trait;
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{
-    new_job_id, now_ms, DeadFilter, DeadJob, DeadPage, Job, NewJob, Priority, Queue, QueueError, QueueResult,
-    QueueStats,
-};
+use super::{now_ms, DeadFilter, DeadJob, DeadPage, Job, NewJob, Priority, Queue, QueueError, QueueResult, QueueStats};
 use crate::store::embedded::FsyncPolicy;
 
 pub const FILE_NAME: &str = "outbound.redb";
@@ -231,17 +228,7 @@ fn commit(
 fn apply(txn: &WriteTransaction, op: Op, opts: &EmbeddedQueueOptions, now: i64) -> QueueResult<Answer> {
     match op {
         Op::Enqueue(new) => {
-            let job = Job {
-                id: new_job_id(),
-                kind: new.kind,
-                endpoint: new.endpoint,
-                priority: new.priority,
-                payload: new.payload,
-                attempts: 0,
-                created_at: now,
-                due_at: new.not_before_ms.unwrap_or(now),
-                last_error: None,
-            };
+            let job = new.into_job(now);
             insert_live(txn, job, opts.max_jobs).map(Answer::Id)
         }
         Op::Claim { max, lease_ms } => claim(txn, max, now, lease_ms).map(Answer::Jobs),

@@ -145,6 +145,21 @@ impl NewJob {
         self.not_before_ms = Some(unix_ms);
         self
     }
+
+    /// The job as stored when it is enqueued at `now` (unix ms): a new id, no attempts yet.
+    pub fn into_job(self, now: i64) -> Job {
+        Job {
+            id: new_job_id(),
+            kind: self.kind,
+            endpoint: self.endpoint,
+            priority: self.priority,
+            payload: self.payload,
+            attempts: 0,
+            created_at: now,
+            due_at: self.not_before_ms.unwrap_or(now),
+            last_error: None,
+        }
+    }
 }
 
 /// A job as stored and as a runner sees it.

@@ -12,10 +12,7 @@ use async_trait::async_trait;
 use redis::{Script, Value};
 
 use super::redis_scripts as lua;
-use super::{
-    new_job_id, now_ms, DeadFilter, DeadJob, DeadPage, Job, NewJob, Priority, Queue, QueueError, QueueResult,
-    QueueStats,
-};
+use super::{now_ms, DeadFilter, DeadJob, DeadPage, Job, NewJob, Priority, Queue, QueueError, QueueResult, QueueStats};
 use crate::store::redis::{is_unavailable, RedisConn};
 
 pub struct RedisQueue {
@@ -140,17 +137,7 @@ impl RedisQueue {
 impl Queue for RedisQueue {
     async fn enqueue(&self, new: NewJob) -> QueueResult<String> {
         let now = now_ms();
-        let job = Job {
-            id: new_job_id(),
-            kind: new.kind,
-            endpoint: new.endpoint,
-            priority: new.priority,
-            payload: new.payload,
-            attempts: 0,
-            created_at: now,
-            due_at: new.not_before_ms.unwrap_or(now),
-            last_error: None,
-        };
+        let job = new.into_job(now);
         let args = [
             job.id.clone(),
             stored_json(&job),
