@@ -6,35 +6,25 @@
 //! the ES256 provider token and the headers. Gone tokens, retries and failures come from
 //! answers the stand-ins are told to give.
 
+mod common;
 mod push_support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use p256::elliptic_curve::sec1::ToEncodedPoint;
 use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
-use push_support::{Log, Plan, TestCert, TlsServer};
+use push_support::webpush::{browser, webpush_config, webpush_fixture};
+use push_support::{now, p256_key, refuse, Log, Plan, TestCert, TlsServer};
 use serde_json::{json, Value};
-use syncgate::config::{PushApns, PushConfig, PushFcm, PushWebPush};
+use syncgate::config::{PushApns, PushConfig, PushFcm};
 use syncgate::push::devices_embedded::EmbeddedDevices;
-use syncgate::push::{Devices, Priority, Provider, Push, PushEvent, PushJob, Registration, Sent, Subscription};
-
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
-
-fn p256_key() -> p256::SecretKey {
-    p256::SecretKey::random(&mut rsa::rand_core::OsRng)
-}
+use syncgate::push::{Devices, Priority, Provider, Push, PushEvent, PushJob, Registration, Sent};
 
 fn event(priority: Priority, data: Value) -> PushEvent {
     PushEvent {
@@ -51,17 +41,6 @@ fn job(client: &str, provider: Provider, ev: PushEvent) -> PushJob {
     PushJob { user: "alice".into(), client_id: client.into(), provider, event: ev }
 }
 
-fn reply(plan: &Plan, default: StatusCode) -> Response {
-    match plan.next() {
-        Some((s, h, b)) => (s, h, b).into_response(),
-        None => default.into_response(),
-    }
-}
-
-fn refuse(status: StatusCode, why: impl Into<String>) -> Response {
-    (status, why.into()).into_response()
-}
-
 /// A node-less `Push` on a temp dir, trusting the test certificate.
 fn push_with(dir: &std::path::Path, cert: &TestCert, f: impl FnOnce(&mut PushConfig)) -> (Push, Arc<EmbeddedDevices>) {
     let mut cfg = PushConfig { ca_file: cert.pem_file.display().to_string(), ..Default::default() };
@@ -72,141 +51,6 @@ fn push_with(dir: &std::path::Path, cert: &TestCert, f: impl FnOnce(&mut PushCon
 }
 
 // ---------------------------------------------------------------- Web Push
-
-#[derive(Clone)]
-struct WebPushService {
-    ua_secret: p256::SecretKey,
-    auth: [u8; 16],
-    /// The applicationServerKey the subscription was made with.
-    app_server_key: String,
-    origin: String,
-    got: Log<(u64, String, Value)>,
-    plan: Plan,
-}
-
-async fn webpush_endpoint(State(s): State<WebPushService>, headers: HeaderMap, body: Bytes) -> Response {
-    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    if h("content-encoding") != "aes128gcm" {
-        return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, "content-encoding must be aes128gcm");
-    }
-    let Ok(ttl) = h("ttl").parse::<u64>() else { return refuse(StatusCode::BAD_REQUEST, "TTL header required") };
-    let urgency = h("urgency");
-    if !["very-low", "low", "normal", "high"].contains(&urgency.as_str()) {
-        return refuse(StatusCode::BAD_REQUEST, "bad Urgency");
-    }
-    // RFC 8292: Authorization: vapid t=JWT, k=PUBLIC KEY
-    let auth = h("authorization");
-    let Some(rest) = auth.strip_prefix("vapid ") else { return refuse(StatusCode::UNAUTHORIZED, "not vapid") };
-    let mut t = "";
-    let mut k = "";
-    for part in rest.split(',') {
-        let part = part.trim();
-        if let Some(v) = part.strip_prefix("t=") {
-            t = v;
-        } else if let Some(v) = part.strip_prefix("k=") {
-            k = v;
-        }
-    }
-    if k != s.app_server_key {
-        return refuse(StatusCode::FORBIDDEN, "k is not the subscription's applicationServerKey");
-    }
-    let Ok(point) = URL_SAFE_NO_PAD.decode(k) else { return refuse(StatusCode::UNAUTHORIZED, "k not base64url") };
-    if point.len() != 65 || point[0] != 4 {
-        return refuse(StatusCode::UNAUTHORIZED, "k is not an uncompressed P-256 point");
-    }
-    let key =
-        DecodingKey::from_ec_components(&URL_SAFE_NO_PAD.encode(&point[1..33]), &URL_SAFE_NO_PAD.encode(&point[33..]))
-            .expect("key");
-    let mut v = Validation::new(Algorithm::ES256);
-    v.set_audience(&[&s.origin]);
-    v.set_required_spec_claims(&["exp", "aud", "sub"]);
-    let claims = match jsonwebtoken::decode::<Value>(t, &key, &v) {
-        Ok(d) => d.claims,
-        Err(e) => return refuse(StatusCode::UNAUTHORIZED, format!("VAPID token: {e}")),
-    };
-    if claims["exp"].as_u64().unwrap_or(0) > now() + 24 * 3600 {
-        return refuse(StatusCode::UNAUTHORIZED, "VAPID exp more than 24h ahead");
-    }
-    if !claims["sub"].as_str().unwrap_or("").starts_with("mailto:") {
-        return refuse(StatusCode::UNAUTHORIZED, "VAPID sub must be a contact");
-    }
-    if body.len() > 4096 {
-        return refuse(StatusCode::PAYLOAD_TOO_LARGE, "record over 4096 bytes");
-    }
-    let auth = web_push_native::Auth::clone_from_slice(&s.auth);
-    let plain = match web_push_native::decrypt(body.to_vec(), &s.ua_secret, &auth) {
-        Ok(p) => p,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("cannot decrypt: {e}")),
-    };
-    let Ok(json) = serde_json::from_slice::<Value>(&plain) else { return refuse(StatusCode::BAD_REQUEST, "not JSON") };
-    s.got.add((ttl, urgency, json));
-    reply(&s.plan, StatusCode::CREATED)
-}
-
-/// A Web Push stand-in with one subscription, and the VAPID key file of the app server.
-struct WebPushFixture {
-    _server: TlsServer,
-    vapid_file: std::path::PathBuf,
-    got: Log<(u64, String, Value)>,
-    plan: Plan,
-    sub: Subscription,
-}
-
-async fn webpush_fixture(dir: &std::path::Path, cert: &TestCert) -> WebPushFixture {
-    let vapid = p256_key();
-    let vapid_file = dir.join("vapid.pem");
-    std::fs::write(&vapid_file, vapid.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
-    let app_server_key = URL_SAFE_NO_PAD.encode(vapid.public_key().to_encoded_point(false).as_bytes());
-    let ua_secret = p256_key();
-    let auth: [u8; 16] = rand::random();
-    let svc = WebPushService {
-        ua_secret: ua_secret.clone(),
-        auth,
-        app_server_key,
-        origin: String::new(),
-        got: Log::default(),
-        plan: Plan::default(),
-    };
-    let (got, plan) = (svc.got.clone(), svc.plan.clone());
-    // The VAPID audience is the server's origin, known once it listens.
-    let origin_cell = Arc::new(parking_lot::Mutex::new(String::new()));
-    let oc = origin_cell.clone();
-    let router = Router::new().route(
-        "/wp/{id}",
-        post(move |_: Path<String>, headers: HeaderMap, body: Bytes| {
-            let mut st = svc.clone();
-            st.origin = oc.lock().clone();
-            async move { webpush_endpoint(State(st), headers, body).await }
-        }),
-    );
-    let server = TlsServer::start(cert, router, false).await;
-    *origin_cell.lock() = server.url();
-    let sub = Subscription {
-        endpoint: format!("{}/wp/sub-1", server.url()),
-        keys: syncgate::push::SubscriptionKeys {
-            p256dh: URL_SAFE_NO_PAD.encode(ua_secret.public_key().to_encoded_point(false).as_bytes()),
-            auth: URL_SAFE_NO_PAD.encode(auth),
-        },
-    };
-    WebPushFixture { _server: server, vapid_file, got, plan, sub }
-}
-
-fn webpush_config(c: &mut PushConfig, f: &WebPushFixture) {
-    c.providers.webpush = Some(PushWebPush {
-        vapid_private_key_file: f.vapid_file.display().to_string(),
-        subject: "mailto:ops@example.com".into(),
-    });
-}
-
-fn browser(sub: &Subscription) -> Registration {
-    Registration {
-        client_id: "browser".into(),
-        provider: Provider::Webpush,
-        token: None,
-        subscription: Some(sub.clone()),
-        updated_at: 1,
-    }
-}
 
 #[tokio::test]
 async fn webpush_payload_decrypts_with_the_subscription_keys_and_vapid_verifies() {
@@ -681,4 +525,38 @@ async fn undelivered_messages_are_pushed_through_the_queue_with_retries_dead_let
         .unwrap()
         .is_empty());
     stop.cancel();
+}
+
+// ---------------------------------------------------------------- a real node
+
+#[tokio::test]
+async fn a_node_pushes_an_undelivered_message_to_a_registered_browser_and_not_to_a_connected_user() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cert = TestCert::new(tmp.path());
+    let fx = webpush_fixture(tmp.path(), &cert).await;
+    let s = common::TestServer::with(|c| {
+        webpush_config(&mut c.push, &fx);
+        c.push.ca_file = cert.pem_file.display().to_string();
+        c.push.delay = Duration::from_millis(300);
+        c.queue.poll_interval = Duration::from_millis(50);
+    })
+    .await;
+    let reg = json!({"user_id": "alice", "client_id": "browser", "provider": "webpush", "subscription": fx.sub});
+    let r = s.api.request(syncgate_client::Method::POST, "/api/v1/push/devices", Some(reg), &[]).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text);
+    let body =
+        json!({"user_id": "alice", "type": "chat.message", "data": {"text": "hi"}, "priority": "high", "ttl_s": 60});
+    let r = s.api.publish(body).await.unwrap();
+    assert_eq!(r.status, 202, "{}", r.text);
+    let got = fx.got.clone();
+    common::eventually(move || got.len() == 1).await;
+    let (ttl, urgency, payload) = fx.got.all().remove(0);
+    assert_eq!((ttl, urgency.as_str()), (60, "high"), "the message's ttl_s and priority");
+    assert_eq!((&payload["id"], &payload["data"]), (&r.body["id"], &json!({"text": "hi"})));
+    // A user with a device connected gets no push.
+    let (_d, _) = s.device("alice", &[]).await;
+    common::publish(&s.api, "alice", "chat.message", json!({"text": "there?"})).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(fx.got.len(), 1, "pushed although a device was connected");
+    s.stop().await;
 }

@@ -6,12 +6,15 @@
 
 #![allow(dead_code)]
 
+pub mod webpush;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
@@ -120,4 +123,23 @@ impl<T: Clone> Log<T> {
     pub fn len(&self) -> usize {
         self.0.lock().len()
     }
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+pub fn p256_key() -> p256::SecretKey {
+    p256::SecretKey::random(&mut rsa::rand_core::OsRng)
+}
+
+pub fn reply(plan: &Plan, default: StatusCode) -> Response {
+    match plan.next() {
+        Some((s, h, b)) => (s, h, b).into_response(),
+        None => default.into_response(),
+    }
+}
+
+pub fn refuse(status: StatusCode, why: impl Into<String>) -> Response {
+    (status, why.into()).into_response()
 }
