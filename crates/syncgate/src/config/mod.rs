@@ -388,6 +388,9 @@ impl Config {
                 return key(&format!("auth.jwt_public_keys[{i}]"), "give exactly one of `pem` or `pem_file`".into());
             }
         }
+        if let Err(message) = check_jwt_secret(&self.auth.jwt_secret) {
+            return key("auth.jwt_secret", message);
+        }
         if self.auth.api_keys.iter().any(|k| k.trim().len() < 8) {
             return key("auth.api_keys", "every API key must have at least 8 characters".into());
         }
@@ -411,6 +414,21 @@ impl Config {
     pub fn default_yaml() -> &'static str {
         DEFAULT_YAML
     }
+}
+
+/// The shortest HS256 secret accepted, in bytes (RFC 7518 section 3.2: a key at least as
+/// long as the hash output, 256 bits).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// Refuses an HS256 secret too short to resist brute force. Empty means "no secret".
+pub fn check_jwt_secret(secret: &str) -> Result<(), String> {
+    if !secret.is_empty() && secret.len() < MIN_JWT_SECRET_BYTES {
+        return Err(format!(
+            "the HS256 secret has {} bytes; it needs at least {MIN_JWT_SECRET_BYTES} (generate one with `openssl rand -hex 32`)",
+            secret.len()
+        ));
+    }
+    Ok(())
 }
 
 fn parse_yaml(text: &str) -> Result<Value, ConfigError> {
@@ -506,7 +524,7 @@ mod tests {
                 ("SYNCGATE_API_KEY", "key-one-123, key-two-456"),
                 ("SYNCGATE_RATE_LIMITS__CLIENT_FRAMES", "5/s burst 7"),
                 ("SYNCGATE_INSTANCE_ID", "42"),
-                ("SYNCGATE_JWT_SECRET", "12345678901234567890"),
+                ("SYNCGATE_JWT_SECRET", "12345678901234567890123456789012"),
             ]),
         )
         .unwrap();
@@ -515,7 +533,7 @@ mod tests {
         assert_eq!(c.auth.api_keys, vec!["key-one-123", "key-two-456"]);
         assert_eq!(c.rate_limits.client_frames.0.unwrap().burst.get(), 7);
         assert_eq!(c.server.instance_id, "42");
-        assert_eq!(c.auth.jwt_secret, "12345678901234567890");
+        assert_eq!(c.auth.jwt_secret, "12345678901234567890123456789012");
     }
 
     #[test]
@@ -530,6 +548,8 @@ mod tests {
         assert!(e.contains("heartbeat.timeout"), "{e}");
         let e = Config::load_from(None, env(&[("SYNCGATE_LIMITS__MAX_FRAME_BYTES", "lots")])).unwrap_err().to_string();
         assert!(e.contains("limits.max_frame_bytes"), "{e}");
+        let e = Config::load_from(None, env(&[("SYNCGATE_JWT_SECRET", "a")])).unwrap_err().to_string();
+        assert!(e.contains("auth.jwt_secret") && e.contains("at least 32"), "{e}");
         let e = Config::load_from(None, env(&[("SYNCGATE_NOPE", "1")])).unwrap_err().to_string();
         assert!(e.contains("SYNCGATE_NOPE"), "{e}");
     }
