@@ -18,7 +18,8 @@
 //! - [`presence`]: who is online and in which rooms, across the deployment.
 //! - [`store`]: durable user streams, room history, cursors, idempotency (`Store` trait;
 //!   embedded redb for one node).
-//! - [`auth`], [`limits`], [`metrics`], [`config`], [`error`]: the cross-cutting parts.
+//! - [`auth`], [`limits`], [`metrics`], [`config`], [`error`]: the cross-cutting parts;
+//!   [`names`]: the one rule for user ids, client ids and room names.
 
 pub mod api;
 pub mod auth;
@@ -28,6 +29,7 @@ pub mod error;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod names;
 pub mod node;
 pub mod presence;
 pub mod protocol;

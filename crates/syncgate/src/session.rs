@@ -120,6 +120,10 @@ impl Session {
         if !self.claims.may_join(room) {
             return Err(Error::forbidden(format!("the token does not allow room {room:?}")));
         }
+        // Rejoining a room already joined is answered ok (already), even at the cap.
+        if self.conn.rooms().iter().any(|r| &**r == room) {
+            return Ok(vec![("room", json!(room)), ("already", json!(true))]);
+        }
         if self.conn.room_count() >= self.node.cfg.limits.max_rooms_per_connection {
             return Err(Error::forbidden(format!(
                 "a connection may be in at most {} rooms",

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -11,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::ApiResult;
 use super::extract::{JsonBody, OfflineCaller, Query};
-use super::query::{events_json, page_limit};
+use super::query::{events_json, page_limit, EventJson};
 use crate::error::Error;
 use crate::node::Node;
 use crate::store::{EventId, StreamKey};
@@ -43,7 +44,7 @@ pub async fn messages(
     State(node): State<Arc<Node>>,
     caller: OfflineCaller,
     Query(q): Query<MessagesQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let key = StreamKey::User(&caller.user);
     let limit = page_limit(&node, q.limit)?;
     if let Some(c) = &q.client_id {
@@ -62,7 +63,16 @@ pub async fn messages(
     let events = events_json(&node, key, "user", &page.events);
     let next = page.events.last().map(|e| EventId::format(node.epoch(), key, e.seq));
     let more = page.events.last().is_some_and(|e| e.seq < page.head);
-    Ok(Json(json!({"events": events, "next": next, "more": more, "trimmed": trimmed})))
+    // Serialized as a struct, not through `json!`, so each `data` stays byte-exact.
+    Ok(Json(MessagesPage { events, next, more, trimmed }).into_response())
+}
+
+#[derive(serde::Serialize)]
+struct MessagesPage<'a> {
+    events: Vec<EventJson<'a>>,
+    next: Option<String>,
+    more: bool,
+    trimmed: u64,
 }
 
 #[derive(Deserialize, ToSchema)]

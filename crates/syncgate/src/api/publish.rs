@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use super::error::ApiResult;
-use super::extract::{ApiKey, JsonBody};
+use super::extract::{ApiKey, JsonBody, Path};
 use crate::error::{Code, Error};
 use crate::node::{Message, Node};
 use crate::store::IdemRecord;
@@ -133,7 +133,7 @@ where
         .ok()
         .filter(|k| !k.is_empty() && k.len() <= 255)
         .ok_or_else(|| Error::invalid("Idempotency-Key must be 1 to 255 visible ASCII characters"))?;
-    let scope = format!("{}:{}:{}", key.fingerprint, route, idem);
+    let scope = idempotency_scope(&key.fingerprint, route, idem);
     let hash = request_hash(route, raw);
     if let Some(rec) = node.store.idem_get(&scope).await? {
         return replay(rec, hash);
@@ -166,6 +166,13 @@ fn replay(rec: IdemRecord, hash: u64) -> ApiResult<Response> {
     let mut resp = (status, [("content-type", "application/json")], rec.body).into_response();
     resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     Ok(resp)
+}
+
+/// The store key of an Idempotency-Key: caller, route and key, each length-prefixed, so no
+/// two different (route, key) pairs share a record (route `rooms/a:b` with key `K1` and
+/// route `rooms/a` with key `b:K1` joined with `:` would).
+fn idempotency_scope(fingerprint: &str, route: &str, key: &str) -> String {
+    format!("{}:{fingerprint}:{}:{route}:{}:{key}", fingerprint.len(), route.len(), key.len())
 }
 
 /// A stable hash of the request (route and body), kept with the key.
@@ -217,6 +224,19 @@ pub async fn batch(
         let mut users = b.user_ids.clone();
         users.sort();
         users.dedup();
+        // Each user's stream stores its own copy of data: cap what one request can write.
+        let max_bytes = node.cfg.limits.max_batch_bytes;
+        let total = b.data.get().len().saturating_mul(users.len());
+        if total > max_bytes {
+            return Err(Error::new(
+                Code::PayloadTooLarge,
+                format!(
+                    "this batch would store {total} bytes (data size x {} users); the limit is limits.max_batch_bytes = {max_bytes}: send fewer users per batch or a smaller data",
+                    users.len()
+                ),
+            )
+            .into());
+        }
         for u in &users {
             node.check_name("user_id", u)?;
         }
@@ -269,4 +289,16 @@ pub async fn room_events(
         Ok(json!({"id": id}))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::idempotency_scope;
+
+    #[test]
+    fn scopes_do_not_collide() {
+        assert_ne!(idempotency_scope("fp", "rooms/a:b", "K1"), idempotency_scope("fp", "rooms/a", "b:K1"));
+        assert_ne!(idempotency_scope("f:p", "r", "k"), idempotency_scope("f", "p:r", "k"));
+        assert_eq!(idempotency_scope("fp", "events", "k"), idempotency_scope("fp", "events", "k"));
+    }
 }

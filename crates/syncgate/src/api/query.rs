@@ -3,28 +3,60 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use utoipa::IntoParams;
 
 use super::error::ApiResult;
-use super::extract::{ApiKey, Query};
+use super::extract::{ApiKey, Path, Query};
 use crate::error::Error;
 use crate::metrics::KindLabels;
 use crate::node::Node;
 use crate::store::{EventId, StoredEvent, StreamKey};
 
-/// Renders stored events as the contract's event objects.
-pub fn events_json(node: &Node, key: StreamKey<'_>, label: &str, events: &[StoredEvent]) -> Vec<Value> {
+/// A stored event as the contract's event object, with `data` exactly as published.
+#[derive(serde::Serialize)]
+pub struct EventJson<'a> {
+    pub id: String,
+    pub stream: &'a str,
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    pub data: &'a RawValue,
+    pub ts: i64,
+}
+
+/// Renders stored events as the contract's event objects. `data` is the stored raw JSON,
+/// byte for byte (never re-serialized through a JSON value, which would change duplicate
+/// keys, big integers, long decimals, `-0` or lone surrogate escapes).
+pub fn events_json<'a>(
+    node: &Node,
+    key: StreamKey<'_>,
+    label: &'a str,
+    events: &'a [StoredEvent],
+) -> Vec<EventJson<'a>> {
     events
         .iter()
         .map(|e| {
-            let data: Value = serde_json::from_slice(&e.data).unwrap_or(Value::Null);
-            json!({"id": EventId::format(node.epoch(), key, e.seq), "stream": label, "type": e.kind, "data": data, "ts": e.ts})
+            // Stored data was validated as JSON at publish; anything else renders as null.
+            let data = std::str::from_utf8(&e.data).ok().and_then(|t| serde_json::from_str::<&RawValue>(t).ok());
+            EventJson {
+                id: EventId::format(node.epoch(), key, e.seq),
+                stream: label,
+                kind: &e.kind,
+                data: data.unwrap_or(RawValue::NULL),
+                ts: e.ts,
+            }
         })
         .collect()
+}
+
+#[derive(serde::Serialize)]
+struct EventsPage<'a> {
+    events: Vec<EventJson<'a>>,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -50,7 +82,7 @@ pub async fn history(
     _key: ApiKey,
     Path(room): Path<String>,
     Query(q): Query<HistoryQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     node.check_name("room", &room)?;
     let key = StreamKey::Room(&room);
     let after = match &q.since {
@@ -62,8 +94,9 @@ pub async fn history(
     if after > page.head {
         return Err(Error::invalid("since is ahead of the room's history").into());
     }
-    let events = events_json(&node, key, &format!("room:{room}"), &page.events);
-    Ok(Json(json!({"events": events})))
+    let label = format!("room:{room}");
+    let events = events_json(&node, key, &label, &page.events);
+    Ok(Json(EventsPage { events }).into_response())
 }
 
 pub fn page_limit(node: &Node, limit: Option<usize>) -> Result<usize, Error> {

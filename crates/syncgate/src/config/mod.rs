@@ -57,6 +57,9 @@ pub struct ServerConfig {
     pub cors_origins: Vec<String>,
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// How long a request body may take to arrive once its headers are in (then 408).
+    #[serde(with = "duration")]
+    pub body_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +70,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./data"),
             cors_origins: vec!["*".into()],
             shutdown_grace: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -124,6 +128,8 @@ pub struct Limits {
     pub max_name_bytes: usize,
     pub max_batch_users: usize,
     pub max_page: usize,
+    /// Largest `len(data) x len(user_ids)` of one batch publish, in bytes (then 413).
+    pub max_batch_bytes: usize,
 }
 
 impl Default for Limits {
@@ -138,6 +144,7 @@ impl Default for Limits {
             max_name_bytes: 128,
             max_batch_users: 10_000,
             max_page: 1000,
+            max_batch_bytes: 64 << 20,
         }
     }
 }
@@ -359,6 +366,7 @@ impl Config {
             ("limits.max_name_bytes", l.max_name_bytes),
             ("limits.max_batch_users", l.max_batch_users),
             ("limits.max_page", l.max_page),
+            ("limits.max_batch_bytes", l.max_batch_bytes),
             ("messages.max_type_bytes", self.messages.max_type_bytes),
         ] {
             if v == 0 {
@@ -367,6 +375,9 @@ impl Config {
         }
         if l.max_frame_bytes < 128 {
             return key("limits.max_frame_bytes", "must be at least 128".into());
+        }
+        if self.server.body_timeout.is_zero() {
+            return key("server.body_timeout", "must be more than 0".into());
         }
         if self.heartbeat.interval.is_zero() {
             return key("heartbeat.interval", "must be more than 0".into());
