@@ -283,3 +283,25 @@ async fn rejoining_a_joined_room_at_the_room_cap_is_ok_already() {
     assert_eq!(d.join("r2", None).await.unwrap().error_code(), Some("forbidden"));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn openapi_documents_the_error_answers_of_every_api_route() {
+    let s = TestServer::start().await;
+    let spec = s.api.openapi().await.unwrap().body;
+    assert!(spec["components"]["schemas"]["ErrorBody"].is_object());
+    let paths = spec["paths"].as_object().unwrap();
+    for (path, item) in paths.iter().filter(|(p, _)| p.starts_with("/api/")) {
+        for (method, op) in item.as_object().unwrap() {
+            let responses = op["responses"].as_object().unwrap();
+            let mut must = vec!["400", "401", "429", "503"];
+            if op.get("requestBody").is_some() {
+                must.extend(["408", "413"]);
+            }
+            for status in must {
+                let schema = &responses[status]["content"]["application/json"]["schema"]["$ref"];
+                assert_eq!(schema, "#/components/schemas/ErrorBody", "{method} {path} {status}");
+            }
+        }
+    }
+    s.stop().await;
+}

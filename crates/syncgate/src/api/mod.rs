@@ -30,6 +30,7 @@ use utoipa::OpenApi;
 use crate::error::Error;
 use crate::metrics::HttpLabels;
 use crate::node::Node;
+use error::ErrorResponses;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -42,7 +43,7 @@ use crate::node::Node;
         health, ready, metrics, openapi_json,
     ),
     components(schemas(publish::UserEvent, publish::BatchEvent, publish::BroadcastEvent, publish::RoomEvent, publish::Priority, offline::AckBody, offline::AckBatchBody)),
-    modifiers(&SecurityAddon),
+    modifiers(&SecurityAddon, &ErrorResponses),
 )]
 pub struct ApiDoc;
 
