@@ -130,6 +130,7 @@ pub struct Limits {
     pub max_page: usize,
     /// Largest `len(data) x len(user_ids)` of one batch publish, in bytes (then 413).
     pub max_batch_bytes: usize,
+    pub max_devices_per_user: usize,
 }
 
 impl Default for Limits {
@@ -145,6 +146,7 @@ impl Default for Limits {
             max_batch_users: 10_000,
             max_page: 1000,
             max_batch_bytes: 64 << 20,
+            max_devices_per_user: 50,
         }
     }
 }
@@ -367,6 +369,7 @@ impl Config {
             ("limits.max_batch_users", l.max_batch_users),
             ("limits.max_page", l.max_page),
             ("limits.max_batch_bytes", l.max_batch_bytes),
+            ("limits.max_devices_per_user", l.max_devices_per_user),
             ("messages.max_type_bytes", self.messages.max_type_bytes),
         ] {
             if v == 0 {
