@@ -285,7 +285,7 @@ async fn rejoining_a_joined_room_at_the_room_cap_is_ok_already() {
 }
 
 #[tokio::test]
-async fn openapi_documents_the_error_answers_of_every_api_route() {
+async fn openapi_documents_the_answers_of_every_api_route() {
     let s = TestServer::start().await;
     let spec = s.api.openapi().await.unwrap().body;
     assert!(spec["components"]["schemas"]["ErrorBody"].is_object());
@@ -297,6 +297,8 @@ async fn openapi_documents_the_error_answers_of_every_api_route() {
             if op.get("requestBody").is_some() {
                 must.extend(["408", "413"]);
             }
+            let ok = responses.iter().find(|(st, _)| st.starts_with('2')).expect("a success answer");
+            assert!(ok.1["content"]["application/json"]["schema"].is_object(), "{method} {path}: no success schema");
             for status in must {
                 let schema = &responses[status]["content"]["application/json"]["schema"]["$ref"];
                 assert_eq!(schema, "#/components/schemas/ErrorBody", "{method} {path} {status}");

@@ -13,6 +13,7 @@ pub mod extract;
 mod offline;
 mod publish;
 mod query;
+mod schemas;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -229,12 +230,12 @@ async fn not_found() -> Response {
     error::ApiError::from(Error::not_found("no such route")).into_response()
 }
 
-#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, description = "{\"status\":\"healthy\",\"instance_id\",\"timestamp\"}")))]
+#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, description = "{\"status\":\"healthy\",\"instance_id\",\"timestamp\"}", body = schemas::HealthAnswer)))]
 pub async fn health(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
     Json(json!({"status": "healthy", "instance_id": node.instance_id, "timestamp": crate::node::now_ms()}))
 }
 
-#[utoipa::path(get, path = "/ready", tag = "operations", responses((status = 200, description = "ready"), (status = 503, description = "not ready")))]
+#[utoipa::path(get, path = "/ready", tag = "operations", responses((status = 200, description = "ready", body = schemas::ReadyAnswer), (status = 503, description = "not ready", body = schemas::ReadyAnswer)))]
 pub async fn ready(State(node): State<Arc<Node>>) -> Response {
     let store_ok =
         tokio::time::timeout(std::time::Duration::from_secs(2), node.store.health()).await.is_ok_and(|r| r.is_ok());

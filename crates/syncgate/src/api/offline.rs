@@ -36,7 +36,7 @@ async fn known_cursor(node: &Node, user: &str, client_id: &str) -> Result<u64, E
 }
 
 #[utoipa::path(get, path = "/api/v1/offline/messages", tag = "offline", params(MessagesQuery),
-    responses((status = 200, description = "{\"events\":[..],\"next\"}"), (status = 400), (status = 401), (status = 403), (status = 404), (status = 429)))]
+    responses((status = 200, description = "{\"events\":[..],\"next\",\"more\",\"trimmed\"}", body = super::schemas::MessagesAnswer), (status = 400), (status = 401), (status = 403), (status = 404), (status = 429)))]
 pub async fn messages(
     State(node): State<Arc<Node>>,
     caller: OfflineCaller,
@@ -93,7 +93,7 @@ async fn ack_to(node: &Node, user: &str, client_id: &str, seq: u64) -> ApiResult
 }
 
 #[utoipa::path(post, path = "/api/v1/offline/ack", tag = "offline", request_body = AckBody,
-    responses((status = 200, description = "{\"ok\":true,\"cursor\"}"), (status = 400), (status = 401), (status = 404)))]
+    responses((status = 200, description = "{\"ok\":true,\"cursor\"}", body = super::schemas::AckAnswer), (status = 400), (status = 401), (status = 404)))]
 pub async fn ack(
     State(node): State<Arc<Node>>,
     caller: OfflineCaller,
@@ -106,7 +106,7 @@ pub async fn ack(
 }
 
 #[utoipa::path(post, path = "/api/v1/offline/ack/batch", tag = "offline", request_body = AckBatchBody,
-    responses((status = 200, description = "{\"ok\":true,\"cursor\"}; acks are cumulative, the highest id wins"), (status = 400), (status = 401), (status = 404)))]
+    responses((status = 200, description = "{\"ok\":true,\"cursor\"}; acks are cumulative, the highest id wins", body = super::schemas::AckAnswer), (status = 400), (status = 401), (status = 404)))]
 pub async fn ack_batch(
     State(node): State<Arc<Node>>,
     caller: OfflineCaller,
@@ -135,7 +135,7 @@ pub struct CountQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/offline/count", tag = "offline", params(CountQuery),
-    responses((status = 200, description = "{\"count\"}"), (status = 401), (status = 404)))]
+    responses((status = 200, description = "{\"count\"}", body = super::schemas::CountAnswer), (status = 401), (status = 404)))]
 pub async fn count(
     State(node): State<Arc<Node>>,
     caller: OfflineCaller,

@@ -191,7 +191,7 @@ fn request_hash(route: &str, raw: &[u8]) -> u64 {
 
 #[utoipa::path(post, path = "/api/v1/events", tag = "publish", request_body = UserEvent,
     params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe publishing")),
-    responses((status = 202, description = "accepted; body {\"id\"}"), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429), (status = 503)))]
+    responses((status = 202, description = "accepted; body {\"id\"}", body = super::schemas::IdAnswer), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429), (status = 503)))]
 pub async fn events(
     State(node): State<Arc<Node>>,
     key: ApiKey,
@@ -211,7 +211,7 @@ pub async fn events(
 
 #[utoipa::path(post, path = "/api/v1/events/batch", tag = "publish", request_body = BatchEvent,
     params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe publishing")),
-    responses((status = 202, description = "accepted; body {\"ids\":{user_id:id}}"), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429), (status = 503)))]
+    responses((status = 202, description = "accepted; body {\"ids\":{user_id:id}}", body = super::schemas::IdsAnswer), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429), (status = 503)))]
 pub async fn batch(
     State(node): State<Arc<Node>>,
     key: ApiKey,
@@ -254,7 +254,7 @@ pub async fn batch(
 
 #[utoipa::path(post, path = "/api/v1/events/broadcast", tag = "publish", request_body = BroadcastEvent,
     params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe publishing")),
-    responses((status = 202, description = "accepted; body {\"id\"}"), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429)))]
+    responses((status = 202, description = "accepted; body {\"id\"}", body = super::schemas::IdAnswer), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429)))]
 pub async fn broadcast(
     State(node): State<Arc<Node>>,
     key: ApiKey,
@@ -274,7 +274,7 @@ pub async fn broadcast(
 
 #[utoipa::path(post, path = "/api/v1/rooms/{room}/events", tag = "publish", request_body = RoomEvent,
     params(("room" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe publishing")),
-    responses((status = 202, description = "accepted; body {\"id\"}"), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429), (status = 503)))]
+    responses((status = 202, description = "accepted; body {\"id\"}", body = super::schemas::IdAnswer), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429), (status = 503)))]
 pub async fn room_events(
     State(node): State<Arc<Node>>,
     key: ApiKey,

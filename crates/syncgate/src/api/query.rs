@@ -68,7 +68,7 @@ pub struct HistoryQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/rooms/{room}/presence", tag = "rooms", params(("room" = String, Path)),
-    responses((status = 200, description = "{\"room\",\"users\",\"connections\"}"), (status = 401)))]
+    responses((status = 200, description = "{\"room\",\"users\",\"connections\"}", body = super::schemas::PresenceAnswer), (status = 401)))]
 pub async fn presence(State(node): State<Arc<Node>>, _key: ApiKey, Path(room): Path<String>) -> ApiResult<Json<Value>> {
     node.check_name("room", &room)?;
     let p = node.presence.room(&room).await?;
@@ -76,7 +76,7 @@ pub async fn presence(State(node): State<Arc<Node>>, _key: ApiKey, Path(room): P
 }
 
 #[utoipa::path(get, path = "/api/v1/rooms/{room}/history", tag = "rooms", params(("room" = String, Path), HistoryQuery),
-    responses((status = 200, description = "{\"events\":[..]}"), (status = 400), (status = 401)))]
+    responses((status = 200, description = "{\"events\":[..]}", body = super::schemas::HistoryAnswer), (status = 400), (status = 401)))]
 pub async fn history(
     State(node): State<Arc<Node>>,
     _key: ApiKey,
@@ -109,7 +109,7 @@ pub fn page_limit(node: &Node, limit: Option<usize>) -> Result<usize, Error> {
 }
 
 #[utoipa::path(get, path = "/api/v1/users/{user_id}/online", tag = "users", params(("user_id" = String, Path)),
-    responses((status = 200, description = "{\"user_id\",\"online\",\"connections\"}"), (status = 401)))]
+    responses((status = 200, description = "{\"user_id\",\"online\",\"connections\"}", body = super::schemas::OnlineAnswer), (status = 401)))]
 pub async fn user_online(
     State(node): State<Arc<Node>>,
     _key: ApiKey,
@@ -121,7 +121,7 @@ pub async fn user_online(
 }
 
 #[utoipa::path(post, path = "/api/v1/users/{user_id}/disconnect", tag = "users", params(("user_id" = String, Path)),
-    responses((status = 200, description = "{\"disconnected\":n}"), (status = 401)))]
+    responses((status = 200, description = "{\"disconnected\":n}", body = super::schemas::DisconnectAnswer), (status = 401)))]
 pub async fn disconnect(
     State(node): State<Arc<Node>>,
     _key: ApiKey,
@@ -141,7 +141,7 @@ pub struct OnlineQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/online-users", tag = "users", params(OnlineQuery),
-    responses((status = 200, description = "{\"users\":[..],\"next_cursor\"}"), (status = 400), (status = 401)))]
+    responses((status = 200, description = "{\"users\":[..],\"next_cursor\"}", body = super::schemas::OnlineUsersAnswer), (status = 400), (status = 401)))]
 pub async fn online_users(
     State(node): State<Arc<Node>>,
     _key: ApiKey,
@@ -153,7 +153,7 @@ pub async fn online_users(
 }
 
 #[utoipa::path(get, path = "/api/v1/stats", tag = "stats",
-    responses((status = 200, description = "connections, users, rooms, messages in/out, instance_id, uptime"), (status = 401)))]
+    responses((status = 200, description = "connections, users, rooms, messages in/out, instance_id, uptime", body = super::schemas::StatsAnswer), (status = 401)))]
 pub async fn stats(State(node): State<Arc<Node>>, _key: ApiKey) -> ApiResult<Json<Value>> {
     let (connections, users, rooms) = node.hub.counts();
     let m = &node.metrics;
@@ -172,13 +172,13 @@ pub async fn stats(State(node): State<Arc<Node>>, _key: ApiKey) -> ApiResult<Jso
 }
 
 #[utoipa::path(get, path = "/api/v1/stats/pubsub", tag = "stats",
-    responses((status = 200, description = "published, received, dropped_own, failed, reconnects"), (status = 401)))]
+    responses((status = 200, description = "published, received, dropped_own, failed, reconnects", body = super::schemas::PubsubStatsAnswer), (status = 401)))]
 pub async fn pubsub_stats(State(node): State<Arc<Node>>, _key: ApiKey) -> ApiResult<Json<Value>> {
     Ok(Json(serde_json::to_value(node.broker.stats()).unwrap_or(Value::Null)))
 }
 
 #[utoipa::path(get, path = "/api/v1/offline/stats", tag = "offline",
-    responses((status = 200, description = "stored_messages, streams, oldest_age_ms, cursors"), (status = 401)))]
+    responses((status = 200, description = "stored_messages, streams, oldest_age_ms, cursors", body = super::schemas::OfflineStatsAnswer), (status = 401)))]
 pub async fn offline_stats(State(node): State<Arc<Node>>, _key: ApiKey) -> ApiResult<Json<Value>> {
     let s = node.store.stats().await?;
     Ok(Json(serde_json::to_value(s).unwrap_or(Value::Null)))
