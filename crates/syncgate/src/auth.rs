@@ -115,7 +115,7 @@ impl Auth {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let header = decode_header(token).map_err(|e| AuthError::Invalid(plain(&e)))?;
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.leeway;
         validation.validate_nbf = true;
@@ -155,7 +155,7 @@ impl Auth {
                 Err(e) => {
                     last = match e.kind() {
                         jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                        _ => AuthError::Invalid(e.to_string()),
+                        _ => AuthError::Invalid(plain(&e)),
                     };
                     if matches!(last, AuthError::Expired) {
                         return Err(last);
@@ -196,6 +196,22 @@ impl Auth {
             found |= constant_time_eq(k, key);
         }
         found
+    }
+}
+
+/// A plain reason for a refused token (never the JWT library's own wording).
+fn plain(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::InvalidSignature => "bad signature".into(),
+        K::MissingRequiredClaim(c) => format!("the `{c}` claim is required"),
+        K::ExpiredSignature => "token expired".into(),
+        K::InvalidIssuer => "wrong issuer (`iss`)".into(),
+        K::InvalidAudience => "wrong audience (`aud`)".into(),
+        K::ImmatureSignature => "token not valid yet (`nbf` is in the future)".into(),
+        K::InvalidAlgorithm | K::MissingAlgorithm | K::InvalidAlgorithmName => "algorithm not accepted".into(),
+        K::Json(_) => "claims of the wrong type (`sub` and `iss` are strings, `exp` and `nbf` numbers)".into(),
+        _ => "not a well-formed JWT".into(),
     }
 }
 
@@ -276,6 +292,8 @@ mod tests {
         assert!(a.verify(&both).is_ok());
         let no_iss = sign(serde_json::json!({"sub": "a", "exp": exp, "aud": "syncgate"}));
         assert!(matches!(a.verify(&no_iss), Err(AuthError::Invalid(_))));
+        let msg = a.verify(&no_iss).unwrap_err().to_string();
+        assert_eq!(msg, "invalid token: the `iss` claim is required");
         let no_aud = sign(serde_json::json!({"sub": "a", "exp": exp, "iss": "https://id.example"}));
         assert!(matches!(a.verify(&no_aud), Err(AuthError::Invalid(_))));
         let wrong = sign(serde_json::json!({"sub": "a", "exp": exp, "iss": "https://evil", "aud": "syncgate"}));

@@ -189,7 +189,7 @@ async fn observe(State(node): State<Arc<Node>>, mut req: Request, next: Next) ->
     }
     node.metrics
         .http_requests
-        .get_or_create(&HttpLabels { route: route.clone(), method: method_label(&method).into(), status })
+        .get_or_create(&HttpLabels { route: route.clone(), method: method_label(&method), status })
         .inc();
     if route != "/ws" || status != 101 {
         tracing::info!(
