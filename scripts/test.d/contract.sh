@@ -42,7 +42,10 @@ for _ in $(seq 1 200); do
 done
 
 set +e
-"$VENV/bin/schemathesis" run "http://127.0.0.1:$PORT/openapi.json" \
+# From the temporary dir: schemathesis keeps a cache (.schemathesis/) in its working dir,
+# which must not land in the repository or replay an old run's failures.
+ST="$PWD/$VENV/bin/schemathesis"
+(cd "$DATA" && "$ST" run "http://127.0.0.1:$PORT/openapi.json" \
   --url "http://127.0.0.1:$PORT" \
   -H "Authorization: Bearer $API_KEY" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
@@ -51,7 +54,7 @@ set +e
   --request-timeout 10 \
   --workers 2 \
   --suppress-health-check all \
-  --no-color 2>&1 | tee "$DATA/schemathesis.out"
+  --no-color) 2>&1 | tee "$DATA/schemathesis.out"
 RC=${PIPESTATUS[0]}
 set -e
 
