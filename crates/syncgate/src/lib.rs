@@ -24,7 +24,7 @@
 //! - [`store`]: durable user streams, room history, cursors, idempotency (`Store` trait;
 //!   embedded redb for one node).
 //! - [`auth`], [`limits`], [`metrics`], [`config`], [`error`], [`close`]: the cross-cutting
-//!   parts.
+//!   parts; [`names`]: the one rule for user ids, client ids and room names.
 
 pub mod api;
 pub mod auth;
@@ -36,6 +36,7 @@ pub mod event;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod names;
 pub mod node;
 pub mod presence;
 pub mod protocol;
