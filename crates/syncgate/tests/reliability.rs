@@ -267,12 +267,16 @@ async fn while_redis_is_down_the_user_limit_fails_closed_or_open_as_configured()
     let down = within(Duration::from_secs(15), || async { !ready(&closed[0].api).await && !ready(&open.api).await });
     assert!(down.await.is_some(), "the nodes notice Redis is gone");
     let opts = syncgate_client::DeviceOptions::new(closed[0].token("alice", &[]));
-    let refused = syncgate_client::Device::connect(&closed[0].base, opts).await.err().expect("refused");
+    let Err(refused) = syncgate_client::Device::connect(&closed[0].base, opts).await else {
+        panic!("admitted although presence cannot be read");
+    };
     assert_eq!(refused.http_status(), Some(503), "{refused}");
     assert_eq!(refused.http_error_code(), Some("service_unavailable"), "{refused}");
     // `open` lets the limit check pass; the upgrade then needs the store, down too here.
     let opts = syncgate_client::DeviceOptions::new(open.token("alice", &[]));
-    let later = syncgate_client::Device::connect(&open.base, opts).await.err().expect("store down");
+    let Err(later) = syncgate_client::Device::connect(&open.base, opts).await else {
+        panic!("admitted although the store is down");
+    };
     assert!(later.to_string().contains("storage"), "refused by the store, not the limit: {later}");
     // A broadcast cannot reach the other nodes: 503, and counted.
     let r = closed[0].api.broadcast(json!({"type": "b", "data": 0})).await.unwrap();
