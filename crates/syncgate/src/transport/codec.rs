@@ -310,19 +310,6 @@ pub fn text(payload: &[u8]) -> Bytes {
     encode(OP_TEXT, payload)
 }
 
-/// The payload of a complete, plain (uncompressed, unfragmented) server text frame.
-pub fn text_payload(frame: &[u8]) -> Option<&[u8]> {
-    if frame.len() < 2 || frame[0] != 0x80 | OP_TEXT || frame[1] & 0x80 != 0 {
-        return None;
-    }
-    let start = match frame[1] {
-        126 => 4,
-        127 => 10,
-        _ => 2,
-    };
-    frame.get(start..)
-}
-
 /// Encodes a close frame with a code and a reason (cut to fit a control frame).
 pub fn close_frame(code: u16, reason: &str) -> Bytes {
     let mut reason = reason;

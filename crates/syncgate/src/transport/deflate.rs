@@ -114,16 +114,6 @@ pub fn text_frame(payload: &[u8], settings: &Settings) -> Bytes {
     codec::text(payload)
 }
 
-/// Re-encodes a plain server text frame (as `codec::text` makes) with `text_frame`;
-/// any other frame is returned as it is. The connection task uses this until the hub
-/// fans out events and caches the deflated encoding per message.
-pub fn deflate_frame(frame: Bytes, settings: &Settings) -> Bytes {
-    match codec::text_payload(&frame) {
-        Some(p) if p.len() >= settings.min_bytes => text_frame(p, settings),
-        _ => frame,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,7 +172,5 @@ mod tests {
             })
             .collect();
         assert_eq!(text_frame(&random, &s)[0], 0x81);
-        assert_eq!(deflate_frame(codec::text(&big), &s), f);
-        assert_eq!(deflate_frame(codec::text(&small), &s), codec::text(&small));
     }
 }
