@@ -126,6 +126,17 @@ pub struct Limits {
     pub max_batch_users: usize,
     pub max_page: usize,
     pub max_devices_per_user: usize,
+    /// What the per-user connection limit does when presence cannot be read.
+    pub presence_failure: PresenceFailure,
+}
+
+/// `limits.presence_failure`: refuse (503) or admit when the deployment-wide count is unknown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceFailure {
+    #[default]
+    Closed,
+    Open,
 }
 
 impl Default for Limits {
@@ -141,6 +152,7 @@ impl Default for Limits {
             max_batch_users: 10_000,
             max_page: 1000,
             max_devices_per_user: 50,
+            presence_failure: PresenceFailure::Closed,
         }
     }
 }
@@ -223,6 +235,9 @@ pub struct StoreConfig {
     pub cursor_ttl: Duration,
     #[serde(with = "duration")]
     pub idempotency_ttl: Duration,
+    /// How long a claimed Idempotency-Key stays in flight if its request never finishes.
+    #[serde(with = "duration")]
+    pub idempotency_lease: Duration,
     #[serde(with = "duration")]
     pub sweep_interval: Duration,
 }
@@ -236,6 +251,7 @@ impl Default for StoreConfig {
             max_stream_len: 10_000,
             cursor_ttl: Duration::from_secs(30 * DAY),
             idempotency_ttl: Duration::from_secs(DAY),
+            idempotency_lease: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(60),
         }
     }
@@ -249,6 +265,11 @@ pub struct RedisConfig {
     pub key_prefix: String,
     #[serde(with = "duration")]
     pub presence_ttl: Duration,
+    /// Replicas that must have a persisted publish before it is answered (`WAIT`); 0: none.
+    pub wait_replicas: u32,
+    /// How long that `WAIT` may take before the publish is answered 503.
+    #[serde(with = "duration")]
+    pub wait_timeout: Duration,
 }
 
 impl Default for RedisConfig {
@@ -258,6 +279,8 @@ impl Default for RedisConfig {
             mode: Default::default(),
             key_prefix: "sg".into(),
             presence_ttl: Duration::from_secs(30),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -411,8 +434,20 @@ impl Config {
             return key("auth.api_keys", "every API key must have at least 8 characters".into());
         }
         let url = &self.redis.url;
-        if !url.is_empty() && !url.starts_with("redis://") && !url.starts_with("rediss://") {
-            return key("redis.url", "must start with redis:// or rediss://".into());
+        if !url.is_empty()
+            && !url.starts_with("redis://")
+            && !url.starts_with("rediss://")
+            && !crate::redis_conn::sentinel::SentinelSpec::matches(url)
+        {
+            return key(
+                "redis.url",
+                "must start with redis://, rediss://, redis+sentinel:// or rediss+sentinel://".into(),
+            );
+        }
+        if crate::redis_conn::sentinel::SentinelSpec::matches(url) {
+            if let Err(e) = crate::redis_conn::sentinel::SentinelSpec::parse(url, Duration::from_secs(1)) {
+                return key("redis.url", e.to_string());
+            }
         }
         if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(char::is_whitespace) {
             return key("redis.key_prefix", "must be a non-empty word".into());

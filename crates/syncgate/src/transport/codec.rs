@@ -18,21 +18,8 @@ pub const OP_CLOSE: u8 = 0x8;
 pub const OP_PING: u8 = 0x9;
 pub const OP_PONG: u8 = 0xA;
 
-/// Close codes used by syncgate (contract: "Close codes").
-pub mod close {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL: u16 = 1002;
-    pub const UNSUPPORTED: u16 = 1003;
-    pub const INVALID_DATA: u16 = 1007;
-    pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-    pub const INTERNAL: u16 = 1011;
-    pub const TOKEN_EXPIRED: u16 = 4001;
-    pub const TOO_SLOW: u16 = 4008;
-    pub const DISCONNECTED: u16 = 4009;
-    pub const RATE_LIMITED: u16 = 4029;
-}
+/// Close codes and the close type are the crate's one close vocabulary (a leaf module).
+pub use crate::close;
 
 /// A complete message or control frame from the client.
 #[derive(Debug, PartialEq, Eq)]
@@ -45,14 +32,10 @@ pub enum Incoming {
 }
 
 /// A framing violation: the connection must be closed with this code and reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Violation {
-    pub code: u16,
-    pub reason: &'static str,
-}
+pub type Violation = close::Close;
 
 const fn violation(code: u16, reason: &'static str) -> Violation {
-    Violation { code, reason }
+    close::Close::new(code, reason)
 }
 
 /// Whether a close code may appear in a Close frame (RFC 6455 section 7.4): the codes

@@ -63,20 +63,18 @@ struct Io {
     pending: Vec<Bytes>,
     offset: usize,
     max_frame: usize,
-    /// Set when permessage-deflate was negotiated: how to compress server messages.
+    /// Set when permessage-deflate was negotiated.
     deflate: Option<deflate::Settings>,
 }
 
 impl Connection {
-    /// `compression` applies when the connection negotiated permessage-deflate.
     pub fn new(
         stream: TcpStream,
         leftover: Bytes,
         session: Session,
         max_frame: usize,
-        compression: deflate::Settings,
+        deflate: Option<deflate::Settings>,
     ) -> Self {
-        let deflate = session.conn().deflate.then_some(compression);
         let mut decoder = Decoder::new(deflate.is_some());
         if !leftover.is_empty() {
             decoder.feed(&leftover);
@@ -111,6 +109,12 @@ async fn serve(io: &mut Io, session: &mut Session, node: &Arc<Node>) -> Option<C
     let mut handling: Option<Later> = None;
     let mut filling: Option<Filling> = None;
     let mut close_deadline: Option<tokio::time::Instant> = None;
+    // The first catch-up read runs before anything is written: when the device reads its
+    // welcome, the stream is live (or the replay is queued behind the welcome), so an event
+    // published right after the welcome is delivered live, not by a second read.
+    if let Some((stream, after, room)) = conn.next_fill() {
+        Box::pin(node.streams.fill(&conn, stream, after, room)).await;
+    }
     loop {
         // Start handling the next complete client message, if none is being handled.
         if handling.is_none() {
@@ -195,7 +199,7 @@ impl Io {
                     self.decoder.shrink();
                     return Input::Idle;
                 }
-                Err(v) => return Input::Close(Close::new(v.code, v.reason)),
+                Err(v) => return Input::Close(v),
             };
             match msg {
                 Incoming::Text(t) => match session.on_text(t) {
@@ -234,8 +238,8 @@ impl Io {
     fn take(&mut self, conn: &Conn) -> Option<Close> {
         let mut items = Vec::new();
         let close = conn.take(&mut items, MAX_IOV);
-        let deflate = self.deflate;
-        self.pending.extend(items.into_iter().map(|i| wire(i, deflate.as_ref())));
+        let deflate = self.deflate.as_ref();
+        self.pending.extend(items.into_iter().map(|i| wire(i, deflate)));
         if self.pending.is_empty() {
             close
         } else {
@@ -314,12 +318,11 @@ impl Io {
         Ok(())
     }
 
-    /// Sends what is still queued (unless the close drops it) and a close frame, then reads
-    /// until the client's Close frame (or EOF, or `CLOSE_WAIT`) and closes TCP at once (RFC
-    /// 6455 section 7.1.1). Data frames that arrive meanwhile are dropped; after a protocol
-    /// violation the input cannot be framed any more, so it is only drained until EOF. The
-    /// write side is shut down right after the Close frame, so a client that waits for the
-    /// server to close TCP first sees it at once.
+    /// Sends what is still queued (unless the close drops it) and a close frame, shuts the
+    /// write side down, then reads until the client's Close frame (or EOF, or `CLOSE_WAIT`)
+    /// and closes TCP at once (RFC 6455 section 7.1.1). Data frames that arrive meanwhile
+    /// are dropped; after a protocol violation the input cannot be framed any more, so it is
+    /// only drained until EOF.
     async fn finish(&mut self, conn: &Conn, c: Close) {
         // Items queued before the close (e.g. the error frames that led to it) go first.
         if c.flushes_queue() {
@@ -364,16 +367,17 @@ impl Io {
     }
 }
 
-/// The bytes of one queued item on a connection (`deflate`: set when it negotiated
-/// permessage-deflate). An event's deflated frame is made once and shared like its plain one.
+/// The bytes of one queued item on a connection (`deflate`: it negotiated permessage-deflate
+/// with these settings, which are the node's, so the deflated form of an event is the same
+/// for every such connection and is cached in the event).
 fn wire(item: Outgoing, deflate: Option<&deflate::Settings>) -> Bytes {
     match (item, deflate) {
         (Outgoing::Event(ev), None) => ev.encoded(Encoding::WsText, |e| codec::text(&protocol::event(e))),
-        (Outgoing::Event(ev), Some(d)) => {
-            ev.encoded(Encoding::WsDeflate, |e| deflate::text_frame(&protocol::event(e), d))
+        (Outgoing::Event(ev), Some(s)) => {
+            ev.encoded(Encoding::WsDeflate, |e| deflate::text_frame(&protocol::event(e), s))
         }
+        (Outgoing::Reply(msg), Some(s)) => deflate::text_frame(&msg, s),
         (Outgoing::Reply(msg), None) => codec::text(&msg),
-        (Outgoing::Reply(msg), Some(d)) => deflate::text_frame(&msg, d),
         (Outgoing::Ping, _) => codec::ping_frame(),
         (Outgoing::Pong(p), _) => codec::encode(codec::OP_PONG, &p),
     }

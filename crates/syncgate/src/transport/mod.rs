@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 
 use crate::api::error::ApiError;
 use crate::auth::AuthError;
+use crate::config::PresenceFailure;
 use crate::error::{Code, Error};
 use crate::hub::{AdmitError, Conn, StreamPos};
 use crate::metrics::KindLabels;
@@ -100,7 +101,16 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
         return refuse(&node, "node_full", Error::unavailable("this node has reached its connection limit"));
     }
     // Across the deployment (the hub enforces the same limit atomically on this node).
-    let across = node.presence.user_connections(&claims.sub).await.unwrap_or(0);
+    let across = match node.presence.user_connections(&claims.sub).await {
+        Ok(n) => n,
+        Err(e) => {
+            node.metrics.dependency_failures.get_or_create(&KindLabels { kind: "presence_admission" }).inc();
+            if node.cfg.limits.presence_failure == PresenceFailure::Closed {
+                return refuse(&node, "presence_unavailable", e.into());
+            }
+            0
+        }
+    };
     if across.max(node.hub.user_connections(&claims.sub)) >= node.cfg.limits.max_connections_per_user {
         return refuse(&node, "user_full", Error::new(Code::RateLimitExceeded, AdmitError::UserFull.to_string()));
     }
