@@ -182,9 +182,11 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
             return;
         };
         let _ = stream.set_nodelay(true);
-        let compression =
-            deflate::Settings { min_bytes: node.cfg.compression.min_bytes, level: node.cfg.compression.level };
-        let c = conn::Connection::new(stream, leftover, session, node.cfg.limits.max_frame_bytes, compression);
+        let deflate = deflate.map(|_| deflate::Settings {
+            min_bytes: node.cfg.compression.min_bytes,
+            level: node.cfg.compression.level,
+        });
+        let c = conn::Connection::new(stream, leftover, session, node.cfg.limits.max_frame_bytes, deflate);
         // A task of its own: the upgrade task ends here and frees what it captured, and the
         // connection's task holds only the connection's state (about 0.8 KB). Tracked, so
         // shutdown waits for it.
