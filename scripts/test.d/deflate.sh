@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# permessage-deflate against real, independent clients: Node `ws` and Python `websockets`
-# (both offer the extension by default). Each checks that the extension was negotiated, a
+# permessage-deflate against real, independent clients: Node `ws`, Python `websockets` and
+# Chromium (all offer the extension by default). Each checks that the extension was negotiated, a
 # large published message arrives intact (compressed on the wire), a compressed client
 # message is understood, and a compressed message that inflates past
 # limits.max_frame_bytes closes with 1009. Runs against target/debug/syncgate on a free
@@ -15,7 +15,8 @@ cargo build -q -p syncgate --bin syncgate
 BIN="$TARGET/debug/syncgate"
 
 # Clients, installed when missing.
-if [ ! -d "$HERE/node_modules/ws" ]; then
+source scripts/lib/ensure-chromium.sh
+if [ ! -d "$HERE/node_modules/ws" ] || [ ! -d "$HERE/node_modules/playwright-core" ]; then
   (cd "$HERE" && npm ci --silent --no-audit --no-fund)
 fi
 VENV="$HERE/.venv"
@@ -40,6 +41,8 @@ done
 export SG_BASE="http://127.0.0.1:$PORT" SG_API_KEY="$SYNCGATE_API_KEY"
 export SG_TOKEN_NODE="$("$BIN" token --user deflate-node)"
 export SG_TOKEN_PY="$("$BIN" token --user deflate-py)"
+export SG_TOKEN_BROWSER="$("$BIN" token --user deflate-browser)"
 node "$HERE/ws_client.mjs"
 "$VENV/bin/python" "$HERE/websockets_client.py"
-echo "deflate: Node ws and Python websockets passed" >&2
+node "$HERE/chromium.mjs"
+echo "deflate: Node ws, Python websockets and Chromium passed" >&2
