@@ -22,6 +22,7 @@ pub enum ClientOp<'a> {
     Leave { room: &'a str },
     Ack { id: &'a str },
     Publish { kind: &'a str, data: &'a RawValue, room: Option<&'a str> },
+    Refresh { token: &'a str },
 }
 
 #[derive(Deserialize)]
@@ -40,6 +41,8 @@ struct RawFrame<'a> {
     kind: Option<&'a str>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    token: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -82,6 +85,7 @@ pub fn parse<'a>(text: &'a [u8]) -> Parsed<'a> {
             (None, _) => Err(Error::invalid("missing field `type`")),
             (_, None) => Err(Error::invalid("missing field `data`")),
         },
+        Some("refresh") => need(raw.token, "token").map(|token| ClientOp::Refresh { token }),
         Some(other) => Err(Error::new(Code::UnknownOp, format!("unknown op {other:?}"))),
     };
     Parsed { reference: raw.reference, op }
@@ -176,6 +180,8 @@ mod tests {
         assert_eq!(parse(br#"{"op":"join"}"#).op.unwrap_err().code, Code::InvalidRequest);
         assert_eq!(parse(br#"{"op":"publish","type":"a"}"#).op.unwrap_err().code, Code::InvalidRequest);
         assert_eq!(parse(br#"{"op":"join","room":5}"#).op.unwrap_err().code, Code::InvalidFrame);
+        assert!(matches!(parse(br#"{"op":"refresh","token":"t.k.n"}"#).op, Ok(ClientOp::Refresh { token: "t.k.n" })));
+        assert_eq!(parse(br#"{"op":"refresh"}"#).op.unwrap_err().code, Code::InvalidRequest);
     }
 
     #[test]

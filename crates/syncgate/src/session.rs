@@ -1,6 +1,6 @@
 //! A client's session: what a connected device may do with the frames it sends.
 //!
-//! Owns: the handling of client operations (ping, join, leave, ack, publish), their
+//! Owns: the handling of client operations (ping, join, leave, ack, publish, refresh), their
 //! permission checks against the token's claims and the room config, and the per-connection
 //! frame rate limit with its strike count.
 //!
@@ -103,6 +103,7 @@ impl Session {
             ClientOp::Leave { room } => self.leave(room),
             ClientOp::Ack { id } => self.ack(id).await,
             ClientOp::Publish { kind, data, room } => self.publish(kind, data, room).await,
+            ClientOp::Refresh { token } => self.refresh(token),
         };
         match result {
             Ok(extra) => {
@@ -141,7 +142,10 @@ impl Session {
         if !self.node.hub.join(&self.conn, room, Some(StreamPos::resume_from(start))) {
             return Ok(vec![("room", json!(room)), ("already", json!(true))]);
         }
-        Ok(vec![("room", json!(room)), ("resumed", json!(resumed))])
+        // `position`: where this join started, valid as `since` on a later join (a client's
+        // first checkpoint for the room, so a rejoin after zero events loses nothing).
+        let position = EventId::format(self.node.epoch(), StreamKey::Room(room), start);
+        Ok(vec![("room", json!(room)), ("resumed", json!(resumed)), ("position", json!(position))])
     }
 
     fn leave(&self, room: &str) -> Result<Vec<(&'static str, serde_json::Value)>> {
@@ -194,5 +198,23 @@ impl Session {
         };
         self.node.count_in("client", 1);
         Ok(vec![("id", json!(id))])
+    }
+
+    /// Renews the connection's token in place: the new token must be valid and for the same
+    /// user (and the same client id, when it names one); its claims replace the old ones.
+    fn refresh(&mut self, token: &str) -> Result<Vec<(&'static str, serde_json::Value)>> {
+        let claims = self.node.auth.verify(token).map_err(|e| Error::unauthorized(format!("refresh refused: {e}")))?;
+        if claims.sub != self.claims.sub {
+            return Err(Error::forbidden("the new token is for another user"));
+        }
+        if let Some(c) = &claims.client_id {
+            if self.conn.client_id.as_deref() != Some(c.as_str()) {
+                return Err(Error::forbidden("the new token is for another client_id"));
+            }
+        }
+        self.conn.token_exp.store(claims.exp, std::sync::atomic::Ordering::Relaxed);
+        let exp = claims.exp;
+        self.claims = claims;
+        Ok(vec![("exp", json!(exp))])
     }
 }

@@ -301,7 +301,7 @@ impl Hub {
         let timeout_ms = timeout.as_millis() as u64;
         let now = self.clock();
         for c in self.conns.iter() {
-            if c.token_exp <= now_unix {
+            if c.token_exp.load(Ordering::Relaxed) <= now_unix {
                 c.close(CloseReason { code: 4001, reason: "token expired", flush_first: true });
             } else if now.saturating_sub(c.last_seen.load(Ordering::Relaxed)) >= timeout_ms {
                 self.metrics.heartbeat_timeouts.inc();

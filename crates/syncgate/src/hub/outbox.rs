@@ -66,8 +66,9 @@ pub struct Conn {
     pub id: u64,
     pub user: Arc<str>,
     pub client_id: Option<Arc<str>>,
-    /// Token expiry (unix seconds): the connection is closed with 4001 after it.
-    pub token_exp: u64,
+    /// Token expiry (unix seconds): the connection is closed with 4001 after it. Atomic so
+    /// that a `refresh` frame can move it while the hub's sweep reads it.
+    pub token_exp: AtomicU64,
     /// Milliseconds (hub clock) when the client was last heard from.
     pub last_seen: AtomicU64,
     limit: usize,
@@ -100,7 +101,7 @@ impl Conn {
             id,
             user,
             client_id,
-            token_exp,
+            token_exp: AtomicU64::new(token_exp),
             last_seen: AtomicU64::new(0),
             limit,
             any_behind: AtomicBool::new(user_pos.behind),
