@@ -205,6 +205,8 @@ export class Client {
     this.rooms.delete(room);
     this.roomJoins.delete(room);
     await this.storage.removeItem?.(this.key(`room:${room}`));
+    // Not connected: there is nothing to leave on the server, and no rejoin will happen.
+    if (!this.welcomed) return { ok: true, room };
     return this.request({ op: "leave", room });
   }
 
