@@ -14,10 +14,10 @@ BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/syncgate"
 if [ ! -x "$BIN" ]; then
   cargo build -p syncgate --bin syncgate
 fi
-export SYNCGATE_BIN="$BIN"
+export JS_SDK_SYNCGATE_BIN="$BIN"
 source scripts/lib/ensure-chromium.sh
 
 cd clients/js
 npm ci --no-audit --no-fund --loglevel=error
 npm run build
-node --test --test-concurrency=1 test/
+node --test --test-concurrency=1 test/*.test.mjs

@@ -10,7 +10,7 @@ import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
-export const BIN = process.env.SYNCGATE_BIN ?? resolve(here, "../../../target/debug/syncgate");
+export const BIN = process.env.JS_SDK_SYNCGATE_BIN ?? resolve(here, "../../../target/debug/syncgate");
 export const SECRET = "js-sdk-test-secret-0123456789abcdef";
 export const API_KEY = "js-sdk-test-api-key-0123456789";
 
@@ -64,7 +64,8 @@ export class Server {
   async spawn() {
     this.child = spawn(BIN, ["serve"], {
       env: {
-        ...process.env,
+        // The server refuses unknown SYNCGATE_* variables: pass on none of the caller's.
+        ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("SYNCGATE_"))),
         SYNCGATE_LISTEN: `127.0.0.1:${this.port}`,
         SYNCGATE_DATA_DIR: this.dir,
         SYNCGATE_JWT_SECRET: SECRET,
@@ -78,6 +79,7 @@ export class Server {
     });
     this.exited = new Promise((r) => this.child.once("exit", r));
     await waitFor(async () => {
+      if (this.child.exitCode !== null) throw new Error(`syncgate exited with ${this.child.exitCode} (is ${BIN} built?)`);
       try {
         return (await fetch(`${this.base}/ready`)).status === 200;
       } catch {
