@@ -349,7 +349,8 @@ export interface components {
             type: string;
         };
         /**
-         * @description Message priority (accepted and validated; delivery order is per stream regardless).
+         * @description Message priority: carried in live event frames (`"priority"`, written when not normal);
+         *     delivery order is per stream regardless.
          * @enum {string}
          */
         Priority: "low" | "normal" | "high";

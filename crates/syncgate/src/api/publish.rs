@@ -20,7 +20,8 @@ use crate::error::{Code, Error};
 use crate::node::{Message, Node};
 use crate::store::IdemRecord;
 
-/// Message priority (accepted and validated; delivery order is per stream regardless).
+/// Message priority: carried in live event frames (`"priority"`, written when not normal);
+/// delivery order is per stream regardless.
 #[derive(Debug, Clone, Copy, Deserialize, ToSchema, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
@@ -45,8 +46,7 @@ pub struct UserEvent {
     pub persist: Option<bool>,
     /// Drop from the stream after this many seconds (shorter than retention).
     pub ttl_s: Option<u64>,
-    /// Accepted and validated; delivery order is per stream whatever the priority.
-    #[allow(dead_code)]
+    /// Carried in the live event frame; delivery order is per stream whatever the priority.
     pub priority: Option<Priority>,
 }
 
@@ -60,8 +60,7 @@ pub struct BatchEvent {
     pub data: Box<RawValue>,
     pub persist: Option<bool>,
     pub ttl_s: Option<u64>,
-    /// Accepted and validated; delivery order is per stream whatever the priority.
-    #[allow(dead_code)]
+    /// Carried in the live event frame; delivery order is per stream whatever the priority.
     pub priority: Option<Priority>,
 }
 
@@ -72,8 +71,7 @@ pub struct BroadcastEvent {
     pub kind: String,
     #[schema(value_type = Object)]
     pub data: Box<RawValue>,
-    /// Accepted and validated; delivery order is per stream whatever the priority.
-    #[allow(dead_code)]
+    /// Carried in the live event frame; delivery order is per stream whatever the priority.
     pub priority: Option<Priority>,
 }
 
@@ -87,8 +85,7 @@ pub struct RoomEvent {
     /// Keep in the room's history (default true).
     pub persist: Option<bool>,
     pub ttl_s: Option<u64>,
-    /// Accepted and validated; delivery order is per stream whatever the priority.
-    #[allow(dead_code)]
+    /// Carried in the live event frame; delivery order is per stream whatever the priority.
     pub priority: Option<Priority>,
 }
 
@@ -98,6 +95,7 @@ fn message<'a>(
     data: &RawValue,
     persist: Option<bool>,
     ttl_s: Option<u64>,
+    priority: Option<Priority>,
 ) -> Result<Message<'a>, Error> {
     node.check_type(kind)?;
     if ttl_s == Some(0) {
@@ -108,6 +106,11 @@ fn message<'a>(
         data: Bytes::copy_from_slice(data.get().as_bytes()),
         persist: persist.unwrap_or(true),
         ttl: ttl_s.map(Duration::from_secs),
+        priority: match priority.unwrap_or_default() {
+            Priority::Low => crate::event::Priority::Low,
+            Priority::Normal => crate::event::Priority::Normal,
+            Priority::High => crate::event::Priority::High,
+        },
         except: None,
     })
 }
@@ -191,7 +194,7 @@ pub async fn events(
     let b = &body.value;
     idempotent(&node, &key, &headers, "events", &body.raw, async {
         node.check_name("user_id", &b.user_id)?;
-        let msg = message(&node, &b.kind, &b.data, b.persist, b.ttl_s)?;
+        let msg = message(&node, &b.kind, &b.data, b.persist, b.ttl_s, b.priority)?;
         let ids = node.publish_users(std::slice::from_ref(&b.user_id), msg).await?;
         node.count_in("api", 1);
         Ok(json!({"id": ids.into_iter().next()}))
@@ -220,7 +223,7 @@ pub async fn batch(
         for u in &users {
             node.check_name("user_id", u)?;
         }
-        let msg = message(&node, &b.kind, &b.data, b.persist, b.ttl_s)?;
+        let msg = message(&node, &b.kind, &b.data, b.persist, b.ttl_s, b.priority)?;
         let ids = node.publish_users(&users, msg).await?;
         node.count_in("api", users.len() as u64);
         let map: BTreeMap<&String, String> = users.iter().zip(ids).collect();
@@ -240,7 +243,7 @@ pub async fn broadcast(
 ) -> ApiResult<Response> {
     let b = &body.value;
     idempotent(&node, &key, &headers, "broadcast", &body.raw, async {
-        let mut msg = message(&node, &b.kind, &b.data, Some(false), None)?;
+        let mut msg = message(&node, &b.kind, &b.data, Some(false), None, b.priority)?;
         msg.persist = false;
         let id = node.broadcast(msg).await?;
         node.count_in("api", 1);
@@ -263,7 +266,7 @@ pub async fn room_events(
     let route = format!("rooms/{room}");
     idempotent(&node, &key, &headers, &route, &body.raw, async {
         node.check_name("room", &room)?;
-        let msg = message(&node, &b.kind, &b.data, b.persist, b.ttl_s)?;
+        let msg = message(&node, &b.kind, &b.data, b.persist, b.ttl_s, b.priority)?;
         let id = node.publish_room(&room, msg).await?;
         node.count_in("api", 1);
         Ok(json!({"id": id}))

@@ -38,9 +38,7 @@ use redis::{PushInfo, PushKind, RedisError, Value};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::memory::deliver_local;
-use super::{Broker, BrokerError, BrokerStats, Envelope, Interest, Target};
-use crate::hub::Hub;
+use super::{Broker, BrokerError, BrokerStats, Envelope, Interest, Local, Target};
 use crate::store::redis::{is_unavailable, Endpoint, RedisConn, RedisMode};
 use wire::{decode, encode};
 
@@ -141,7 +139,7 @@ struct Counters {
 
 struct Shared {
     instance_id: Arc<str>,
-    hub: Arc<Hub>,
+    hub: Arc<dyn Local>,
     prefix: String,
     sharded: bool,
     counters: Counters,
@@ -180,8 +178,8 @@ impl Shared {
     /// Whether this node's connections currently need `topic`.
     fn wanted(&self, topic: &Topic) -> bool {
         match topic {
-            Topic::User(u) => self.hub.user_connections(u) > 0,
-            Topic::Room(r) => self.hub.presence(r).1 > 0,
+            Topic::User(u) => self.hub.has_user(u),
+            Topic::Room(r) => self.hub.has_room(r),
         }
     }
 
@@ -203,7 +201,7 @@ impl Shared {
             return;
         }
         self.counters.received.fetch_add(1, Ordering::Relaxed);
-        deliver_local(&self.hub, &wire.env);
+        self.hub.deliver(&wire.env);
     }
 }
 
@@ -315,14 +313,18 @@ pub struct RedisBroker {
 
 impl RedisBroker {
     /// Connects with default options; see `connect_with`.
-    pub async fn connect(url: &str, instance_id: &str, hub: Arc<Hub>) -> Result<Self, BrokerError> {
+    pub async fn connect(url: &str, instance_id: &str, hub: Arc<dyn Local>) -> Result<Self, BrokerError> {
         Self::connect_with(RedisBrokerOptions::new(url), instance_id, hub).await
     }
 
     /// Connects the publisher, registers as `hub`'s interest sink, and returns once the
     /// subscriber listens to the broadcast and instance channels and to every user and room
     /// with a local connection. Fails if Redis cannot be reached within the timeouts.
-    pub async fn connect_with(opts: RedisBrokerOptions, instance_id: &str, hub: Arc<Hub>) -> Result<Self, BrokerError> {
+    pub async fn connect_with(
+        opts: RedisBrokerOptions,
+        instance_id: &str,
+        hub: Arc<dyn Local>,
+    ) -> Result<Self, BrokerError> {
         let unavailable = |e: RedisError| BrokerError::Unavailable(format!("redis: {e}"));
         if instance_id.is_empty() || instance_id.len() > 255 {
             return Err(BrokerError::Unavailable("the instance id must have 1 to 255 bytes".into()));
@@ -441,7 +443,7 @@ impl Broker for RedisBroker {
     /// returns the local deliveries (they happened); it is counted in `failed` and makes the
     /// broker not ready until a publish or health check succeeds.
     async fn publish(&self, envelope: Envelope) -> Result<usize, BrokerError> {
-        let n = deliver_local(&self.shared.hub, &envelope);
+        let n = self.shared.hub.deliver(&envelope);
         let channel = self.shared.target_channel(&envelope.target);
         let _ = self.send(channel, &envelope).await;
         Ok(n)

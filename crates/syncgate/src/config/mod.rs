@@ -124,6 +124,7 @@ pub struct Limits {
     pub max_name_bytes: usize,
     pub max_batch_users: usize,
     pub max_page: usize,
+    pub max_devices_per_user: usize,
 }
 
 impl Default for Limits {
@@ -138,6 +139,7 @@ impl Default for Limits {
             max_name_bytes: 128,
             max_batch_users: 10_000,
             max_page: 1000,
+            max_devices_per_user: 50,
         }
     }
 }
@@ -359,6 +361,7 @@ impl Config {
             ("limits.max_name_bytes", l.max_name_bytes),
             ("limits.max_batch_users", l.max_batch_users),
             ("limits.max_page", l.max_page),
+            ("limits.max_devices_per_user", l.max_devices_per_user),
             ("messages.max_type_bytes", self.messages.max_type_bytes),
         ] {
             if v == 0 {

@@ -476,9 +476,9 @@ impl Store for EmbeddedStore {
         Ok(found.map(|(seq, _)| seq))
     }
 
-    async fn set_cursor(&self, user: &str, client_id: &str, seq: u64) -> StoreResult<u64> {
+    async fn set_cursor(&self, user: &str, client_id: &str, seq: u64, max_devices: usize) -> StoreResult<u64> {
         let (user, client, now) = (user.to_string(), client_id.to_string(), now_ms());
-        self.write(|reply| Req::SetCursor { user, client, seq, now, reply }).await
+        self.write(|reply| Req::SetCursor { user, client, seq, now, max_devices, reply }).await
     }
 
     async fn idem_get(&self, key: &str) -> StoreResult<Option<IdemRecord>> {

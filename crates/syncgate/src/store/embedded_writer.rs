@@ -35,6 +35,8 @@ pub(super) enum Req {
         client: String,
         seq: u64,
         now: i64,
+        /// Cursors kept per user: creating one past it forgets the least recently used.
+        max_devices: usize,
         reply: Tx<u64>,
     },
     Touch {
@@ -288,18 +290,50 @@ impl<'t> Tables<'t> {
         }
     }
 
+    /// Forgets the least recently used cursors of `user` past `max`, never `keep` (the one
+    /// just created). The cursor table is keyed by (user, client), so a user's cursors are
+    /// one short range.
+    fn evict_devices(&mut self, user: &str, keep: &str, max: usize) -> StoreResult<()> {
+        loop {
+            let mut count = 0usize;
+            let mut oldest: Option<(String, i64)> = None;
+            for r in self.cursors.range((user, "")..).ctx("scan cursors")? {
+                let (k, v) = r.ctx("scan cursors")?;
+                let (u, c) = k.value();
+                if u != user {
+                    break;
+                }
+                count += 1;
+                let used = v.value().1;
+                if c != keep && oldest.as_ref().is_none_or(|(_, o)| used < *o) {
+                    oldest = Some((c.to_string(), used));
+                }
+            }
+            match oldest {
+                Some((client, _)) if count > max => {
+                    self.cursors.remove((user, client.as_str())).ctx("evict cursor")?;
+                    self.cursors_delta -= 1;
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
     fn apply(&mut self, req: &Req) -> StoreResult<Answer> {
         Ok(match req {
             Req::AppendUser(evs, _) => {
                 Answer::Seqs(evs.iter().map(|e| self.user.append(e)).collect::<StoreResult<_>>()?)
             }
             Req::AppendRoom(ev, _) => Answer::Seq(self.room.append(ev)?),
-            Req::SetCursor { user, client, seq, now, .. } => {
+            Req::SetCursor { user, client, seq, now, max_devices, .. } => {
                 let key = (user.as_str(), client.as_str());
                 let cur = self.cursors.get(key).ctx("read cursor")?.map(|g| g.value().0);
                 let new = cur.map_or(*seq, |c| c.max(*seq));
                 self.cursors.insert(key, (new, *now)).ctx("write cursor")?;
-                self.cursors_delta += i64::from(cur.is_none());
+                if cur.is_none() {
+                    self.cursors_delta += 1;
+                    self.evict_devices(user, client, *max_devices)?;
+                }
                 Answer::Seq(new)
             }
             Req::Touch { user, client, now } => {

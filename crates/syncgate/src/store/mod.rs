@@ -248,8 +248,9 @@ pub trait Store: Send + Sync + 'static {
     async fn cursor(&self, user: &str, client_id: &str) -> StoreResult<Option<u64>>;
 
     /// Moves a device's cursor to `max(current, seq)` (creating it if needed) and returns
-    /// the new value. Never moves a cursor backwards.
-    async fn set_cursor(&self, user: &str, client_id: &str, seq: u64) -> StoreResult<u64>;
+    /// the new value. Never moves a cursor backwards. Creating a cursor when the user
+    /// already has `max_devices` forgets the least recently used one (last set or read).
+    async fn set_cursor(&self, user: &str, client_id: &str, seq: u64, max_devices: usize) -> StoreResult<u64>;
 
     /// Looks up an idempotency key (scoped by the caller, e.g. "apikey-hash:key").
     async fn idem_get(&self, key: &str) -> StoreResult<Option<IdemRecord>>;

@@ -501,23 +501,23 @@ impl Store for RedisStore {
         }
     }
 
-    async fn set_cursor(&self, user: &str, client_id: &str, seq: u64) -> StoreResult<u64> {
+    async fn set_cursor(&self, user: &str, client_id: &str, seq: u64, max_devices: usize) -> StoreResult<u64> {
         let inner = &self.inner;
         let now = now_ms();
         let mut inv = inner.scripts.set_cursor.key(inner.keys.cursors(user));
-        inv.arg(client_id).arg(seq.to_string()).arg(now);
+        inv.arg(client_id).arg(seq.to_string()).arg(now).arg(max_devices.max(1));
         let mut conn = inner.conn();
         let v: Value = inner.run("set cursor", inv.invoke_async(&mut conn)).await?;
         let a = into_array(v).ok_or_else(|| bad("set cursor"))?;
-        let (new, created) = match a.as_slice() {
-            [n, c] => (as_u64(n), as_int(c)),
-            _ => (None, None),
+        let (new, created, evicted) = match a.as_slice() {
+            [n, c, e] => (as_u64(n), as_int(c), as_int(e)),
+            _ => (None, None, None),
         };
-        let (Some(new), Some(created)) = (new, created) else {
+        let (Some(new), Some(created), Some(evicted)) = (new, created, evicted) else {
             return Err(bad("set cursor"));
         };
         if created == 1 {
-            inner.cursors_delta.fetch_add(1, Ordering::AcqRel);
+            inner.cursors_delta.fetch_add(1 - evicted, Ordering::AcqRel);
             let index = inner.keys.cursor_index(inner.keys.shard(Kind::User, user));
             let cmd = zadd_lt(&index, now, user);
             inner.run("index", cmd.query_async::<()>(&mut conn)).await?;

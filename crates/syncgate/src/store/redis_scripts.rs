@@ -101,8 +101,10 @@ if #x > 0 then minx = x[2] end
 return {removed, len, oldest, minx, more}
 "#;
 
-/// Moves a cursor forward. KEYS: cursor hash. ARGV: client, seq, now.
-/// Returns {new seq, 1 if the cursor was created}.
+/// Moves a cursor forward. KEYS: cursor hash. ARGV: client, seq, now, max devices.
+/// Returns {new seq, 1 if the cursor was created, cursors evicted}. Creating a cursor past
+/// the device limit forgets the least recently used ones (the hash holds at most the limit
+/// plus one, so the scan is bounded).
 pub(super) const SET_CURSOR: &str = r#"#!lua
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 local new = ARGV[2]
@@ -111,8 +113,21 @@ if cur then
   if #c > #new or (#c == #new and c > new) then new = c end
 end
 redis.call('HSET', KEYS[1], ARGV[1], new .. ':' .. ARGV[3])
-if cur then return {new, 0} end
-return {new, 1}
+if cur then return {new, 0, 0} end
+local max = tonumber(ARGV[4])
+local evicted = 0
+while redis.call('HLEN', KEYS[1]) > max do
+  local all = redis.call('HGETALL', KEYS[1])
+  local victim, oldest = nil, nil
+  for i = 1, #all, 2 do
+    local used = tonumber(string.match(all[i + 1], ':(%-?%d+)$'))
+    if all[i] ~= ARGV[1] and (oldest == nil or used < oldest) then victim, oldest = all[i], used end
+  end
+  if victim == nil then break end
+  redis.call('HDEL', KEYS[1], victim)
+  evicted = evicted + 1
+end
+return {new, 1, evicted}
 "#;
 
 /// Reads a cursor and refreshes its last use. KEYS: cursor hash. ARGV: client, now, touch_after.

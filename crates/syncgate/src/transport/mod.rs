@@ -113,11 +113,10 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
         }
     }
     // 5. Where the user stream starts for this connection.
-    let (cursor, resumed, trimmed) =
-        match start_position(&node, &claims.sub, client_id.as_deref(), query.since.as_deref()).await {
-            Ok(p) => p,
-            Err(e) => return refuse(&node, "bad_request", e),
-        };
+    let start = match node.streams.user_start(&claims.sub, client_id.as_deref(), query.since.as_deref()).await {
+        Ok(p) => p,
+        Err(e) => return refuse(&node, "bad_request", e),
+    };
     // 6. Admit, queue the welcome, answer 101.
     let conn_id = node.hub.next_conn_id();
     let conn = Arc::new(Conn::new(
@@ -126,7 +125,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
         client_id.as_deref().map(Into::into),
         claims.exp,
         node.cfg.limits.send_queue,
-        StreamPos::resume_from(cursor),
+        StreamPos::resume_from(start.cursor),
     ));
     let mut welcome = json!({
         "op": "welcome",
@@ -135,15 +134,15 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
         "client_id": client_id,
         "instance_id": node.instance_id,
         "heartbeat_ms": node.cfg.heartbeat.interval.as_millis() as u64,
-        "resumed": resumed,
+        "resumed": start.resumed,
         "epoch": node.epoch(),
-        "position": EventId::format(node.epoch(), StreamKey::User(&claims.sub), cursor),
+        "position": EventId::format(node.epoch(), StreamKey::User(&claims.sub), start.cursor),
     });
-    if trimmed > 0 {
+    if start.trimmed > 0 {
         welcome["partial"] = json!(true);
-        welcome["trimmed"] = json!(trimmed);
+        welcome["trimmed"] = json!(start.trimmed);
     }
-    conn.push(protocol::welcome(&welcome));
+    conn.reply(protocol::welcome(&welcome));
     if let Err(e) = node.hub.admit(conn.clone()) {
         let err = match e {
             AdmitError::NodeFull => Error::unavailable(e.to_string()),
@@ -171,41 +170,12 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
         let _ = stream.set_nodelay(true);
         let c = conn::Connection::new(stream, leftover, session, node.cfg.limits.max_frame_bytes);
         // A task of its own: the upgrade task ends here and frees what it captured, and the
-        // connection's task holds only the connection's state (about 0.8 KB).
-        tokio::spawn(c.run(node.hub.clone(), node.clone()));
+        // connection's task holds only the connection's state (about 0.8 KB). Tracked, so
+        // shutdown waits for it.
+        node.tasks.spawn(c.run(node.hub.clone(), node.clone()));
     };
     tokio::spawn(fut);
     switching_protocols(&key)
-}
-
-/// Resolves (cursor, resumed count, trimmed count) for a new connection.
-async fn start_position(
-    node: &Node,
-    user: &str,
-    client_id: Option<&str>,
-    since: Option<&str>,
-) -> Result<(u64, u64, u64), Error> {
-    let head = node.store.read_user(user, u64::MAX, 0).await?;
-    let cursor = match (since, client_id) {
-        (Some(s), _) => {
-            let seq = EventId::parse(s, node.epoch(), StreamKey::User(user))?;
-            if seq > head.head {
-                return Err(Error::invalid(format!("since {s:?} is ahead of this user's stream")));
-            }
-            seq
-        }
-        (None, Some(cid)) => match node.store.cursor(user, cid).await? {
-            Some(c) => c.min(head.head),
-            // A device seen for the first time starts at the head; remember that now, so
-            // what is published while it is offline later is kept for it.
-            None => node.store.set_cursor(user, cid, head.head).await?,
-        },
-        (None, None) => head.head,
-    };
-    let oldest = head.first.saturating_sub(1);
-    let trimmed = oldest.saturating_sub(cursor);
-    let resumed = head.head.saturating_sub(cursor.max(oldest));
-    Ok((cursor, resumed, trimmed))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {

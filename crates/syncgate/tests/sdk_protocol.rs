@@ -1,13 +1,13 @@
-//! The `refresh` op: a connection renews its token in place before `exp`; a token for
-//! another user is refused with forbidden and changes nothing; a connection whose token
-//! expires unrenewed is closed with 4001.
+//! Protocol points the client SDKs rely on: a refused `refresh` (another user, a bad or
+//! missing token) changes nothing, so the old expiry still closes with 4001; a join reply's
+//! `position` is a valid `since` (the SDKs' first room checkpoint).
 
 mod common;
 
 use common::*;
 use serde_json::json;
 use std::time::Duration;
-use syncgate_client::{Device, DeviceOptions, Frame};
+use syncgate_client::{Device, DeviceOptions};
 
 /// Sweeps every 500 ms (the heartbeat interval) with no leeway, so expiry is seen quickly.
 async fn fast_sweep() -> TestServer {
@@ -21,22 +21,6 @@ async fn fast_sweep() -> TestServer {
 
 fn mint(s: &TestServer, user: &str, ttl_s: u64) -> String {
     s.node.auth.mint(user, &[], Duration::from_secs(ttl_s), None).expect("mint")
-}
-
-#[tokio::test]
-async fn refresh_renews_the_token_and_the_connection_outlives_the_old_exp() {
-    let s = fast_sweep().await;
-    let (mut d, _) = Device::connect(&s.base, DeviceOptions::new(mint(&s, "ana", 2))).await.expect("connects");
-    let fresh = mint(&s, "ana", 3600);
-    let want_exp = syncgate::auth::unix_now() + 3600;
-    let reply =
-        d.request(json!({"op": "refresh", "token": fresh}), T).await.expect("reply").expect_reply().expect("ok");
-    let exp = reply.rest["exp"].as_u64().expect("exp in the reply");
-    assert!(exp >= want_exp - 5 && exp <= want_exp + 5, "exp {exp} vs {want_exp}");
-    // Past the first token's exp the connection still works.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(matches!(d.ping().await.expect("still open"), Frame::Pong { .. }));
-    s.stop().await;
 }
 
 #[tokio::test]
@@ -57,10 +41,17 @@ async fn refresh_for_another_user_or_with_a_bad_token_is_refused_and_changes_not
 }
 
 #[tokio::test]
-async fn an_unrenewed_token_closes_the_connection_with_4001() {
-    let s = fast_sweep().await;
-    let (mut d, _) = Device::connect(&s.base, DeviceOptions::new(mint(&s, "ana", 1))).await.expect("connects");
-    let code = d.wait_closed(Duration::from_secs(15)).await.expect("closed");
-    assert_eq!(code, Some(4001));
+async fn a_join_reply_carries_its_position_and_a_rejoin_from_it_gets_what_came_meanwhile() {
+    let s = TestServer::start().await;
+    let (mut d, _) = s.device("ana", &["club"]).await;
+    let r = d.join("club", None).await.expect("reply").expect_reply().expect("ok");
+    let position = r.rest["position"].as_str().expect("position in the join reply").to_string();
+    d.close(1000).await.expect("closed");
+    let a = s.api.publish_room("club", json!({"type": "m", "data": 1})).await.expect("publish");
+    assert_eq!(a.status, 202);
+    let (mut d, _) = s.device("ana", &["club"]).await;
+    let r = d.join("club", Some(&position)).await.expect("reply").expect_reply().expect("ok");
+    assert_eq!(r.rest["resumed"], 1);
+    assert_eq!(d.next_event(T).await.expect("replayed").id, a.body["id"].as_str().expect("id"));
     s.stop().await;
 }
