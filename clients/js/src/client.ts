@@ -25,6 +25,7 @@ export interface SyncEvent<T = unknown> {
   type: string;
   data: T;
   ts: number;
+  /** `high` or `low` when published with that priority; absent for `normal`. */
   priority?: "high" | "normal" | "low";
 }
 

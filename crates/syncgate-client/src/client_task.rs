@@ -241,6 +241,8 @@ impl Task {
                             if self.events.send((gen, ev)).await.is_err() {
                                 break End::Stop; // the Client was dropped
                             }
+                            // Waiting on a slow application is not silence from the server.
+                            last_heard = Instant::now();
                         }
                         Ok(Frame::Reply(r)) => {
                             if let Some(p) = r.reference.clone().and_then(|x| pending.remove(&x)) {
