@@ -262,3 +262,38 @@ test("backoff bounds hold for real reconnects while the server is down", async (
     assert.ok(gap >= 190, `attempts ${gap} ms apart, below minReconnectDelayMs`);
   }
 });
+
+test("an event is acked only after its handler's promise resolved", async (t) => {
+  const user = uniqueUser();
+  const d = device(t, user, { record: false });
+  let release;
+  const gate = new Promise((r) => (release = r));
+  const handled = [];
+  d.c.on("event", async (ev) => {
+    await gate;
+    handled.push(ev.id);
+  });
+  await d.c.connect();
+  const id = await server.publish(user, "fav.added", {});
+  const count = async () => (await server.api("GET", `/api/v1/offline/count?user_id=${user}&client_id=dev-1`)).body.count;
+  await sleep(800); // several ack periods
+  assert.equal(await count(), 1, "not acked while the handler is pending");
+  release();
+  await waitFor(async () => (await count()) === 0, "acked after the handler resolved");
+  assert.deepEqual(handled, [id]);
+});
+
+test("1001 (node shutting down) reconnects at once, not after the backoff", async (t) => {
+  const user = uniqueUser();
+  const d = device(t, user, { minReconnectDelayMs: 4000, maxReconnectDelayMs: 4000 });
+  await d.c.connect();
+  const stamps = [];
+  d.c.on("state", (s) => stamps.push([s, Date.now()]));
+  await server.kill("SIGTERM"); // graceful: connections are closed with 1001
+  await waitFor(() => stamps.some(([s]) => s === "connecting"), "a reconnect attempt");
+  const down = stamps.find(([s]) => s === "disconnected")[1];
+  const retry = stamps.find(([s]) => s === "connecting")[1];
+  assert.ok(retry - down < 2000, `first attempt ${retry - down} ms after the 1001 (backoff would be 4000)`);
+  await server.spawn();
+  await waitFor(() => d.c.state === "connected", "reconnected to the restarted node");
+});
