@@ -20,4 +20,4 @@ source scripts/lib/ensure-chromium.sh
 cd clients/js
 npm ci --no-audit --no-fund --loglevel=error
 npm run build
-node --test --test-concurrency=1 test/*.test.mjs
+node --test --test-concurrency=1 --test-timeout=90000 test/*.test.mjs

@@ -127,6 +127,7 @@ export class Client {
   private ackCount = 0;
   private token: { value: string; exp?: number } | null = null;
   private renewToken = false;
+  private badCheckpoint = false;
   private readonly timers: { retry?: unknown; ping?: unknown; ack?: unknown; refresh?: unknown } = {};
   private waiters: Array<{ resolve: (w: Welcome) => void; reject: (e: SyncgateError) => void }> = [];
   private _welcome: Welcome | null = null;
@@ -239,9 +240,10 @@ export class Client {
     this.setState("connecting");
     const gen = ++this.gen;
     let ws: Sock;
+    let url: URL;
     try {
       const token = await this.currentToken();
-      const url = new URL(this.opts.url);
+      url = new URL(this.opts.url);
       url.searchParams.set("token", token);
       if (this.opts.clientId) url.searchParams.set("client_id", this.opts.clientId);
       const since = await this.storage.getItem(this.key("user"));
@@ -263,8 +265,12 @@ export class Client {
     ws.onclose = (c: { code?: number; reason?: string }) => {
       if (gen === this.gen) this.afterClose(gen, c.code ?? 1006, c.reason);
     };
-    ws.onerror = () => {
-      /* followed by a close */
+    ws.onerror = (e: { message?: string }) => {
+      // Followed by a close. Node's `ws` tells the HTTP status of a refused upgrade (browsers
+      // do not): a 400 with `since` means the checkpoint is unusable (another store epoch).
+      if (gen === this.gen && /server response: 400/.test(String(e?.message)) && url.searchParams.has("since")) {
+        this.badCheckpoint = true;
+      }
     };
   }
 
@@ -300,6 +306,12 @@ export class Client {
     this.setState("disconnected");
     if (this.stopped || this.offline) return;
     if (typeof this.opts.token === "function" && (code === 4001 || !wasWelcomed)) this.renewToken = true;
+    if (this.badCheckpoint) {
+      this.badCheckpoint = false;
+      // Resume from the server's cursor for this client id instead.
+      const key = this.key("user");
+      void (this.storage.removeItem ? this.storage.removeItem(key) : this.storage.setItem(key, ""));
+    }
     let delay: number;
     if (code === 1001 || code === 4001) {
       delay = 0; // node shutting down: reconnect elsewhere at once; token expired: new token now

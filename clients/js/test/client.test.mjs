@@ -3,6 +3,7 @@
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
 import { Client, MemoryStorage, SyncgateError, backoffDelay } from "../dist/index.js";
+import { rmSync } from "node:fs";
 import { Server, mint, waitFor, sleep } from "./helpers.mjs";
 
 const FAST = {
@@ -296,4 +297,21 @@ test("1001 (node shutting down) reconnects at once, not after the backoff", asyn
   assert.ok(retry - down < 2000, `first attempt ${retry - down} ms after the 1001 (backoff would be 4000)`);
   await server.spawn();
   await waitFor(() => d.c.state === "connected", "reconnected to the restarted node");
+});
+
+test("Node: a checkpoint of another store epoch (store reset) is dropped, and the client connects", async (t) => {
+  const user = uniqueUser();
+  const storage = new MemoryStorage();
+  const first = device(t, user, { storage });
+  await first.c.connect();
+  await server.publish(user, "fav.added", {});
+  await waitFor(() => first.got.length === 1, "one event");
+  first.c.close();
+  await server.kill("SIGKILL");
+  rmSync(server.dir, { recursive: true, force: true }); // a new store: a new epoch
+  await server.spawn();
+  const again = device(t, user, { storage });
+  await again.c.connect();
+  const id = await server.publish(user, "fav.added", { after: "reset" });
+  await waitFor(() => again.got.some((e) => e.id === id), "delivering after the reset");
 });
