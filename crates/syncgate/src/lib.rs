@@ -19,6 +19,8 @@
 //! - [`event`]: the unit of fan-out, protocol-neutral, encoded lazily once per encoding.
 //! - [`broker`]: fan-out between nodes (`Broker` trait; in-memory for one node).
 //! - [`presence`]: who is online and in which rooms, across the deployment.
+//! - [`redis_conn`]: the shared connection to Redis (standalone, Cluster or Sentinel) for
+//!   the store, the broker and presence in cluster mode.
 //! - [`store`]: durable user streams, room history, cursors, idempotency (`Store` trait;
 //!   embedded redb for one node).
 //! - [`auth`], [`limits`], [`metrics`], [`config`], [`error`], [`close`]: the cross-cutting
@@ -37,6 +39,7 @@ pub mod metrics;
 pub mod node;
 pub mod presence;
 pub mod protocol;
+pub mod redis_conn;
 pub mod server;
 pub mod session;
 pub mod store;

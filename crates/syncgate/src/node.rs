@@ -13,10 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use std::collections::HashSet;
-
 use bytes::Bytes;
-use parking_lot::Mutex;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
@@ -48,19 +45,6 @@ pub struct Node {
     pub tasks: TaskTracker,
     shutting_down: AtomicBool,
     transient: AtomicU64,
-    inflight: Mutex<HashSet<String>>,
-}
-
-/// Holds an Idempotency-Key while its request runs; released on drop.
-pub struct InflightGuard<'a> {
-    node: &'a Node,
-    key: String,
-}
-
-impl Drop for InflightGuard<'_> {
-    fn drop(&mut self) {
-        self.node.inflight.lock().remove(&self.key);
-    }
 }
 
 /// The swappable parts of a node: embedded or Redis.
@@ -113,13 +97,7 @@ impl Node {
             tasks: TaskTracker::new(),
             shutting_down: AtomicBool::new(false),
             transient: AtomicU64::new(0),
-            inflight: Mutex::new(HashSet::new()),
         }
-    }
-
-    /// Marks an idempotency key as in flight; None if it already is.
-    pub fn idempotency_inflight(&self, key: &str) -> Option<InflightGuard<'_>> {
-        self.inflight.lock().insert(key.to_string()).then(|| InflightGuard { node: self, key: key.to_string() })
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -191,7 +169,7 @@ impl Node {
             for (user, seq) in users.iter().zip(seqs) {
                 let id = EventId::format(self.epoch(), StreamKey::User(user), seq);
                 let target = Target::User(user.as_str().into());
-                self.fan_out(Envelope::new(target, Some(seq), event(id.clone()), msg.except)).await;
+                self.fan_out(Envelope::new(target, Some(seq), event(id.clone()), msg.except)).await.ok();
                 ids.push(id);
             }
         } else {
@@ -200,7 +178,7 @@ impl Node {
             let ev = event(id.clone());
             for user in users {
                 let target = Target::User(user.as_str().into());
-                self.fan_out(Envelope::new(target, None, ev.clone(), msg.except)).await;
+                self.fan_out(Envelope::new(target, None, ev.clone(), msg.except)).await?;
                 ids.push(id.clone());
             }
         }
@@ -225,7 +203,10 @@ impl Node {
         };
         let name: Arc<str> = room.into();
         let ev = Event::new(id.clone(), StreamName::Room(name.clone()), msg.kind, msg.data, ts, msg.priority);
-        self.fan_out(Envelope::new(Target::Room(name), seq, Arc::new(ev), msg.except)).await;
+        let sent = self.fan_out(Envelope::new(Target::Room(name), seq, Arc::new(ev), msg.except)).await;
+        if seq.is_none() {
+            sent?;
+        }
         Ok(id)
     }
 
@@ -233,24 +214,32 @@ impl Node {
     pub async fn broadcast(&self, msg: Message<'_>) -> Result<String> {
         let id = self.transient_id();
         let ev = Event::new(id.clone(), StreamName::Broadcast, msg.kind, msg.data, now_ms(), msg.priority);
-        self.fan_out(Envelope::new(Target::All, None, Arc::new(ev), None)).await;
+        self.fan_out(Envelope::new(Target::All, None, Arc::new(ev), None)).await?;
         Ok(id)
     }
 
     /// Closes every connection of a user, on every node. Returns the local count.
-    pub async fn disconnect_user(&self, user: &str) -> usize {
+    pub async fn disconnect_user(&self, user: &str) -> Result<usize> {
         self.fan_out(Envelope::disconnect(user.into())).await
     }
 
-    async fn fan_out(&self, env: Envelope) -> usize {
-        match self.broker.publish(env).await {
-            Ok(n) => n,
-            Err(e) => {
-                // Persisted messages are already stored: devices get them on catch-up.
-                tracing::warn!(error = %e, "broker publish failed");
-                0
-            }
-        }
+    /// Hands an envelope to the broker. An error (503) means the other nodes did not get it;
+    /// every such failure is counted by what was published. Callers ignore the error of a
+    /// persisted message (answered 202): the store has it, and connected devices read it
+    /// from the store when their subscription comes back (`Resubscribed`) or the next
+    /// message shows the gap; a 503 would make the caller retry and store it twice.
+    async fn fan_out(&self, env: Envelope) -> Result<usize> {
+        let kind = match (&env.target, env.seq) {
+            (Target::Disconnect(_), _) => "disconnect",
+            (Target::All, _) => "broadcast",
+            (_, Some(_)) => "persisted",
+            (_, None) => "transient",
+        };
+        self.broker.publish(env).await.map_err(|e| {
+            tracing::warn!(error = %e, kind, "broker publish failed");
+            self.metrics.dependency_failures.get_or_create(&KindLabels { kind }).inc();
+            e.into()
+        })
     }
 
     pub fn count_in(&self, source: &'static str, n: u64) {

@@ -133,6 +133,8 @@ async fn cluster(
     opts.max_len = cfg.store.max_stream_len;
     opts.room_max_len = cfg.rooms.history_size;
     opts.idempotency_ttl = cfg.store.idempotency_ttl;
+    opts.wait_replicas = r.wait_replicas;
+    opts.wait_timeout = r.wait_timeout;
     let store = RedisStore::connect(opts).await?;
     let mut bopts = RedisBrokerOptions::new(&r.url);
     bopts.mode = r.mode;

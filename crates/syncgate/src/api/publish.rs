@@ -18,7 +18,7 @@ use super::error::ApiResult;
 use super::extract::{ApiKey, JsonBody};
 use crate::error::{Code, Error};
 use crate::node::{Message, Node};
-use crate::store::IdemRecord;
+use crate::store::{IdemRecord, Store};
 
 /// Message priority: carried in live event frames (`"priority"`, written when not normal);
 /// delivery order is per stream regardless.
@@ -138,36 +138,83 @@ where
         .ok_or_else(|| Error::invalid("Idempotency-Key must be 1 to 255 visible ASCII characters"))?;
     let scope = format!("{}:{}:{}", key.fingerprint, route, idem);
     let hash = request_hash(route, raw);
-    if let Some(rec) = node.store.idem_get(&scope).await? {
-        return replay(rec, hash);
+    let echo = HeaderValue::from_str(idem).unwrap_or(HeaderValue::from_static(""));
+    // Claimed in the store, so exactly one of concurrent same-key requests runs, on any node.
+    if let Some(rec) = node.store.idem_claim(&scope, hash, node.cfg.store.idempotency_lease).await? {
+        return replay(rec, hash, echo);
     }
-    let _guard = node.idempotency_inflight(&scope).ok_or_else(|| {
-        Error::new(Code::IdempotencyConflict, "a request with this Idempotency-Key is still in progress")
-    })?;
-    // Checked again under the in-flight guard: a twin may have finished meanwhile.
-    if let Some(rec) = node.store.idem_get(&scope).await? {
-        return replay(rec, hash);
-    }
-    let body = publish.await?;
+    let claim = Claim { node: node.store.clone(), scope: Some(scope) };
+    let body = match publish.await {
+        Ok(body) => body,
+        Err(e) => {
+            // A failed answer is not remembered: the caller may retry with the same key.
+            claim.release().await;
+            return Err(e);
+        }
+    };
     let bytes = Bytes::from(body.to_string());
     let record = IdemRecord { request_hash: hash, status: StatusCode::ACCEPTED.as_u16(), body: bytes.clone() };
-    if let Err(e) = node.store.idem_put(&scope, record).await {
+    if let Err(e) = claim.answer(record).await {
         tracing::warn!(error = %e, "could not store idempotency key");
     }
     let mut resp = (StatusCode::ACCEPTED, [("content-type", "application/json")], bytes).into_response();
-    resp.headers_mut().insert("idempotency-key", HeaderValue::from_str(idem).unwrap_or(HeaderValue::from_static("")));
+    resp.headers_mut().insert("idempotency-key", echo);
     Ok(resp)
 }
 
-fn replay(rec: IdemRecord, hash: u64) -> ApiResult<Response> {
+/// A claimed Idempotency-Key: answered, released, or (request dropped midway, e.g. the
+/// client went away) released in the background.
+struct Claim {
+    node: Arc<dyn Store>,
+    scope: Option<String>,
+}
+
+impl Claim {
+    async fn answer(mut self, record: IdemRecord) -> Result<(), crate::store::StoreError> {
+        let Some(scope) = self.scope.take() else { return Ok(()) };
+        self.node.idem_put(&scope, record).await.map(|_| ())
+    }
+
+    async fn release(mut self) {
+        if let Some(scope) = self.scope.take() {
+            if let Err(e) = self.node.idem_release(&scope).await {
+                tracing::warn!(error = %e, "could not release an idempotency claim (it expires with its lease)");
+            }
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(scope) = self.scope.take() {
+            let store = self.node.clone();
+            tokio::spawn(async move {
+                let _ = store.idem_release(&scope).await;
+            });
+        }
+    }
+}
+
+fn replay(rec: IdemRecord, hash: u64, echo: HeaderValue) -> ApiResult<Response> {
     if rec.request_hash != hash {
         return Err(
             Error::new(Code::IdempotencyConflict, "this Idempotency-Key was used with another request body").into()
         );
     }
+    if rec.status == 0 {
+        let mut resp = super::error::ApiError::from(Error::new(
+            Code::IdempotencyConflict,
+            "a request with this Idempotency-Key is still in progress; retry to get its answer",
+        ))
+        .into_response();
+        resp.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+        resp.headers_mut().insert("idempotency-key", echo);
+        return Ok(resp);
+    }
     let status = StatusCode::from_u16(rec.status).unwrap_or(StatusCode::ACCEPTED);
     let mut resp = (status, [("content-type", "application/json")], rec.body).into_response();
     resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    resp.headers_mut().insert("idempotency-key", echo);
     Ok(resp)
 }
 
@@ -234,7 +281,7 @@ pub async fn batch(
 
 #[utoipa::path(post, path = "/api/v1/events/broadcast", tag = "publish", request_body = BroadcastEvent,
     params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe publishing")),
-    responses((status = 202, description = "accepted; body {\"id\"}"), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429)))]
+    responses((status = 202, description = "accepted; body {\"id\"}"), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429), (status = 503)))]
 pub async fn broadcast(
     State(node): State<Arc<Node>>,
     key: ApiKey,

@@ -88,14 +88,14 @@ pub async fn user_online(
 }
 
 #[utoipa::path(post, path = "/api/v1/users/{user_id}/disconnect", tag = "users", params(("user_id" = String, Path)),
-    responses((status = 200, description = "{\"disconnected\":n}"), (status = 401)))]
+    responses((status = 200, description = "{\"disconnected\":n}"), (status = 401), (status = 503, description = "the broker cannot reach the other nodes")))]
 pub async fn disconnect(
     State(node): State<Arc<Node>>,
     _key: ApiKey,
     Path(user): Path<String>,
 ) -> ApiResult<Json<Value>> {
     node.check_name("user_id", &user)?;
-    let n = node.disconnect_user(&user).await;
+    let n = node.disconnect_user(&user).await?;
     Ok(Json(json!({"disconnected": n})))
 }
 

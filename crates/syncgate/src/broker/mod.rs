@@ -86,6 +86,12 @@ pub enum BrokerError {
     Unavailable(String),
 }
 
+impl From<BrokerError> for crate::error::Error {
+    fn from(e: BrokerError) -> Self {
+        crate::error::Error::unavailable(e.to_string())
+    }
+}
+
 /// Counters for GET /api/v1/stats/pubsub.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct BrokerStats {
@@ -111,7 +117,8 @@ pub enum Interest {
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Publishes an envelope to every node (this one included). Returns the number of
-    /// deliveries made on this node.
+    /// deliveries made on this node, or an error when the envelope could not be handed to
+    /// the other nodes (local deliveries may have happened anyway).
     async fn publish(&self, envelope: Envelope) -> Result<usize, BrokerError>;
 
     /// Counters since start.

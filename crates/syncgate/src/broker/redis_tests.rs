@@ -263,10 +263,11 @@ async fn reconnects_and_resubscribes_after_redis_restarts() {
     wait_for("A not ready", || !a.broker.is_ready()).await;
     wait_for("B not ready", || !b.broker.is_ready()).await;
     // Published during the outage: lost for pub/sub (a persisted one would be read from the
-    // store on the next gap), counted as failed, and still delivered locally.
+    // store on the next gap), an error (the other nodes got nothing), counted as failed, and
+    // still delivered locally.
     let local = connect(&b, "dave");
-    let n = b.broker.publish(env(Target::User("dave".into()), None, "local only")).await.unwrap();
-    assert_eq!(n, 1);
+    let r = b.broker.publish(env(Target::User("dave".into()), None, "local only")).await;
+    assert!(r.is_err(), "a publish that reached no other node is an error");
     assert_eq!(frames(&local, 1).await, vec![frame("local only")]);
     assert!(b.broker.stats().failed >= 1);
     // Interest that appears during the outage is subscribed after it.

@@ -46,6 +46,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub redis: RedisConfig,
     pub log: LogConfig,
+    pub compression: CompressionConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -125,6 +126,17 @@ pub struct Limits {
     pub max_batch_users: usize,
     pub max_page: usize,
     pub max_devices_per_user: usize,
+    /// What the per-user connection limit does when presence cannot be read.
+    pub presence_failure: PresenceFailure,
+}
+
+/// `limits.presence_failure`: refuse (503) or admit when the deployment-wide count is unknown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceFailure {
+    #[default]
+    Closed,
+    Open,
 }
 
 impl Default for Limits {
@@ -140,6 +152,7 @@ impl Default for Limits {
             max_batch_users: 10_000,
             max_page: 1000,
             max_devices_per_user: 50,
+            presence_failure: PresenceFailure::Closed,
         }
     }
 }
@@ -222,6 +235,9 @@ pub struct StoreConfig {
     pub cursor_ttl: Duration,
     #[serde(with = "duration")]
     pub idempotency_ttl: Duration,
+    /// How long a claimed Idempotency-Key stays in flight if its request never finishes.
+    #[serde(with = "duration")]
+    pub idempotency_lease: Duration,
     #[serde(with = "duration")]
     pub sweep_interval: Duration,
 }
@@ -235,6 +251,7 @@ impl Default for StoreConfig {
             max_stream_len: 10_000,
             cursor_ttl: Duration::from_secs(30 * DAY),
             idempotency_ttl: Duration::from_secs(DAY),
+            idempotency_lease: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(60),
         }
     }
@@ -248,6 +265,11 @@ pub struct RedisConfig {
     pub key_prefix: String,
     #[serde(with = "duration")]
     pub presence_ttl: Duration,
+    /// Replicas that must have a persisted publish before it is answered (`WAIT`); 0: none.
+    pub wait_replicas: u32,
+    /// How long that `WAIT` may take before the publish is answered 503.
+    #[serde(with = "duration")]
+    pub wait_timeout: Duration,
 }
 
 impl Default for RedisConfig {
@@ -257,6 +279,8 @@ impl Default for RedisConfig {
             mode: Default::default(),
             key_prefix: "sg".into(),
             presence_ttl: Duration::from_secs(30),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -271,6 +295,21 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig { level: "info".into(), format: LogFormat::Json }
+    }
+}
+
+/// permessage-deflate (RFC 7692) on WebSocket connections whose client offers it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompressionConfig {
+    pub enabled: bool,
+    pub min_bytes: usize,
+    pub level: u32,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        CompressionConfig { enabled: true, min_bytes: 1024, level: 1 }
     }
 }
 
@@ -395,14 +434,29 @@ impl Config {
             return key("auth.api_keys", "every API key must have at least 8 characters".into());
         }
         let url = &self.redis.url;
-        if !url.is_empty() && !url.starts_with("redis://") && !url.starts_with("rediss://") {
-            return key("redis.url", "must start with redis:// or rediss://".into());
+        if !url.is_empty()
+            && !url.starts_with("redis://")
+            && !url.starts_with("rediss://")
+            && !crate::redis_conn::sentinel::SentinelSpec::matches(url)
+        {
+            return key(
+                "redis.url",
+                "must start with redis://, rediss://, redis+sentinel:// or rediss+sentinel://".into(),
+            );
+        }
+        if crate::redis_conn::sentinel::SentinelSpec::matches(url) {
+            if let Err(e) = crate::redis_conn::sentinel::SentinelSpec::parse(url, Duration::from_secs(1)) {
+                return key("redis.url", e.to_string());
+            }
         }
         if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(char::is_whitespace) {
             return key("redis.key_prefix", "must be a non-empty word".into());
         }
         if self.redis.presence_ttl < Duration::from_secs(3) {
             return key("redis.presence_ttl", "must be at least 3s".into());
+        }
+        if self.compression.level > 9 {
+            return key("compression.level", "must be 0 (no compression) to 9 (smallest)".into());
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return key("log.level", format!("{e}"));
@@ -535,6 +589,16 @@ mod tests {
         assert!(e.contains("limits.max_frame_bytes"), "{e}");
         let e = Config::load_from(None, env(&[("SYNCGATE_NOPE", "1")])).unwrap_err().to_string();
         assert!(e.contains("SYNCGATE_NOPE"), "{e}");
+    }
+
+    #[test]
+    fn compression_keys_are_read_and_checked() {
+        let c = Config::load_from(None, env(&[("SYNCGATE_COMPRESSION__ENABLED", "false")])).unwrap();
+        assert!(!c.compression.enabled);
+        let c = Config::from_yaml("compression:\n  min_bytes: 0\n  level: 9\n").unwrap();
+        assert_eq!((c.compression.min_bytes, c.compression.level), (0, 9));
+        let e = Config::from_yaml("compression:\n  level: 10\n").unwrap_err().to_string();
+        assert!(e.contains("compression.level"), "{e}");
     }
 
     #[test]

@@ -44,7 +44,19 @@ pub struct Hub {
     started: Instant,
     metrics: Arc<Metrics>,
     interest: OnceLock<InterestSink>,
+    changes: OnceLock<ChangeSink>,
 }
+
+/// A user's connection count or a room's membership changed on this node (every change,
+/// not only the first and last), for presence to write through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    User(Arc<str>),
+    Room(Arc<str>),
+}
+
+/// Receives `Changed` notices; called synchronously, must not block.
+pub type ChangeSink = Box<dyn Fn(Changed) + Send + Sync>;
 
 impl Hub {
     pub fn new(max_connections: usize, max_per_user: usize, metrics: Arc<Metrics>) -> Self {
@@ -59,12 +71,24 @@ impl Hub {
             started: Instant::now(),
             metrics,
             interest: OnceLock::new(),
+            changes: OnceLock::new(),
         }
     }
 
     /// Sets where interest changes go (the cluster broker). Can be set once.
     pub fn set_interest_sink(&self, sink: InterestSink) {
         let _ = self.interest.set(sink);
+    }
+
+    /// Sets where every presence change goes (cluster presence). Can be set once.
+    pub fn set_change_sink(&self, sink: ChangeSink) {
+        let _ = self.changes.set(sink);
+    }
+
+    fn changed(&self, what: Changed) {
+        if let Some(sink) = self.changes.get() {
+            sink(what);
+        }
     }
 
     fn report(&self, change: Interest) {
@@ -128,6 +152,7 @@ impl Hub {
             if list.len() == 1 {
                 self.report(Interest::UserOn(conn.user.clone()));
             }
+            self.changed(Changed::User(conn.user.clone()));
         }
         conn.touch(self.clock());
         self.conns.insert(conn.id, conn);
@@ -151,6 +176,7 @@ impl Hub {
                 users.remove(&conn.user);
                 self.report(Interest::UserOff(conn.user.clone()));
             }
+            self.changed(Changed::User(conn.user.clone()));
         }
         drop(users);
         self.count.fetch_sub(1, Ordering::AcqRel);
@@ -166,8 +192,10 @@ impl Hub {
         let mut members = self.rooms.entry(name.clone()).or_default();
         members.insert(conn.id, conn.clone());
         if members.len() == 1 {
-            self.report(Interest::RoomOn(name));
+            self.report(Interest::RoomOn(name.clone()));
         }
+        drop(members);
+        self.changed(Changed::Room(name));
         true
     }
 
@@ -187,6 +215,7 @@ impl Hub {
         }) {
             self.report(Interest::RoomOff(name));
         }
+        self.changed(Changed::Room(room.into()));
     }
 
     fn count_offer(&self, r: Offer) -> usize {

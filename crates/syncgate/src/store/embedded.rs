@@ -493,7 +493,20 @@ impl Store for EmbeddedStore {
 
     async fn idem_put(&self, key: &str, record: IdemRecord) -> StoreResult<Option<IdemRecord>> {
         let (key, ttl_ms, now) = (key.to_string(), self.idem_ttl_ms.load(Ordering::Relaxed), now_ms());
-        self.write(|reply| Req::IdemPut { key, record, now, ttl_ms, reply }).await
+        self.write(|reply| Req::IdemPut { key, record, now, created: now, ttl_ms, reply }).await
+    }
+
+    async fn idem_claim(&self, key: &str, request_hash: u64, lease: Duration) -> StoreResult<Option<IdemRecord>> {
+        let (key, ttl_ms, now) = (key.to_string(), self.idem_ttl_ms.load(Ordering::Relaxed), now_ms());
+        // Back-dated so that the record's ordinary expiry (created + ttl) ends the lease.
+        let created = now.saturating_sub(ttl_ms).saturating_add(ms(lease).max(1));
+        let record = IdemRecord { request_hash, status: 0, body: Bytes::new() };
+        self.write(|reply| Req::IdemPut { key, record, now, created, ttl_ms, reply }).await
+    }
+
+    async fn idem_release(&self, key: &str) -> StoreResult<()> {
+        let key = key.to_string();
+        self.write(|reply| Req::IdemRelease { key, reply }).await.map(|_| ())
     }
 
     async fn stats(&self) -> StoreResult<StoreStats> {

@@ -267,6 +267,29 @@ async fn cursor_read_touches_last_used() {
 }
 
 #[tokio::test]
+async fn idempotency_claims_hold_a_key_until_answered_released_or_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let lease = Duration::from_secs(30);
+    assert_eq!(s.idem_claim("k", 42, lease).await.unwrap(), None, "the first claim wins");
+    let held = s.idem_claim("k", 42, lease).await.unwrap().expect("the key is held");
+    assert_eq!((held.request_hash, held.status), (42, 0), "in flight");
+    // The answer replaces the claim; later claims get the answer.
+    let answer = IdemRecord { request_hash: 42, status: 202, body: Bytes::from_static(b"{\"id\":\"e.1\"}") };
+    assert_eq!(s.idem_put("k", answer.clone()).await.unwrap(), None);
+    assert_eq!(s.idem_claim("k", 42, lease).await.unwrap(), Some(answer.clone()));
+    s.idem_release("k").await.unwrap();
+    assert_eq!(s.idem_get("k").await.unwrap(), Some(answer), "release keeps an answer");
+    // A released claim frees the key at once; an abandoned one after its lease.
+    assert_eq!(s.idem_claim("f", 1, lease).await.unwrap(), None);
+    s.idem_release("f").await.unwrap();
+    assert_eq!(s.idem_claim("f", 1, Duration::from_millis(50)).await.unwrap(), None);
+    assert!(s.idem_claim("f", 1, lease).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert_eq!(s.idem_claim("f", 1, lease).await.unwrap(), None, "the lease expired");
+}
+
+#[tokio::test]
 async fn idempotency_first_writer_wins_and_expires() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());

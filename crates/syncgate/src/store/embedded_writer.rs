@@ -44,11 +44,19 @@ pub(super) enum Req {
         client: String,
         now: i64,
     },
+    /// Stores `record` as created at `created` (a claim is back-dated so it lives only for
+    /// its lease), unless a live record exists; an answer replaces a live claim.
     IdemPut {
         key: String,
         record: IdemRecord,
         now: i64,
+        created: i64,
         ttl_ms: i64,
+        reply: Tx<Option<IdemRecord>>,
+    },
+    /// Removes a claim (status 0); keeps an answer.
+    IdemRelease {
+        key: String,
         reply: Tx<Option<IdemRecord>>,
     },
     Sweep(SweepOp, Tx<(u64, bool)>),
@@ -88,7 +96,9 @@ impl Req {
             Req::AppendRoom(_, tx) | Req::SetCursor { reply: tx, .. } => {
                 send(tx, r, |a| if let Answer::Seq(v) = a { Some(v) } else { None })
             }
-            Req::IdemPut { reply, .. } => send(reply, r, |a| if let Answer::Idem(v) = a { Some(v) } else { None }),
+            Req::IdemPut { reply, .. } | Req::IdemRelease { reply, .. } => {
+                send(reply, r, |a| if let Answer::Idem(v) = a { Some(v) } else { None })
+            }
             Req::Sweep(_, tx) => send(tx, r, |a| if let Answer::Swept(n, m) = a { Some((n, m)) } else { None }),
             Req::Close(tx) => send(tx, r, |_| Some(())),
             #[cfg(test)]
@@ -346,16 +356,29 @@ impl<'t> Tables<'t> {
                 }
                 Answer::Done
             }
-            Req::IdemPut { key, record, now, ttl_ms, .. } => {
+            Req::IdemPut { key, record, now, created: new_created, ttl_ms, .. } => {
                 let old = self.idem.get(key.as_str()).ctx("read idempotency")?.map(|g| decode_idem(g.value()));
                 if let Some((created, rec)) = old.transpose()? {
-                    if created.saturating_add(*ttl_ms) > *now {
+                    let answers_claim = rec.status == 0 && record.status != 0;
+                    if created.saturating_add(*ttl_ms) > *now && !answers_claim {
                         return Ok(Answer::Idem(Some(rec)));
                     }
                     self.idem_time.remove((created, key.as_str())).ctx("delete idempotency index")?;
                 }
-                self.idem.insert(key.as_str(), encode_idem(*now, record).as_slice()).ctx("write idempotency")?;
-                self.idem_time.insert((*now, key.as_str()), ()).ctx("write idempotency index")?;
+                self.idem
+                    .insert(key.as_str(), encode_idem(*new_created, record).as_slice())
+                    .ctx("write idempotency")?;
+                self.idem_time.insert((*new_created, key.as_str()), ()).ctx("write idempotency index")?;
+                Answer::Idem(None)
+            }
+            Req::IdemRelease { key, .. } => {
+                let old = self.idem.get(key.as_str()).ctx("read idempotency")?.map(|g| decode_idem(g.value()));
+                if let Some((created, rec)) = old.transpose()? {
+                    if rec.status == 0 {
+                        self.idem_time.remove((created, key.as_str())).ctx("delete idempotency index")?;
+                        self.idem.remove(key.as_str()).ctx("delete idempotency")?;
+                    }
+                }
                 Answer::Idem(None)
             }
             Req::Sweep(op, _) => {

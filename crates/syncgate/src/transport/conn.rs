@@ -30,6 +30,7 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 
 use super::codec::{self, Decoder, Incoming};
+use super::deflate;
 use crate::close::{self, Close};
 use crate::event::Encoding;
 use crate::hub::{Conn, Outgoing};
@@ -44,6 +45,8 @@ const READ_BUDGET: usize = 256 * 1024;
 /// How long a connection that must close may take to get its pending bytes and close frame
 /// out before the socket is dropped.
 const CLOSE_WRITE_BOUND: Duration = Duration::from_secs(5);
+/// How long a server-initiated close waits for the client's Close frame or EOF.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 type Filling = Pin<Box<dyn Future<Output = bool> + Send>>;
 
@@ -60,16 +63,22 @@ struct Io {
     pending: Vec<Bytes>,
     offset: usize,
     max_frame: usize,
-    deflate: bool,
+    /// Set when permessage-deflate was negotiated.
+    deflate: Option<deflate::Settings>,
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, leftover: Bytes, session: Session, max_frame: usize) -> Self {
-        let mut decoder = Decoder::default();
+    pub fn new(
+        stream: TcpStream,
+        leftover: Bytes,
+        session: Session,
+        max_frame: usize,
+        deflate: Option<deflate::Settings>,
+    ) -> Self {
+        let mut decoder = Decoder::new(deflate.is_some());
         if !leftover.is_empty() {
             decoder.feed(&leftover);
         }
-        let deflate = session.conn().deflate;
         Connection { io: Io { stream, decoder, pending: Vec::new(), offset: 0, max_frame, deflate }, session }
     }
 
@@ -100,6 +109,12 @@ async fn serve(io: &mut Io, session: &mut Session, node: &Arc<Node>) -> Option<C
     let mut handling: Option<Later> = None;
     let mut filling: Option<Filling> = None;
     let mut close_deadline: Option<tokio::time::Instant> = None;
+    // The first catch-up read runs before anything is written: when the device reads its
+    // welcome, the stream is live (or the replay is queued behind the welcome), so an event
+    // published right after the welcome is delivered live, not by a second read.
+    if let Some((stream, after, room)) = conn.next_fill() {
+        Box::pin(node.streams.fill(&conn, stream, after, room)).await;
+    }
     loop {
         // Start handling the next complete client message, if none is being handled.
         if handling.is_none() {
@@ -184,7 +199,7 @@ impl Io {
                     self.decoder.shrink();
                     return Input::Idle;
                 }
-                Err(v) => return Input::Close(Close::new(v.code, v.reason)),
+                Err(v) => return Input::Close(v),
             };
             match msg {
                 Incoming::Text(t) => match session.on_text(t) {
@@ -202,13 +217,16 @@ impl Io {
                 }
                 Incoming::Pong => {}
                 Incoming::Close(code) => {
-                    // Echo the client's close code, as RFC 6455 asks.
-                    let code = match code {
-                        Some(c) if (1000..5000).contains(&c) && !matches!(c, 1004..=1006 | 1015) => c,
-                        _ => close::NORMAL,
+                    // Echo the client's close code (the decoder refused invalid ones), or an
+                    // empty close for an empty one (RFC 6455 section 5.5.1), then close TCP
+                    // at once: the server closes first (section 7.1.1).
+                    let frame = match code {
+                        Some(c) => codec::close_frame(c, ""),
+                        None => codec::encode(codec::OP_CLOSE, &[]),
                     };
-                    let frame = codec::close_frame(code, "");
-                    let _ = Box::pin(self.write_all_now(&frame)).await;
+                    if Box::pin(self.write_all_now(&frame)).await.is_ok() {
+                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.stream).await;
+                    }
                     return Input::Gone;
                 }
             }
@@ -220,7 +238,7 @@ impl Io {
     fn take(&mut self, conn: &Conn) -> Option<Close> {
         let mut items = Vec::new();
         let close = conn.take(&mut items, MAX_IOV);
-        let deflate = self.deflate;
+        let deflate = self.deflate.as_ref();
         self.pending.extend(items.into_iter().map(|i| wire(i, deflate)));
         if self.pending.is_empty() {
             close
@@ -300,8 +318,11 @@ impl Io {
         Ok(())
     }
 
-    /// Sends what is still queued (unless the close drops it) and a close frame, then waits
-    /// briefly for the client to close too, so the close frame is not lost to a TCP reset.
+    /// Sends what is still queued (unless the close drops it) and a close frame, shuts the
+    /// write side down, then reads until the client's Close frame (or EOF, or `CLOSE_WAIT`)
+    /// and closes TCP at once (RFC 6455 section 7.1.1). Data frames that arrive meanwhile
+    /// are dropped; after a protocol violation the input cannot be framed any more, so it is
+    /// only drained until EOF.
     async fn finish(&mut self, conn: &Conn, c: Close) {
         // Items queued before the close (e.g. the error frames that led to it) go first.
         if c.flushes_queue() {
@@ -317,14 +338,25 @@ impl Io {
         if self.write_all_now(&frame).await.is_err() {
             return;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.stream).await;
+        let mut framed = c.code != close::PROTOCOL && c.code != close::INVALID_DATA;
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
             let mut buf = [0u8; 1024];
             loop {
+                while framed {
+                    match self.decoder.next(self.max_frame) {
+                        Ok(Some(Incoming::Close(_))) => return,
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(_) => framed = false,
+                    }
+                }
                 if self.stream.readable().await.is_err() {
                     return;
                 }
                 match self.stream.try_read(&mut buf) {
                     Ok(0) => return,
+                    Ok(n) if framed => self.decoder.feed(&buf[..n]),
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(_) => return,
@@ -335,13 +367,18 @@ impl Io {
     }
 }
 
-/// The bytes of one queued item on a connection (`deflate`: it negotiated permessage-deflate).
-fn wire(item: Outgoing, deflate: bool) -> Bytes {
-    let _ = deflate; // deflated encodings come with the permessage-deflate support
-    match item {
-        Outgoing::Event(ev) => ev.encoded(Encoding::WsText, |e| codec::text(&protocol::event(e))),
-        Outgoing::Reply(msg) => codec::text(&msg),
-        Outgoing::Ping => codec::ping_frame(),
-        Outgoing::Pong(p) => codec::encode(codec::OP_PONG, &p),
+/// The bytes of one queued item on a connection (`deflate`: it negotiated permessage-deflate
+/// with these settings, which are the node's, so the deflated form of an event is the same
+/// for every such connection and is cached in the event).
+fn wire(item: Outgoing, deflate: Option<&deflate::Settings>) -> Bytes {
+    match (item, deflate) {
+        (Outgoing::Event(ev), None) => ev.encoded(Encoding::WsText, |e| codec::text(&protocol::event(e))),
+        (Outgoing::Event(ev), Some(s)) => {
+            ev.encoded(Encoding::WsDeflate, |e| deflate::text_frame(&protocol::event(e), s))
+        }
+        (Outgoing::Reply(msg), Some(s)) => deflate::text_frame(&msg, s),
+        (Outgoing::Reply(msg), None) => codec::text(&msg),
+        (Outgoing::Ping, _) => codec::ping_frame(),
+        (Outgoing::Pong(p), _) => codec::encode(codec::OP_PONG, &p),
     }
 }

@@ -5,31 +5,31 @@
 //! after the upgrade, rather than using tungstenite, to keep idle connections small: no
 //! read buffer while no frame is in flight, no write buffer while nothing is queued, and
 //! server frames encoded once per message and shared by every recipient. The trade-offs
-//! are recorded in docs/architecture.md. permessage-deflate is not negotiated (yet), which
-//! RFC 6455 allows: the server simply does not answer the extension offer.
+//! are recorded in docs/architecture.md. The HTTP side of the handshake, including the
+//! permessage-deflate negotiation, is in `handshake`; the compression itself in `deflate`.
 //!
 //! Must never: upgrade a request before auth and admission checks pass, or keep an
 //! admitted connection in the hub when its upgrade fails.
 
 pub mod codec;
 mod conn;
+pub mod deflate;
+pub mod handshake;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::json;
-use sha1::{Digest, Sha1};
 use tokio::net::TcpStream;
 
 use crate::api::error::ApiError;
 use crate::auth::AuthError;
+use crate::config::PresenceFailure;
 use crate::error::{Code, Error};
 use crate::hub::{AdmitError, Conn, StreamPos};
 use crate::metrics::KindLabels;
@@ -74,10 +74,12 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
         }
     };
     // 2. A WebSocket handshake at all?
-    let key = match handshake_key(req.headers()) {
+    let key = match handshake::handshake_key(req.headers()) {
         Ok(k) => k,
-        Err(e) => return refuse(&node, "bad_request", e),
+        Err(handshake::Refusal::Invalid(e)) => return refuse(&node, "bad_request", e),
+        Err(handshake::Refusal::Version(e)) => return handshake::upgrade_required(refuse(&node, "bad_request", e)),
     };
+    let deflate = if node.cfg.compression.enabled { handshake::negotiate_deflate(req.headers()) } else { None };
     // 3. Identity of the device.
     if let Err(e) = node.check_name("user id", &claims.sub) {
         return refuse(&node, "bad_request", e);
@@ -99,7 +101,16 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
         return refuse(&node, "node_full", Error::unavailable("this node has reached its connection limit"));
     }
     // Across the deployment (the hub enforces the same limit atomically on this node).
-    let across = node.presence.user_connections(&claims.sub).await.unwrap_or(0);
+    let across = match node.presence.user_connections(&claims.sub).await {
+        Ok(n) => n,
+        Err(e) => {
+            node.metrics.dependency_failures.get_or_create(&KindLabels { kind: "presence_admission" }).inc();
+            if node.cfg.limits.presence_failure == PresenceFailure::Closed {
+                return refuse(&node, "presence_unavailable", e.into());
+            }
+            0
+        }
+    };
     if across.max(node.hub.user_connections(&claims.sub)) >= node.cfg.limits.max_connections_per_user {
         return refuse(&node, "user_full", Error::new(Code::RateLimitExceeded, AdmitError::UserFull.to_string()));
     }
@@ -119,14 +130,17 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
     };
     // 6. Admit, queue the welcome, answer 101.
     let conn_id = node.hub.next_conn_id();
-    let conn = Arc::new(Conn::new(
-        conn_id,
-        user,
-        client_id.as_deref().map(Into::into),
-        claims.exp,
-        node.cfg.limits.send_queue,
-        StreamPos::resume_from(start.cursor),
-    ));
+    let conn = Arc::new(
+        Conn::new(
+            conn_id,
+            user,
+            client_id.as_deref().map(Into::into),
+            claims.exp,
+            node.cfg.limits.send_queue,
+            StreamPos::resume_from(start.cursor),
+        )
+        .with_deflate(deflate.is_some()),
+    );
     let mut welcome = json!({
         "op": "welcome",
         "conn_id": conn_id.to_string(),
@@ -168,53 +182,21 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
             return;
         };
         let _ = stream.set_nodelay(true);
-        let c = conn::Connection::new(stream, leftover, session, node.cfg.limits.max_frame_bytes);
+        let deflate = deflate.map(|_| deflate::Settings {
+            min_bytes: node.cfg.compression.min_bytes,
+            level: node.cfg.compression.level,
+        });
+        let c = conn::Connection::new(stream, leftover, session, node.cfg.limits.max_frame_bytes, deflate);
         // A task of its own: the upgrade task ends here and frees what it captured, and the
         // connection's task holds only the connection's state (about 0.8 KB). Tracked, so
         // shutdown waits for it.
         node.tasks.spawn(c.run(node.hub.clone(), node.clone()));
     };
     tokio::spawn(fut);
-    switching_protocols(&key)
+    handshake::switching_protocols(&key, deflate)
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).map(|t| t.trim().to_string())
-}
-
-fn handshake_key(h: &HeaderMap) -> Result<String, Error> {
-    let has = |name: header::HeaderName, want: &str| {
-        h.get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(want)))
-    };
-    if !has(header::UPGRADE, "websocket") || !has(header::CONNECTION, "upgrade") {
-        return Err(Error::invalid("expected a WebSocket upgrade request (Upgrade: websocket)"));
-    }
-    if h.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
-        return Err(Error::invalid("unsupported WebSocket version; use 13"));
-    }
-    let key = h.get(header::SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()).unwrap_or("");
-    match base64::engine::general_purpose::STANDARD.decode(key) {
-        Ok(k) if k.len() == 16 => Ok(key.to_string()),
-        _ => Err(Error::invalid("missing or malformed Sec-WebSocket-Key")),
-    }
-}
-
-fn switching_protocols(key: &str) -> Response {
-    let mut sha = Sha1::new();
-    sha.update(key.as_bytes());
-    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    let accept = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
-    let mut resp = Response::new(Body::empty());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    resp
 }
