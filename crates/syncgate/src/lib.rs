@@ -30,7 +30,7 @@
 //! - [`delayed`]: publishes with `delay_s` / `deliver_at`, run as queue jobs.
 //! - [`webhooks`]: the gateway's events to the app (Standard Webhooks), the connect proxy.
 //! - [`auth`], [`limits`], [`metrics`], [`config`], [`error`], [`close`]: the cross-cutting
-//!   parts.
+//!   parts; [`names`]: the one rule for user ids, client ids and room names.
 
 pub mod api;
 pub mod auth;
@@ -43,6 +43,7 @@ pub mod event;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod names;
 pub mod node;
 pub mod presence;
 pub mod protocol;

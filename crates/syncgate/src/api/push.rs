@@ -48,7 +48,7 @@ fn public(r: &Registration) -> Value {
 }
 
 #[utoipa::path(post, path = "/api/v1/push/devices", tag = "push", request_body = RegisterBody,
-    responses((status = 200, description = "{\"ok\":true,\"client_id\",\"provider\",\"replaced\":[client ids dropped to stay within push.max_devices_per_user]}"),
+    responses((status = 200, description = "{\"ok\":true,\"client_id\",\"provider\",\"replaced\":[client ids dropped to stay within push.max_devices_per_user]}", body = super::schemas::RegisteredAnswer),
         (status = 400), (status = 401), (status = 403), (status = 429), (status = 503)))]
 pub async fn register(
     State(node): State<Arc<Node>>,
@@ -85,7 +85,7 @@ pub async fn register(
 }
 
 #[utoipa::path(get, path = "/api/v1/push/devices", tag = "push", params(UserQuery),
-    responses((status = 200, description = "{\"devices\":[{\"client_id\",\"provider\",\"token\",\"subscription\":{\"endpoint\"},\"updated_at\"}]}"),
+    responses((status = 200, description = "{\"devices\":[{\"client_id\",\"provider\",\"token\",\"subscription\":{\"endpoint\"},\"updated_at\"}]}", body = super::schemas::DevicesAnswer),
         (status = 400), (status = 401), (status = 403), (status = 429)))]
 pub async fn list(State(node): State<Arc<Node>>, caller: OfflineCaller) -> ApiResult<Json<Value>> {
     let regs = node.push.devices.list(&caller.user).await?;
@@ -95,7 +95,7 @@ pub async fn list(State(node): State<Arc<Node>>, caller: OfflineCaller) -> ApiRe
 
 #[utoipa::path(delete, path = "/api/v1/push/devices/{client_id}", tag = "push",
     params(("client_id" = String, Path), UserQuery),
-    responses((status = 200, description = "{\"ok\":true}"), (status = 401), (status = 403), (status = 404)))]
+    responses((status = 200, description = "{\"ok\":true}", body = super::schemas::OkAnswer), (status = 401), (status = 403), (status = 404)))]
 pub async fn unregister(
     State(node): State<Arc<Node>>,
     caller: OfflineCaller,

@@ -33,7 +33,7 @@ impl From<QueueError> for Error {
 }
 
 #[utoipa::path(get, path = "/api/v1/queue/stats", tag = "queue",
-    responses((status = 200, description = "{\"depth\":{\"express\",\"urgent\",\"normal\"},\"delayed\",\"in_flight\",\"dead\",\"oldest_age_ms\",\"max_jobs\",\"circuits\":[{\"endpoint\",\"state\",\"failures\"}]}"), (status = 401), (status = 503)))]
+    responses((status = 200, description = "{\"depth\":{\"express\",\"urgent\",\"normal\"},\"delayed\",\"in_flight\",\"dead\",\"oldest_age_ms\",\"max_jobs\",\"circuits\":[{\"endpoint\",\"state\",\"failures\"}]}", body = super::schemas::QueueStatsAnswer), (status = 401), (status = 503)))]
 pub async fn stats(State(node): State<Arc<Node>>, _key: ApiKey) -> ApiResult<Json<Value>> {
     let s = node.workers.queue().stats().await?;
     node.workers.set_gauges(&s);
@@ -69,7 +69,7 @@ pub struct DeadQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/queue/dead", tag = "queue", params(DeadQuery),
-    responses((status = 200, description = "{\"jobs\":[{\"id\",\"kind\",\"endpoint\",\"priority\",\"attempts\",\"last_error\",\"created_at\",\"failed_at\",\"payload\"}],\"next_cursor\"}, newest failure first"), (status = 400), (status = 401)))]
+    responses((status = 200, description = "{\"jobs\":[{\"id\",\"kind\",\"endpoint\",\"priority\",\"attempts\",\"last_error\",\"created_at\",\"failed_at\",\"payload\"}],\"next_cursor\"}, newest failure first", body = super::schemas::DeadAnswer), (status = 400), (status = 401)))]
 pub async fn dead(State(node): State<Arc<Node>>, _key: ApiKey, Query(q): Query<DeadQuery>) -> ApiResult<Json<Value>> {
     let max = node.cfg.limits.max_page;
     let limit = q.limit.unwrap_or(100.min(max));
@@ -93,7 +93,7 @@ pub async fn dead(State(node): State<Arc<Node>>, _key: ApiKey, Query(q): Query<D
 }
 
 #[utoipa::path(post, path = "/api/v1/queue/dead/{id}/retry", tag = "queue", params(("id" = String, Path)),
-    responses((status = 200, description = "{\"retried\":1}; queued again, due now, with fresh attempts"), (status = 401), (status = 404), (status = 503)))]
+    responses((status = 200, description = "{\"retried\":1}; queued again, due now, with fresh attempts", body = super::schemas::RetriedAnswer), (status = 401), (status = 404), (status = 503)))]
 pub async fn retry_one(State(node): State<Arc<Node>>, _key: ApiKey, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     if !node.workers.queue().retry_dead(&id).await? {
         return Err(Error::not_found(format!("no dead letter {id:?}")).into());
@@ -112,7 +112,7 @@ pub struct RetryAllQuery {
 }
 
 #[utoipa::path(post, path = "/api/v1/queue/dead/retry", tag = "queue", params(RetryAllQuery),
-    responses((status = 200, description = "{\"retried\":n}"), (status = 400), (status = 401), (status = 503)))]
+    responses((status = 200, description = "{\"retried\":n}", body = super::schemas::RetriedAnswer), (status = 400), (status = 401), (status = 503)))]
 pub async fn retry_all(
     State(node): State<Arc<Node>>,
     _key: ApiKey,
@@ -128,7 +128,7 @@ pub async fn retry_all(
 }
 
 #[utoipa::path(delete, path = "/api/v1/queue/dead/{id}", tag = "queue", params(("id" = String, Path)),
-    responses((status = 200, description = "{\"deleted\":1}"), (status = 401), (status = 404)))]
+    responses((status = 200, description = "{\"deleted\":1}", body = super::schemas::DeletedAnswer), (status = 401), (status = 404)))]
 pub async fn delete(State(node): State<Arc<Node>>, _key: ApiKey, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     if !node.workers.queue().delete_dead(&id).await? {
         return Err(Error::not_found(format!("no dead letter {id:?}")).into());
