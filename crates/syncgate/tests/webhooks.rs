@@ -422,3 +422,21 @@ async fn delayed_publishes_arrive_after_their_delay_and_survive_a_restart() {
     assert!(now_ms() >= at);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_full_queue_refuses_delayed_publishes_with_503_and_counts_them() {
+    let s = TestServer::with(|c| c.queue.max_jobs = 2).await;
+    let later = |n: u32| json!({"user_id": "max", "type": "later", "data": {"n": n}, "delay_s": 60});
+    for n in 0..2 {
+        let r = s.api.publish(later(n)).await.unwrap();
+        assert_eq!(r.status, 202, "{}", r.text);
+    }
+    let r = s.api.publish(later(2)).await.unwrap();
+    assert_eq!((r.status, r.error_code()), (503, Some("service_unavailable")), "{}", r.text);
+    assert!(r.text.contains("outbound queue is full"), "{}", r.text);
+    let st = queue_stats(&s).await;
+    assert_eq!((st["delayed"].as_u64(), st["max_jobs"].as_u64()), (Some(2), Some(2)), "{st}");
+    let m = s.api.metrics().await.unwrap().text;
+    assert!(m.contains("syncgate_queue_full_total 1"), "metrics lack the refusal");
+    s.stop().await;
+}
