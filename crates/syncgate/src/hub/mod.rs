@@ -220,7 +220,7 @@ impl Hub {
 
     fn count_offer(&self, r: Offer) -> usize {
         match r {
-            Offer::Queued => 1,
+            Offer::Sent | Offer::Queued => 1,
             Offer::Skipped => 0,
             Offer::Overflow => {
                 self.metrics.slow_consumer_closes.inc();
