@@ -185,8 +185,13 @@ impl Conn {
 
     /// Queues an item that is not part of a sequenced stream (a reply, a transient event).
     pub fn push(&self, item: Outgoing) -> Offer {
+        self.push_with(item, true)
+    }
+
+    /// `push`, writing directly into the socket only if `direct` allows it.
+    pub fn push_with(&self, item: Outgoing, direct: bool) -> Offer {
         let mut out = self.out.lock();
-        let r = push_locked(&mut out, self.limit, item);
+        let r = push_locked(&mut out, self.limit, item, direct);
         drop(out);
         self.wake(&r);
         r
@@ -205,8 +210,9 @@ impl Conn {
     }
 
     /// Offers event `seq` of a stream, applying the delivery rule of this module. `silent`
-    /// advances the position without queuing the event (the publisher's own message).
-    pub fn offer(&self, stream: &StreamRef, seq: u64, event: &Arc<Event>, silent: bool) -> Offer {
+    /// advances the position without queuing the event (the publisher's own message);
+    /// `direct` allows writing it straight into the socket.
+    pub fn offer(&self, stream: &StreamRef, seq: u64, event: &Arc<Event>, silent: bool, direct: bool) -> Offer {
         let mut out = self.out.lock();
         if out.close.is_some() {
             return Offer::Skipped;
@@ -219,7 +225,7 @@ impl Conn {
                 // Joined without a position: live only, in arrival order.
                 Some((_, None)) if silent => return Offer::Skipped,
                 Some((_, None)) => {
-                    let r = push_locked(out, self.limit, Outgoing::Event(event.clone()));
+                    let r = push_locked(out, self.limit, Outgoing::Event(event.clone()), direct);
                     self.wake(&r);
                     return r;
                 }
@@ -240,7 +246,7 @@ impl Conn {
         if silent {
             return Offer::Skipped;
         }
-        let r = push_locked(out, self.limit, Outgoing::Event(event.clone()));
+        let r = push_locked(out, self.limit, Outgoing::Event(event.clone()), direct);
         self.wake(&r);
         r
     }
@@ -439,11 +445,11 @@ fn drop_queue(items: &mut VecDeque<Outgoing>) {
     items.truncate(keep);
 }
 
-fn push_locked(out: &mut Outbox, limit: usize, item: Outgoing) -> Offer {
+fn push_locked(out: &mut Outbox, limit: usize, item: Outgoing, direct: bool) -> Offer {
     if out.close.is_some() {
         return Offer::Skipped;
     }
-    if out.items.is_empty() && !out.busy {
+    if direct && out.items.is_empty() && !out.busy {
         if let Some(direct) = &out.direct {
             match direct.try_send(&item) {
                 Sent::All => return Offer::Sent,
@@ -509,15 +515,15 @@ mod tests {
     #[test]
     fn in_order_duplicates_and_gaps() {
         let c = conn(10, 5);
-        assert_eq!(c.offer(&StreamRef::User, 6, &f(6), false), Offer::Queued);
-        assert_eq!(c.offer(&StreamRef::User, 6, &f(6), false), Offer::Skipped);
-        assert_eq!(c.offer(&StreamRef::User, 8, &f(8), false), Offer::Skipped);
+        assert_eq!(c.offer(&StreamRef::User, 6, &f(6), false, true), Offer::Queued);
+        assert_eq!(c.offer(&StreamRef::User, 6, &f(6), false, true), Offer::Skipped);
+        assert_eq!(c.offer(&StreamRef::User, 8, &f(8), false, true), Offer::Skipped);
         assert_eq!(c.next_fill(), Some((StreamRef::User, 6, 4)));
         // A live 7 arriving while behind is not queued: the fill will bring it.
-        assert_eq!(c.offer(&StreamRef::User, 7, &f(7), false), Offer::Skipped);
+        assert_eq!(c.offer(&StreamRef::User, 7, &f(7), false, true), Offer::Skipped);
         c.apply_fill(&StreamRef::User, 6, (1, 8), vec![(7, f(7)), (8, f(8))], true);
         assert_eq!(c.next_fill(), None);
-        assert_eq!(c.offer(&StreamRef::User, 9, &f(9), false), Offer::Queued);
+        assert_eq!(c.offer(&StreamRef::User, 9, &f(9), false, true), Offer::Queued);
         assert_eq!(drain(&c), ids(&[6, 7, 8, 9]));
     }
 
@@ -525,7 +531,7 @@ mod tests {
     fn fill_that_misses_a_concurrent_event_stays_behind() {
         let c = Conn::new(1, "u".into(), None, u64::MAX, 10, StreamPos::resume_from(0));
         // Event 3 is offered while the catch-up read (which saw 1..2) is in flight.
-        c.offer(&StreamRef::User, 3, &f(3), false);
+        c.offer(&StreamRef::User, 3, &f(3), false, true);
         c.apply_fill(&StreamRef::User, 0, (1, 2), vec![(1, f(1)), (2, f(2))], true);
         assert_eq!(c.next_fill(), Some((StreamRef::User, 2, 3)));
         c.apply_fill(&StreamRef::User, 2, (1, 3), vec![(3, f(3))], true);
@@ -537,11 +543,11 @@ mod tests {
     fn holes_left_by_expired_messages_are_skipped_not_waited_for() {
         let c = Conn::new(1, "u".into(), None, u64::MAX, 10, StreamPos::resume_from(0));
         // 2 expired (own ttl); 5 was offered live but expired before the read.
-        c.offer(&StreamRef::User, 5, &f(5), false);
+        c.offer(&StreamRef::User, 5, &f(5), false, true);
         let trimmed = c.apply_fill(&StreamRef::User, 0, (1, 5), vec![(1, f(1)), (3, f(3)), (4, f(4))], true);
         assert_eq!(trimmed, 2);
         assert_eq!(c.next_fill(), None, "no endless catch-up");
-        assert_eq!(c.offer(&StreamRef::User, 6, &f(6), false), Offer::Queued);
+        assert_eq!(c.offer(&StreamRef::User, 6, &f(6), false, true), Offer::Queued);
         assert_eq!(drain(&c), ids(&[1, 3, 4, 6]));
     }
 
@@ -653,11 +659,11 @@ mod tests {
         c.set_direct(Box::new(sock.clone()));
         // 1 and 2 go straight into the socket; 3 only in part (its rest is queued first);
         // 4 and 5 are queued behind it, not written around it.
-        assert_eq!(c.offer(&StreamRef::User, 1, &f(1), false), Offer::Sent);
-        assert_eq!(c.offer(&StreamRef::User, 2, &f(2), false), Offer::Sent);
-        assert_eq!(c.offer(&StreamRef::User, 3, &f(3), false), Offer::Queued);
+        assert_eq!(c.offer(&StreamRef::User, 1, &f(1), false, true), Offer::Sent);
+        assert_eq!(c.offer(&StreamRef::User, 2, &f(2), false, true), Offer::Sent);
+        assert_eq!(c.offer(&StreamRef::User, 3, &f(3), false, true), Offer::Queued);
         *sock.room.lock() = 1000;
-        assert_eq!(c.offer(&StreamRef::User, 4, &f(4), false), Offer::Queued);
+        assert_eq!(c.offer(&StreamRef::User, 4, &f(4), false, true), Offer::Queued);
         assert_eq!(c.push(Outgoing::Event(f(50))), Offer::Queued, "a transient event too");
         assert_eq!(*sock.written.lock(), ids(&[1, 2, 3]));
         // The task takes the queue: until it has written it, nothing goes direct.
@@ -665,14 +671,14 @@ mod tests {
         c.take(&mut taken, 10);
         assert!(matches!(taken[0], Outgoing::Raw(ref r) if r.len() == 5));
         assert_eq!(taken.len(), 3);
-        assert_eq!(c.offer(&StreamRef::User, 5, &f(5), false), Offer::Queued);
+        assert_eq!(c.offer(&StreamRef::User, 5, &f(5), false, true), Offer::Queued);
         c.write_done();
         assert_eq!(drain(&c), ids(&[5]));
         c.write_done();
-        assert_eq!(c.offer(&StreamRef::User, 6, &f(6), false), Offer::Sent);
+        assert_eq!(c.offer(&StreamRef::User, 6, &f(6), false, true), Offer::Sent);
         // Once the task stops direct writes (closing), everything is queued for it.
         c.stop_direct();
-        assert_eq!(c.offer(&StreamRef::User, 7, &f(7), false), Offer::Queued);
+        assert_eq!(c.offer(&StreamRef::User, 7, &f(7), false, true), Offer::Queued);
         assert_eq!(*sock.written.lock(), ids(&[1, 2, 3, 6]));
     }
 
@@ -681,8 +687,8 @@ mod tests {
         let c = conn(8, 0);
         let sock = Arc::new(Socket { room: Mutex::new(4), item_len: 10, written: Mutex::new(vec![]) });
         c.set_direct(Box::new(sock));
-        assert_eq!(c.offer(&StreamRef::User, 1, &f(1), false), Offer::Queued);
-        assert_eq!(c.offer(&StreamRef::User, 2, &f(2), false), Offer::Queued);
+        assert_eq!(c.offer(&StreamRef::User, 1, &f(1), false, true), Offer::Queued);
+        assert_eq!(c.offer(&StreamRef::User, 2, &f(2), false, true), Offer::Queued);
         c.close(close::SLOW);
         assert_eq!(drain(&c), vec!["raw".to_string()], "the frame is completed, the rest dropped");
     }
@@ -691,10 +697,10 @@ mod tests {
     fn live_events_past_the_limit_close_with_4008_but_control_items_fit_above_it() {
         let c = conn(4, 0);
         for i in 1..=4 {
-            assert_eq!(c.offer(&StreamRef::User, i, &f(i), false), Offer::Queued);
+            assert_eq!(c.offer(&StreamRef::User, i, &f(i), false, true), Offer::Queued);
         }
         assert_eq!(c.push(Outgoing::Ping), Offer::Queued, "a ping fits in the headroom");
-        assert_eq!(c.offer(&StreamRef::User, 5, &f(5), false), Offer::Overflow);
+        assert_eq!(c.offer(&StreamRef::User, 5, &f(5), false, true), Offer::Overflow);
         assert_eq!(c.closing(), Some(close::SLOW));
         assert!(drain(&c).is_empty(), "a slow reader's queue is dropped");
     }

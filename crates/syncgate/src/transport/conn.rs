@@ -13,8 +13,8 @@
 //! frames are handled one at a time, in order; while one is being handled, the socket is not
 //! read (TCP pushes back on the client).
 //!
-//! When nothing is queued and this task holds nothing unwritten, delivery paths write into
-//! the socket themselves (`Socket`, the outbox's `Direct`): a device that keeps up gets each
+//! When nothing is queued and this task holds nothing unwritten, delivery paths (a user's
+//! stream, small fan-outs, replies) write into the socket themselves (`Socket`, the outbox's `Direct`): a device that keeps up gets each
 //! event with one system call and this task is not woken. The task takes over (and direct
 //! writes wait) whenever the socket is full or items are queued, and for good once it closes.
 //!
