@@ -141,6 +141,19 @@ pub fn plan(o: &Options) -> Vec<RunSpec> {
         Fsync::Never,
         Scenario::Resume { devices: resume_n, missed, msg_bytes: MSG },
     ));
+    let (batch_n, batch_rounds) = if full { (10_000, 10) } else { (20, 2) };
+    let batch = Scenario::Batch { users: batch_n, rounds: batch_rounds, msg_bytes: MSG };
+    runs.push(spec(
+        "batch",
+        format!(
+            "batch: {batch_rounds} batch publishes of {MSG} B to {} offline users each, one at a time, \
+             then to a tenth of them (fsync always)",
+            crate::scenarios::fmt_count(batch_n as f64)
+        ),
+        sg,
+        Fsync::Always,
+        batch.clone(),
+    ));
     if o.cluster {
         // The same scenarios over 3 nodes and a Redis (cluster mode, SYNCGATE_REDIS_URL).
         // Devices are spread over the nodes, publishes go to node 1, server CPU and RSS are
@@ -183,6 +196,14 @@ pub fn plan(o: &Options) -> Vec<RunSpec> {
                 crate::scenarios::fmt_count(resume_n as f64)
             ),
             Scenario::Resume { devices: resume_n, missed, msg_bytes: MSG },
+        );
+        add(
+            "cluster-batch",
+            format!(
+                "cluster batch: 3 nodes + Redis, {batch_rounds} batch publishes to {} offline users each, then to a tenth",
+                crate::scenarios::fmt_count(batch_n as f64)
+            ),
+            batch,
         );
     }
     runs

@@ -21,8 +21,9 @@
 //! - Redis must run with `maxmemory-policy noeviction`: an evicted head key would restart a
 //!   stream's numbering (the append script repairs it from the stream when the stream is
 //!   still there).
-//! - A batch append to several users is one script per user, so a failed batch may have been
-//!   applied for some of them (callers retry with an Idempotency-Key).
+//! - A batch append to several users is one script per user (sent in pipelines of 512 on a
+//!   standalone server), so a failed batch may have been applied for some of them (callers
+//!   retry with an Idempotency-Key).
 //! - The `stats` counters are kept by each node in memory and added to Redis once a second, so
 //!   they are approximate (a crash loses at most one second of counts); `streams` and the
 //!   oldest age come from the indexes.
@@ -63,7 +64,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
-use redis::{Cmd, Pipeline, RedisError, Value};
+use redis::{Cmd, Pipeline, RedisError, ScriptInvocation, Value};
 
 use super::{IdemRecord, NewEvent, Page, Retention, Store, StoreError, StoreResult, StoreStats, StreamKey};
 use scripts::*;
@@ -80,8 +81,10 @@ pub use crate::redis_conn::{is_unavailable, Endpoint, RedisConn, RedisMode};
 
 /// How many shards each retention index has (spread over the cluster by their hash tags).
 const INDEX_SHARDS: u32 = 16;
-/// Scripts in flight at once for a batch append.
+/// Scripts in flight at once for a batch append on a cluster.
 const APPEND_CONCURRENCY: usize = 64;
+/// Commands per pipeline on a standalone server.
+const PIPELINE: usize = 512;
 /// A cursor read refreshes `last_used` only when it is older than this (expiry is days).
 const TOUCH_AFTER_MS: i64 = 60_000;
 
@@ -366,9 +369,7 @@ impl Inner {
             u64::MAX => "-1".to_string(),
             n => n.to_string(),
         };
-        // Futures collected first: a stream over a borrowing closure is not `Send` enough
-        // for `async_trait`.
-        let calls: Vec<_> = groups
+        let invocations: Vec<_> = groups
             .iter()
             .map(|(name, idx)| {
                 let [s, h, x] = self.keys.stream(kind, name);
@@ -379,12 +380,10 @@ impl Inner {
                     let expires = e.ttl.map_or(0, |t| e.ts.saturating_add(ms(t)).max(1));
                     inv.arg(e.ts).arg(expires).arg(&e.kind).arg(e.data.as_ref());
                 }
-                let mut conn = self.writer.clone();
-                async move { inv.invoke_async::<Value>(&mut conn).await }
+                inv
             })
             .collect();
-        let work = stream::iter(calls).buffered(APPEND_CONCURRENCY).try_collect::<Vec<Value>>();
-        let answers = self.run("append", work).await?;
+        let answers = self.run("append", self.invoke_all(&invocations)).await?;
 
         let mut seqs = vec![0u64; events.len()];
         let mut index = redis::pipe(); // only used when standalone; cluster sends one by one
@@ -438,6 +437,44 @@ impl Inner {
             }
         }
         Ok(seqs)
+    }
+
+    /// Runs script invocations (each on its own stream) and returns their answers in order: on
+    /// a standalone server in pipelines of `PIPELINE`, one round trip each; on a cluster
+    /// `APPEND_CONCURRENCY` at once (a cluster pipeline must stay within one slot). An
+    /// invocation Redis refused with NOSCRIPT was not run: it is run again after loading.
+    async fn invoke_all(&self, invocations: &[ScriptInvocation<'_>]) -> Result<Vec<Value>, RedisError> {
+        if let RedisConn::Cluster(_) = &self.writer {
+            // Futures collected first: a stream over a borrowing closure is not `Send` enough
+            // for `async_trait`.
+            let calls: Vec<_> = invocations
+                .iter()
+                .map(|inv| {
+                    let mut conn = self.writer.clone();
+                    async move { inv.invoke_async::<Value>(&mut conn).await }
+                })
+                .collect();
+            return stream::iter(calls).buffered(APPEND_CONCURRENCY).try_collect().await;
+        }
+        let mut answers = Vec::with_capacity(invocations.len());
+        let mut conn = self.writer.clone();
+        for chunk in invocations.chunks(PIPELINE) {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for inv in chunk {
+                pipe.invoke_script(inv);
+            }
+            let results: Vec<Result<Value, RedisError>> = pipe.query_async(&mut conn).await?;
+            for (inv, r) in chunk.iter().zip(results) {
+                answers.push(match r {
+                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                        inv.invoke_async(&mut conn).await?
+                    }
+                    r => r?,
+                });
+            }
+        }
+        Ok(answers)
     }
 
     /// Sends independent commands: one pipeline on a standalone server, concurrently on a
