@@ -7,6 +7,7 @@
 //! The map of the crate, from the outside in:
 //!
 //! - [`server`]: start-up, the accept loop (HTTP/1 with upgrades), graceful shutdown.
+//! - [`admin`]: the admin web UI at `/admin` (assets in the binary, sessions, CSRF).
 //! - [`api`]: the HTTP API (server API for backends, offline API for devices, operations).
 //! - [`transport`]: the WebSocket upgrade at `/ws`, RFC 6455 framing ([`transport::codec`]),
 //!   and the task of each connection.
@@ -20,6 +21,7 @@
 //!   embedded redb for one node).
 //! - [`auth`], [`limits`], [`metrics`], [`config`], [`error`]: the cross-cutting parts.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod broker;

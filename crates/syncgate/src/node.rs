@@ -242,6 +242,12 @@ impl Node {
             .await
     }
 
+    /// Closes the connections of one device of a user, on every node. Returns the local count.
+    pub async fn disconnect_device(&self, user: &str, client_id: &str) -> usize {
+        let frame = Bytes::copy_from_slice(client_id.as_bytes());
+        self.fan_out(Envelope { target: Target::Disconnect(user.into()), seq: None, frame, except: None }).await
+    }
+
     async fn fan_out(&self, env: Envelope) -> usize {
         match self.broker.publish(env).await {
             Ok(n) => n,

@@ -8,6 +8,7 @@
 //! Must never: publish or read anything except through the node, or answer an error in
 //! another shape than `{"error":{"code","message"}}`.
 
+mod admin;
 pub mod error;
 pub mod extract;
 mod offline;
@@ -40,8 +41,10 @@ use crate::node::Node;
         query::stats, query::pubsub_stats, query::offline_stats,
         offline::messages, offline::ack, offline::ack_batch, offline::count,
         health, ready, metrics, openapi_json,
+        admin::sign_in, admin::session, admin::sign_out, admin::connections, admin::stream,
+        crate::admin::assets::index, crate::admin::assets::asset,
     ),
-    components(schemas(publish::UserEvent, publish::BatchEvent, publish::BroadcastEvent, publish::RoomEvent, publish::Priority, offline::AckBody, offline::AckBatchBody)),
+    components(schemas(publish::UserEvent, publish::BatchEvent, publish::BroadcastEvent, publish::RoomEvent, publish::Priority, offline::AckBody, offline::AckBatchBody, admin::SignIn)),
     modifiers(&SecurityAddon),
 )]
 pub struct ApiDoc;
@@ -82,6 +85,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/ready"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
+    ("post", "/api/v1/admin/session"),
+    ("get", "/api/v1/admin/session"),
+    ("delete", "/api/v1/admin/session"),
+    ("get", "/api/v1/users/{user_id}/connections"),
+    ("get", "/api/v1/users/{user_id}/stream"),
+    ("get", "/admin"),
+    ("get", "/admin/assets/{file}"),
 ];
 
 pub fn router(node: Arc<Node>) -> Router {
@@ -102,9 +112,18 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/offline/ack", post(offline::ack))
         .route("/api/v1/offline/ack/batch", post(offline::ack_batch))
         .route("/api/v1/offline/count", get(offline::count))
+        .route("/api/v1/users/{user_id}/connections", get(admin::connections))
+        .route("/api/v1/users/{user_id}/stream", get(admin::stream))
         .layer(cors(&node.cfg.server.cors_origins));
+    // The admin session endpoints get no CORS: only the admin UI's own origin may use them.
+    let admin = Router::new()
+        .route("/api/v1/admin/session", get(admin::session).post(admin::sign_in).delete(admin::sign_out))
+        .route("/admin", get(crate::admin::assets::index))
+        .route("/admin/assets/{file}", get(crate::admin::assets::asset));
+    let sessions = Arc::new(crate::admin::Sessions::new(&node.cfg.admin));
     Router::new()
         .merge(api)
+        .merge(admin)
         .route("/ws", get(crate::transport::upgrade))
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -113,6 +132,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(node.clone(), observe))
+        .layer(axum::Extension(sessions))
         .with_state(node)
 }
 

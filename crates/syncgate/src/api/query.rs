@@ -87,15 +87,28 @@ pub async fn user_online(
     Ok(Json(json!({"user_id": user, "online": n > 0, "connections": n})))
 }
 
-#[utoipa::path(post, path = "/api/v1/users/{user_id}/disconnect", tag = "users", params(("user_id" = String, Path)),
-    responses((status = 200, description = "{\"disconnected\":n}"), (status = 401)))]
+#[derive(Deserialize, IntoParams)]
+pub struct DisconnectQuery {
+    /// Close only this device (its client id); absent: every device of the user.
+    pub client_id: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/users/{user_id}/disconnect", tag = "users", params(("user_id" = String, Path), DisconnectQuery),
+    responses((status = 200, description = "{\"disconnected\":n} (connections closed on this node; other nodes close theirs too)"), (status = 401)))]
 pub async fn disconnect(
     State(node): State<Arc<Node>>,
     _key: ApiKey,
     Path(user): Path<String>,
+    Query(q): Query<DisconnectQuery>,
 ) -> ApiResult<Json<Value>> {
     node.check_name("user_id", &user)?;
-    let n = node.disconnect_user(&user).await;
+    let n = match &q.client_id {
+        Some(c) => {
+            node.check_name("client_id", c)?;
+            node.disconnect_device(&user, c).await
+        }
+        None => node.disconnect_user(&user).await,
+    };
     Ok(Json(json!({"disconnected": n})))
 }
 

@@ -26,10 +26,16 @@ pub fn deliver_local(hub: &Hub, env: &Envelope) -> usize {
         Target::User(user) => hub.deliver_user(user, env.seq, &env.frame, env.except),
         Target::Room(room) => hub.deliver_room(room, env.seq, &env.frame, env.except),
         Target::All => hub.deliver_all(&env.frame),
-        Target::Disconnect(user) => hub.disconnect_user(
-            user,
-            CloseReason { code: close::DISCONNECTED, reason: "disconnected by the server", flush_first: true },
-        ),
+        Target::Disconnect(user) => {
+            let reason =
+                CloseReason { code: close::DISCONNECTED, reason: "disconnected by the server", flush_first: true };
+            // The frame names one device (its client id); empty: every device of the user.
+            match std::str::from_utf8(&env.frame) {
+                Ok("") => hub.disconnect_user(user, reason),
+                Ok(client) => hub.disconnect_device(user, client, reason),
+                Err(_) => 0,
+            }
+        }
     }
 }
 

@@ -26,7 +26,8 @@ pub enum Target {
     Room(Arc<str>),
     /// Every connection.
     All,
-    /// Close every connection of a user with 4009 (the frame is unused).
+    /// Close every connection of a user with 4009; when the frame is not empty, it is the
+    /// client id of the one device to close.
     Disconnect(Arc<str>),
 }
 

@@ -46,6 +46,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub redis: RedisConfig,
     pub log: LogConfig,
+    pub admin: AdminConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -57,6 +58,8 @@ pub struct ServerConfig {
     pub cors_origins: Vec<String>,
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// Peers (CIDRs or addresses) whose `X-Forwarded-For` is believed for a connection's ip.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +70,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./data"),
             cors_origins: vec!["*".into()],
             shutdown_grace: Duration::from_secs(10),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -272,6 +276,25 @@ impl Default for LogConfig {
     }
 }
 
+/// The admin web UI at /admin and the admin session it signs in with.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Keys operators sign in with. Empty: a development key is created under data_dir.
+    pub keys: Vec<String>,
+    /// Lifetime of a sign-in (the session cookie and its server-side record).
+    #[serde(with = "duration")]
+    pub session_ttl: Duration,
+    /// Sessions kept at once; signing in past it forgets the oldest.
+    pub max_sessions: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { keys: Vec::new(), session_ttl: Duration::from_secs(8 * 3600), max_sessions: 100 }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -304,8 +327,14 @@ const STRING_KEYS: &[(&str, &str)] = &[
 ];
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[(&str, &str)] =
-    &[("auth", "api_keys"), ("server", "cors_origins"), ("messages", "allowed_types"), ("rooms", "client_publish")];
+const LIST_KEYS: &[(&str, &str)] = &[
+    ("auth", "api_keys"),
+    ("server", "cors_origins"),
+    ("messages", "allowed_types"),
+    ("rooms", "client_publish"),
+    ("admin", "keys"),
+    ("server", "trusted_proxies"),
+];
 
 impl Config {
     /// Loads the config: `file` (or SYNCGATE_CONFIG) if given, then the environment.
@@ -400,6 +429,20 @@ impl Config {
         }
         if self.redis.presence_ttl < Duration::from_secs(3) {
             return key("redis.presence_ttl", "must be at least 3s".into());
+        }
+        if self.admin.keys.iter().any(|k| k.trim().len() < 16) {
+            return key("admin.keys", "every admin key must have at least 16 characters".into());
+        }
+        if self.admin.session_ttl < Duration::from_secs(60) {
+            return key("admin.session_ttl", "must be at least 1m".into());
+        }
+        if self.admin.max_sessions == 0 {
+            return key("admin.max_sessions", "must be at least 1".into());
+        }
+        for p in &self.server.trusted_proxies {
+            if crate::hub::meta::parse_net(p).is_none() {
+                return key("server.trusted_proxies", format!("{p:?} is not an address or CIDR like 10.0.0.0/8"));
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return key("log.level", format!("{e}"));

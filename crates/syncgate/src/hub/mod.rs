@@ -8,6 +8,7 @@
 //! `Bytes` handle), await while holding an index lock, or know about wire protocols or
 //! brokers: it delivers what it is given to the connections it has.
 
+pub mod meta;
 pub mod outbox;
 
 use std::collections::{BTreeMap, HashMap};
@@ -103,6 +104,11 @@ impl Hub {
     /// Cheap pre-check before doing any work for an upgrade.
     pub fn has_room(&self) -> bool {
         self.count.load(Ordering::Relaxed) < self.max_connections
+    }
+
+    /// The connections of `user` on this node (for the connections API).
+    pub fn connections_of(&self, user: &str) -> Vec<Arc<Conn>> {
+        self.users.read().get(user).cloned().unwrap_or_default()
     }
 
     /// Connections of `user` on this node.
@@ -287,6 +293,17 @@ impl Hub {
             c.close(reason);
         }
         list.len()
+    }
+
+    /// Closes the local connections of one device (`client_id`) of `user`. Returns how many.
+    pub fn disconnect_device(&self, user: &str, client_id: &str, reason: CloseReason) -> usize {
+        let list = self.connections_of(user);
+        let mut n = 0;
+        for c in list.iter().filter(|c| c.client_id.as_deref() == Some(client_id)) {
+            c.close(reason);
+            n += 1;
+        }
+        n
     }
 
     /// Closes every connection (shutdown).

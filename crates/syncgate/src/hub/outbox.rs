@@ -76,6 +76,8 @@ pub struct Conn {
     any_behind: AtomicBool,
     pub(crate) out: Mutex<Outbox>,
     pub(crate) notify: Notify,
+    /// What the upgrade recorded about the device (set once, before the hub admits it).
+    pub meta: std::sync::OnceLock<Box<super::meta::ConnMeta>>,
 }
 
 /// What `offer` did with a frame.
@@ -106,6 +108,7 @@ impl Conn {
             any_behind: AtomicBool::new(user_pos.behind),
             out: Mutex::new(Outbox { frames: VecDeque::new(), close: None, user: user_pos, rooms: Vec::new() }),
             notify: Notify::new(),
+            meta: std::sync::OnceLock::new(),
         }
     }
 

@@ -251,6 +251,10 @@ pub trait Store: Send + Sync + 'static {
     /// the new value. Never moves a cursor backwards.
     async fn set_cursor(&self, user: &str, client_id: &str, seq: u64) -> StoreResult<u64>;
 
+    /// The devices of a user: (client id, cursor), in client id order, at most `limit`
+    /// (for the admin UI's stream page). Does not touch the cursors.
+    async fn cursors(&self, user: &str, limit: usize) -> StoreResult<Vec<(String, u64)>>;
+
     /// Looks up an idempotency key (scoped by the caller, e.g. "apikey-hash:key").
     async fn idem_get(&self, key: &str) -> StoreResult<Option<IdemRecord>>;
 

@@ -1,0 +1,231 @@
+// Browser tests of the admin web UI: headless Debian chromium (CHROMIUM_PATH) driven by
+// playwright-core, against a real target/debug/syncgate (SYNCGATE_BIN) on a free loopback port.
+// Devices are real WebSockets opened from a second browser page. Screenshots of every page go
+// to target/admin-screenshots/ (paths printed).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
+import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { chromium } from "playwright-core";
+
+const BIN = process.env.SYNCGATE_BIN;
+const SHOTS = resolve(process.env.SCREENSHOT_DIR || "../../../../target/admin-screenshots");
+const SECRET = "browser-test-secret-0123456789";
+const API_KEY = "browser-test-api-key";
+const ADMIN_KEY = "browser-test-admin-key-0123456789";
+const DEADLINE = 15000;
+
+let server, base, port, dataDir, browser, ctx, page, devices;
+
+function freePort() {
+  return new Promise((ok, fail) => {
+    const s = createServer().listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => ok(p)); });
+    s.on("error", fail);
+  });
+}
+
+function b64url(v) { return Buffer.from(typeof v === "string" ? v : JSON.stringify(v)).toString("base64url"); }
+
+function token(sub, extra = {}) {
+  const head = b64url({ alg: "HS256", typ: "JWT" });
+  const body = b64url({ sub, exp: Math.floor(Date.now() / 1000) + 3600, rooms: ["lobby"], ...extra });
+  const sig = createHmac("sha256", SECRET).update(`${head}.${body}`).digest("base64url");
+  return `${head}.${body}.${sig}`;
+}
+
+async function apiCall(method, path, body) {
+  const r = await fetch(base + path, {
+    method, headers: { Authorization: `Bearer ${API_KEY}`, "Content-Type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  return { status: r.status, data: await r.json().catch(() => null) };
+}
+
+async function until(what, fn) {
+  const end = Date.now() + DEADLINE;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function shot(name) {
+  const path = join(SHOTS, `${name}.png`);
+  await page.screenshot({ path, fullPage: true });
+  console.log(`screenshot: ${path}`);
+}
+
+/** Opens a device WebSocket from the devices page; its close code lands in window.codes[name]. */
+async function connect(name, user, query, extra) {
+  const url = `ws://127.0.0.1:${port}/ws?token=${token(user, extra)}&${query}`;
+  await devices.evaluate(([name, url]) => new Promise((ok, fail) => {
+    window.sockets ||= {}; window.codes ||= {}; window.frames ||= {};
+    const ws = new WebSocket(url);
+    window.sockets[name] = ws;
+    window.frames[name] = [];
+    ws.onmessage = (m) => {
+      const f = JSON.parse(m.data);
+      window.frames[name].push(f);
+      if (f.op === "welcome") ok();
+    };
+    ws.onclose = (e) => { window.codes[name] = e.code; fail(new Error(`closed ${e.code}`)); };
+  }), [name, url]);
+}
+
+before(async () => {
+  assert.ok(BIN, "SYNCGATE_BIN must point at target/debug/syncgate");
+  mkdirSync(SHOTS, { recursive: true });
+  port = await freePort();
+  base = `http://127.0.0.1:${port}`;
+  dataDir = mkdtempSync(join(tmpdir(), "sg-admin-ui-"));
+  server = spawn(BIN, ["serve"], {
+    env: {
+      ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("SYNCGATE_"))), SYNCGATE_LISTEN: `127.0.0.1:${port}`, SYNCGATE_DATA_DIR: dataDir, SYNCGATE_JWT_SECRET: SECRET,
+      SYNCGATE_API_KEY: API_KEY, SYNCGATE_ADMIN__KEYS: ADMIN_KEY, SYNCGATE_LOG: "warn",
+      SYNCGATE_SERVER__TRUSTED_PROXIES: "127.0.0.0/8",
+    },
+    stdio: ["ignore", "inherit", "inherit"],
+  });
+  await until("the server", () => fetch(`${base}/ready`).then((r) => r.ok, () => false));
+  browser = await chromium.launch({ executablePath: process.env.CHROMIUM_PATH, args: ["--no-sandbox"] });
+  ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  page = await ctx.newPage();
+  devices = await ctx.newPage();
+  await devices.goto(`${base}/health`);
+  await connect("phone", "alice", "client_id=phone&app_version=2.4.1", { meta: { region: "eu", plan: "pro" } });
+  await connect("tablet", "alice", "client_id=tablet&app_version=2.3.0", { meta: { region: "eu" } });
+  await connect("laptop", "bob", "client_id=laptop&app_version=2.4.1", { meta: { region: "us" } });
+  await devices.evaluate(() => window.sockets.laptop.send(JSON.stringify({ op: "join", room: "lobby" })));
+  for (let i = 1; i <= 3; i++) await apiCall("POST", "/api/v1/events", { user_id: "alice", type: "note", data: { n: i } });
+  await apiCall("POST", "/api/v1/rooms/lobby/events", { type: "chat", data: { text: "hi all" } });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.kill("SIGTERM");
+  if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+});
+
+test("sign-in refuses a wrong key and accepts the admin key", async () => {
+  await page.goto(`${base}/admin`);
+  const key = page.getByLabel("Admin key");
+  assert.equal(await key.getAttribute("type"), "password");
+  await key.fill("not-the-admin-key");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("alert").filter({ hasText: "wrong admin key" }).waitFor();
+  assert.equal(await page.getByRole("link", { name: "Connections" }).isVisible(), false);
+  await shot("signin");
+  await key.fill(ADMIN_KEY);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("link", { name: "Overview" }).waitFor();
+  const cookies = await ctx.cookies();
+  const c = cookies.find((c) => c.name === "sg_admin");
+  assert.ok(c && c.httpOnly && c.sameSite === "Strict", JSON.stringify(cookies));
+});
+
+test("overview shows the node's live figures and a chart", async () => {
+  await page.getByRole("link", { name: "Overview" }).click();
+  await until("3 connections on the overview", async () => (await page.locator("#ov-connections").textContent()) === "3");
+  assert.equal(await page.locator("#ov-users").textContent(), "2");
+  assert.equal(await page.locator("#ov-rooms").textContent(), "1");
+  await page.locator(".chart canvas").waitFor();
+  // Live: a publish moves the messages-out figure without a reload.
+  await until("messages out per second above 0", async () => {
+    await apiCall("POST", "/api/v1/events", { user_id: "bob", type: "tick", data: {}, persist: false });
+    return Number((await page.locator("#ov-out").textContent()).replace(/,/g, "")) > 0;
+  });
+  await page.waitForTimeout(1500);
+  await shot("overview");
+});
+
+test("connections page shows metadata and Disconnect closes that device with 4009", async () => {
+  await page.getByRole("link", { name: "Connections" }).click();
+  const search = page.getByRole("searchbox", { name: "User id" });
+  await search.fill("alice");
+  await search.press("Enter");
+  const table = page.getByRole("table", { name: "Connections" });
+  await table.getByText("2.4.1").waitFor();
+  await table.getByText('"region":"eu"').first().waitFor();
+  assert.equal(await table.locator("tbody tr").count(), 2);
+  assert.ok(await table.getByText("127.0.0.1").first().isVisible());
+  await shot("connections");
+  await page.getByRole("button", { name: "Disconnect phone" }).click();
+  const code = await until("the phone to close", () => devices.evaluate(() => window.codes.phone));
+  assert.equal(code, 4009);
+  assert.equal(await devices.evaluate(() => window.sockets.tablet.readyState), 1, "the other device stays connected");
+  await until("one row left", async () => (await table.locator("tbody tr").count()) === 1);
+});
+
+test("stream page shows head, devices with cursor and lag, and latest messages", async () => {
+  await page.getByRole("link", { name: "Streams" }).click();
+  const search = page.getByRole("searchbox", { name: "User id" });
+  await search.fill("alice");
+  await search.press("Enter");
+  const devicesTable = page.getByRole("table", { name: "Devices" });
+  await devicesTable.getByText("tablet").waitFor();
+  await devicesTable.getByText("phone").waitFor();
+  await page.getByRole("table", { name: "Messages" }).getByText('{"n":3}').waitFor();
+  await shot("stream");
+});
+
+test("rooms page shows presence and history", async () => {
+  await page.getByRole("link", { name: "Rooms" }).click();
+  const search = page.getByRole("searchbox", { name: "Room" });
+  await search.fill("lobby");
+  await search.press("Enter");
+  await page.getByRole("link", { name: "bob" }).waitFor();
+  await page.getByRole("table", { name: "Messages" }).getByText("hi all").waitFor();
+  await shot("rooms");
+});
+
+test("queue page shows the queue, or says plainly that it is not available", async () => {
+  await page.getByRole("link", { name: "Queue" }).click();
+  const stats = await apiCall("GET", "/api/v1/queue/stats");
+  if (stats.status === 404) {
+    await page.getByText("Queue not available").waitFor();
+  } else {
+    await page.getByRole("heading", { name: "Dead letters" }).waitFor();
+  }
+  await shot("queue");
+});
+
+test("publish console publishes to a user's stream", async () => {
+  await page.getByRole("link", { name: "Publish" }).click();
+  await page.getByLabel("User id").fill("alice");
+  await page.getByLabel("Type").fill("console.test");
+  await page.getByRole("button", { name: "Publish" }).click();
+  await page.getByRole("status").filter({ hasText: "Published (202)" }).waitFor();
+  await shot("publish");
+  const got = await until("the event at the tablet",
+    () => devices.evaluate(() => window.frames.tablet.find((f) => f.type === "console.test")));
+  assert.equal(got.stream, "user");
+});
+
+test("a state-changing request from another origin is refused", async () => {
+  // 1. With the session cookie but from a foreign Origin and without the CSRF token.
+  const cookie = (await ctx.cookies()).find((c) => c.name === "sg_admin");
+  const forged = await fetch(`${base}/api/v1/users/alice/disconnect`, {
+    method: "POST", headers: { Cookie: `sg_admin=${cookie.value}`, Origin: "http://evil.example" },
+  });
+  assert.equal(forged.status, 403);
+  // 2. A page on another origin (localhost is another site than 127.0.0.1) posting with credentials.
+  const other = await ctx.newPage();
+  await other.goto(`http://localhost:${port}/health`);
+  const status = await other.evaluate(async (url) => {
+    try { return (await fetch(url, { method: "POST", credentials: "include" })).status; } catch { return "blocked"; }
+  }, `${base}/api/v1/users/alice/disconnect`);
+  await other.evaluate((url) => fetch(url, { method: "POST", credentials: "include", mode: "no-cors" }).catch(() => {}),
+    `${base}/api/v1/users/alice/disconnect`);
+  await other.close();
+  assert.ok(status === 401 || status === 403 || status === "blocked", `got ${status}`);
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(await devices.evaluate(() => window.sockets.tablet.readyState), 1, "the device is still connected");
+  const online = await apiCall("GET", "/api/v1/users/alice/online");
+  assert.equal(online.data.connections, 1);
+});
