@@ -236,6 +236,19 @@ impl Node {
         Ok(id)
     }
 
+    /// Sends a live-only message to every connection whose metadata passes `filter`, on
+    /// every node (an empty filter is a plain broadcast).
+    pub async fn broadcast_where(&self, msg: Message<'_>, filter: crate::hub::meta::Where) -> Result<String> {
+        if filter.is_empty() {
+            return self.broadcast(msg).await;
+        }
+        let id = self.transient_id();
+        let frame = protocol::event(&id, "broadcast", msg.kind, &msg.data, now_ms());
+        let target = Target::AllWhere(Arc::new(filter));
+        self.fan_out(Envelope { target, seq: None, frame, except: None }).await;
+        Ok(id)
+    }
+
     /// Closes every connection of a user, on every node. Returns the local count.
     pub async fn disconnect_user(&self, user: &str) -> usize {
         self.fan_out(Envelope { target: Target::Disconnect(user.into()), seq: None, frame: Bytes::new(), except: None })

@@ -95,23 +95,6 @@ pub async fn sign_out(
     Ok(resp)
 }
 
-/// One connection as the API shows it.
-pub fn connection_json(c: &crate::hub::Conn) -> Value {
-    let m = c.meta.get();
-    json!({
-        "conn_id": c.id.to_string(),
-        "user_id": &*c.user,
-        "client_id": c.client_id.as_deref(),
-        "node": m.map(|m| m.node.as_str()),
-        "ip": m.and_then(|m| m.ip).map(|ip| ip.to_string()),
-        "user_agent": m.and_then(|m| m.user_agent.as_deref()),
-        "app_version": m.and_then(|m| m.app_version.as_deref()),
-        "connected_at": m.map(|m| m.connected_at),
-        "rooms": c.rooms().iter().map(|r| r.to_string()).collect::<Vec<_>>(),
-        "meta": m.map(|m| Value::Object(m.meta.clone())).unwrap_or_else(|| json!({})),
-    })
-}
-
 #[utoipa::path(get, path = "/api/v1/users/{user_id}/connections", tag = "users", params(("user_id" = String, Path)),
     responses((status = 200, description = "{\"connections\":[{\"conn_id\",\"user_id\",\"client_id\",\"node\",\"ip\",\"user_agent\",\"app_version\",\"connected_at\",\"rooms\",\"meta\"}]}"),
         (status = 400), (status = 401)))]
@@ -121,7 +104,7 @@ pub async fn connections(
     Path(user): Path<String>,
 ) -> ApiResult<Json<Value>> {
     node.check_name("user_id", &user)?;
-    let list: Vec<Value> = node.hub.connections_of(&user).iter().map(|c| connection_json(c)).collect();
+    let list = node.presence.connections(&user).await?;
     Ok(Json(json!({"user_id": user, "connections": list})))
 }
 

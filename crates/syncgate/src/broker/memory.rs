@@ -26,6 +26,7 @@ pub fn deliver_local(hub: &Hub, env: &Envelope) -> usize {
         Target::User(user) => hub.deliver_user(user, env.seq, &env.frame, env.except),
         Target::Room(room) => hub.deliver_room(room, env.seq, &env.frame, env.except),
         Target::All => hub.deliver_all(&env.frame),
+        Target::AllWhere(filter) => hub.deliver_all_where(&env.frame, filter),
         Target::Disconnect(user) => {
             let reason =
                 CloseReason { code: close::DISCONNECTED, reason: "disconnected by the server", flush_first: true };

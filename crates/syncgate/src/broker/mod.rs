@@ -26,6 +26,8 @@ pub enum Target {
     Room(Arc<str>),
     /// Every connection.
     All,
+    /// Every connection whose metadata passes the filter (a broadcast with `where`).
+    AllWhere(Arc<crate::hub::meta::Where>),
     /// Close every connection of a user with 4009; when the frame is not empty, it is the
     /// client id of the one device to close.
     Disconnect(Arc<str>),

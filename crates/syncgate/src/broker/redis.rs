@@ -167,7 +167,7 @@ impl Shared {
         match target {
             Target::User(u) | Target::Disconnect(u) => self.channel(&Topic::User(u.clone())),
             Target::Room(r) => self.channel(&Topic::Room(r.clone())),
-            Target::All => format!("{}:broadcast", self.prefix),
+            Target::All | Target::AllWhere(_) => format!("{}:broadcast", self.prefix),
         }
     }
 

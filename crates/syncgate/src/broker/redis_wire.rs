@@ -9,10 +9,10 @@
 //! | bytes | content |
 //! |---|---|
 //! | 2 | magic `S1` (format version 1) |
-//! | 1 | target: 0 user, 1 room, 2 all, 3 disconnect |
+//! | 1 | target: 0 user, 1 room, 2 all, 3 disconnect, 4 all with a `where` filter |
 //! | 1 | flags: bit 0 = seq present |
 //! | 1 + n | origin instance id: length, bytes |
-//! | 2 + n | user or room name: length, bytes (empty for all) |
+//! | 2 + n | user or room name: length, bytes (empty for all; the filter as JSON for 4) |
 //! | 8 | seq, if present |
 //! | rest | the encoded WebSocket frame |
 //!
@@ -21,7 +21,10 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use std::sync::Arc;
+
 use super::{Envelope, Target};
+use crate::hub::meta::Where;
 
 const MAGIC: &[u8; 2] = b"S1";
 
@@ -32,11 +35,16 @@ pub(super) struct Wire {
 }
 
 pub(super) fn encode(origin: &str, env: &Envelope) -> Option<Bytes> {
+    let filter;
     let (kind, name): (u8, &str) = match &env.target {
         Target::User(u) => (0, u),
         Target::Room(r) => (1, r),
         Target::All => (2, ""),
         Target::Disconnect(u) => (3, u),
+        Target::AllWhere(w) => {
+            filter = w.to_json().to_string();
+            (4, filter.as_str())
+        }
     };
     let origin_len = u8::try_from(origin.len()).ok()?;
     let name_len = u16::try_from(name.len()).ok()?;
@@ -72,6 +80,7 @@ pub(super) fn decode(mut buf: Bytes) -> Option<Wire> {
         1 => Target::Room(name.into()),
         2 => Target::All,
         3 => Target::Disconnect(name.into()),
+        4 => Target::AllWhere(Arc::new(Where::parse(&serde_json::from_str(&name).ok()?).ok()?)),
         _ => return None,
     };
     Some(Wire { origin, env: Envelope { target, seq, frame: buf, except: None } })

@@ -31,6 +31,23 @@ pub struct ConnMeta {
     pub meta: Map<String, Value>,
 }
 
+/// One connection as the connections API shows it: identity, metadata and rooms.
+pub fn connection_json(c: &super::Conn) -> Value {
+    let m = c.meta.get();
+    serde_json::json!({
+        "conn_id": c.id.to_string(),
+        "user_id": &*c.user,
+        "client_id": c.client_id.as_deref(),
+        "node": m.map(|m| m.node.as_str()),
+        "ip": m.and_then(|m| m.ip).map(|ip| ip.to_string()),
+        "user_agent": m.and_then(|m| m.user_agent.as_deref()),
+        "app_version": m.and_then(|m| m.app_version.as_deref()),
+        "connected_at": m.map(|m| m.connected_at),
+        "rooms": c.rooms().iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+        "meta": m.map(|m| Value::Object(m.meta.clone())).unwrap_or_else(|| Value::Object(Map::new())),
+    })
+}
+
 /// Longest user agent kept (longer ones are cut at a character boundary).
 const MAX_USER_AGENT: usize = 256;
 
@@ -131,7 +148,7 @@ pub fn check_meta(meta: Option<&Value>) -> Result<Map<String, Value>, String> {
 
 /// A broadcast filter: for every key, the connection's `meta` value (or its `app_version` for
 /// the key `app_version`) must equal the given value or one of the given values.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Where {
     terms: Vec<(String, Vec<Value>)>,
 }

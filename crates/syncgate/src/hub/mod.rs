@@ -260,6 +260,19 @@ impl Hub {
         n
     }
 
+    /// Delivers a frame to every local connection whose metadata passes `filter` (parsed once
+    /// per message; matching allocates nothing).
+    pub fn deliver_all_where(&self, frame: &Bytes, filter: &meta::Where) -> usize {
+        let mut n = 0;
+        for c in self.conns.iter() {
+            if c.meta.get().is_some_and(|m| filter.matches(m)) {
+                n += self.count_offer(c.push(frame.clone()));
+            }
+        }
+        self.metrics.messages_out.inc_by(n as u64);
+        n
+    }
+
     /// Local connections of `user` re-read their user stream from the store once.
     pub fn recheck_user(&self, user: &str) {
         if let Some(list) = self.users.read().get(user) {

@@ -28,6 +28,10 @@ impl Presence for LocalPresence {
         Ok(RoomPresence { users, connections })
     }
 
+    async fn connections(&self, user: &str) -> Result<Vec<serde_json::Value>, PresenceError> {
+        Ok(self.hub.connections_of(user).iter().map(|c| crate::hub::meta::connection_json(c)).collect())
+    }
+
     async fn online_users(
         &self,
         after: Option<&str>,

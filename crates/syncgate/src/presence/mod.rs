@@ -39,6 +39,10 @@ pub trait Presence: Send + Sync + 'static {
     /// Members of `room` across the deployment (users sorted, deduplicated).
     async fn room(&self, room: &str) -> Result<RoomPresence, PresenceError>;
 
+    /// The connections of `user` across the deployment, with their metadata (the objects of
+    /// GET /api/v1/users/{user_id}/connections), oldest first.
+    async fn connections(&self, user: &str) -> Result<Vec<serde_json::Value>, PresenceError>;
+
     /// A page of online users in id order after `after`, and the cursor of the next page.
     async fn online_users(
         &self,

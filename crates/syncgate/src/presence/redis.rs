@@ -6,6 +6,10 @@
 //!
 //! - `{prefix}:pu:{user}`: hash, field = node id, value = `"{count}:{expires_ms}"`.
 //! - `{prefix}:pr:{room}`: hash, field = node id, value = `"{expires_ms}:{connections}:{user}\n{user}..."`.
+//! - `{prefix}:pc:{user}`: hash, field = node id, value = `"{expires_ms}\n{JSON array of the
+//!   user's connections on that node}"` (what GET /api/v1/users/{user_id}/connections lists);
+//!   rewritten when the user's connection count on the node changes and on every full refresh,
+//!   so the rooms of a listed connection lag by up to `presence_ttl / 3`.
 //! - `{prefix}:online`: sorted set of user ids (all scores 0, so it is ordered by id) for
 //!   paging; a member whose hash has no live field is dropped when a reader meets it.
 //!
@@ -61,6 +65,10 @@ impl RedisPresence {
 
     fn user_key(&self, user: &str) -> String {
         format!("{}:pu:{user}", self.prefix)
+    }
+
+    fn conns_key(&self, user: &str) -> String {
+        format!("{}:pc:{user}", self.prefix)
     }
 
     fn room_key(&self, room: &str) -> String {
@@ -131,6 +139,11 @@ impl RedisPresence {
             if full || users.get(u) != Some(c) {
                 let k = self.user_key(u);
                 pipe.hset(&k, &self.node, format!("{c}:{exp}")).ignore().pexpire(&k, key_ttl).ignore();
+                let conns: Vec<serde_json::Value> =
+                    hub.connections_of(u).iter().map(|c| crate::hub::meta::connection_json(c)).collect();
+                let ck = self.conns_key(u);
+                let val = format!("{exp}\n{}", serde_json::Value::Array(conns));
+                pipe.hset(&ck, &self.node, val).ignore().pexpire(&ck, key_ttl).ignore();
                 if !users.contains_key(u) || full {
                     pipe.zadd(self.online_key(), &**u, 0).ignore();
                 }
@@ -140,6 +153,7 @@ impl RedisPresence {
         let gone: Vec<Arc<str>> = users.keys().filter(|u| !now_users.contains_key(*u)).cloned().collect();
         for u in &gone {
             pipe.hdel(self.user_key(u), &self.node).ignore();
+            pipe.hdel(self.conns_key(u), &self.node).ignore();
             n += 1;
         }
         let mut now_rooms: HashMap<Arc<str>, (usize, Vec<String>)> = HashMap::new();
@@ -209,6 +223,24 @@ impl Presence for RedisPresence {
         }
         out.users.sort();
         out.users.dedup();
+        Ok(out)
+    }
+
+    async fn connections(&self, user: &str) -> Result<Vec<serde_json::Value>, PresenceError> {
+        let mut c = self.conn.clone();
+        let all: HashMap<String, String> = self.bounded(c.hgetall(self.conns_key(user))).await?;
+        let now = now_ms();
+        let mut out = Vec::new();
+        for v in all.values() {
+            let Some((exp, list)) = v.split_once('\n') else { continue };
+            if exp.parse::<i64>().ok().is_none_or(|e| e <= now) {
+                continue;
+            }
+            if let Ok(serde_json::Value::Array(list)) = serde_json::from_str(list) {
+                out.extend(list);
+            }
+        }
+        out.sort_by_key(|c| c["connected_at"].as_i64().unwrap_or(0));
         Ok(out)
     }
 
