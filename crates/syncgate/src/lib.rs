@@ -14,26 +14,39 @@
 //! - [`protocol`]: the client protocol's frames (JSON), parsed and encoded.
 //! - [`session`]: what a connected client may do with the frames it sends.
 //! - [`node`]: the publish paths and catch-up reads, wiring everything below together.
-//! - [`hub`]: local connections, users, rooms; delivery of encoded frames.
+//! - [`streams`]: every delivery rule: where a stream starts, what an ack means, catch-up
+//!   reads, and each connection's bounded outbox with its flow control.
+//! - [`hub`]: local connections, users, rooms; delivery of events (the broker's `Local`).
+//! - [`event`]: the unit of fan-out, protocol-neutral, encoded lazily once per encoding.
 //! - [`broker`]: fan-out between nodes (`Broker` trait; in-memory for one node).
 //! - [`presence`]: who is online and in which rooms, across the deployment.
+//! - [`redis_conn`]: the shared connection to Redis (standalone, Cluster or Sentinel) for
+//!   the store, the broker and presence in cluster mode.
 //! - [`store`]: durable user streams, room history, cursors, idempotency (`Store` trait;
 //!   embedded redb for one node).
-//! - [`auth`], [`limits`], [`metrics`], [`config`], [`error`]: the cross-cutting parts.
+//! - [`meta`]: what a connection records (address, app version, the token's `meta`) and
+//!   the `where` filter of broadcasts.
+//! - [`auth`], [`limits`], [`metrics`], [`config`], [`error`], [`close`]: the cross-cutting
+//!   parts.
 
 pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod broker;
+pub mod close;
 pub mod config;
 pub mod error;
+pub mod event;
 pub mod hub;
 pub mod limits;
+pub mod meta;
 pub mod metrics;
 pub mod node;
 pub mod presence;
 pub mod protocol;
+pub mod redis_conn;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod streams;
 pub mod transport;

@@ -45,6 +45,9 @@ pub struct Metrics {
     pub client_errors: Family<KindLabels, Counter>,
     pub replayed: Counter,
     pub trimmed: Counter<u64, AtomicU64>,
+    /// Requests answered 503 (or let through, by `limits.presence_failure`) because the
+    /// broker or presence could not serve, by path.
+    pub dependency_failures: Family<KindLabels, Counter>,
 }
 
 impl Metrics {
@@ -64,6 +67,7 @@ impl Metrics {
             client_errors: Family::default(),
             replayed: Counter::default(),
             trimmed: Counter::default(),
+            dependency_failures: Family::default(),
             registry: Registry::default(),
         };
         registry.register("websocket_connections", "Open WebSocket connections", m.connections.clone());
@@ -98,6 +102,11 @@ impl Metrics {
             "trimmed_messages",
             "Messages a resuming connection missed because retention removed them",
             m.trimmed.clone(),
+        );
+        registry.register(
+            "dependency_failures",
+            "Publishes, disconnects and admission checks the broker or presence could not serve, by path",
+            m.dependency_failures.clone(),
         );
         Metrics { registry, ..m }
     }

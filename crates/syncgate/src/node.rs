@@ -2,60 +2,49 @@
 //! shared by the HTTP API and client sessions.
 //!
 //! Owns: construction of the hub, store, broker, auth and limiters from the config;
-//! message validation (types, names); publishing (store first when persisted, then the
-//! broker); catch-up reads for connections; background housekeeping (heartbeat sweep,
-//! retention, limiter sweeps).
+//! message validation (types, names); publishing (store first when persisted, then one
+//! protocol-neutral `Event` per stream position to the broker); the tracker of connection
+//! tasks; background housekeeping (heartbeat sweep, retention, limiter sweeps).
 //!
 //! Must never: answer a persisted publish before the store has it, or speak a wire
-//! protocol (frames come from `protocol`).
+//! protocol.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use std::collections::HashSet;
-
 use bytes::Bytes;
-use parking_lot::Mutex;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
 use crate::broker::{Broker, Envelope, Target};
 use crate::config::Config;
 use crate::error::{Code, Error, Result};
-use crate::hub::{Conn, Hub, StreamRef};
+use crate::event::{Event, Priority, StreamName};
+use crate::hub::Hub;
 use crate::limits::Limiters;
 use crate::metrics::{KindLabels, Metrics};
 use crate::presence::Presence;
-use crate::protocol;
-use crate::store::{EventId, NewEvent, Page, Retention, Store, StreamKey};
-use crate::transport::codec;
+use crate::store::{EventId, NewEvent, Retention, Store, StreamKey};
+use crate::streams::Streams;
 
 pub struct Node {
     pub cfg: Arc<Config>,
     pub instance_id: String,
     pub hub: Arc<Hub>,
     pub store: Arc<dyn Store>,
+    /// The delivery rules over the store (start positions, acks, catch-up reads).
+    pub streams: Streams,
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn Presence>,
     pub auth: Auth,
     pub limits: Limiters,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
+    /// Every connection task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
     shutting_down: AtomicBool,
     transient: AtomicU64,
-    inflight: Mutex<HashSet<String>>,
-}
-
-/// Holds an Idempotency-Key while its request runs; released on drop.
-pub struct InflightGuard<'a> {
-    node: &'a Node,
-    key: String,
-}
-
-impl Drop for InflightGuard<'_> {
-    fn drop(&mut self) {
-        self.node.inflight.lock().remove(&self.key);
-    }
 }
 
 /// The swappable parts of a node: embedded or Redis.
@@ -72,6 +61,7 @@ pub struct Message<'a> {
     pub data: Bytes,
     pub persist: bool,
     pub ttl: Option<Duration>,
+    pub priority: Priority,
     /// The publishing connection (not echoed to it), for client publishes.
     pub except: Option<u64>,
 }
@@ -91,26 +81,23 @@ impl Node {
     ) -> Self {
         let limits = Limiters::new(&cfg.rate_limits);
         let Backends { store, broker, presence } = backends;
+        let streams = Streams::new(store.clone(), cfg.limits.max_devices_per_user, metrics.clone());
         Node {
             cfg,
             instance_id,
             hub,
             store,
+            streams,
             broker,
             presence,
             auth,
             limits,
             metrics,
             started: Instant::now(),
+            tasks: TaskTracker::new(),
             shutting_down: AtomicBool::new(false),
             transient: AtomicU64::new(0),
-            inflight: Mutex::new(HashSet::new()),
         }
-    }
-
-    /// Marks an idempotency key as in flight; None if it already is.
-    pub fn idempotency_inflight(&self, key: &str) -> Option<InflightGuard<'_>> {
-        self.inflight.lock().insert(key.to_string()).then(|| InflightGuard { node: self, key: key.to_string() })
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -165,6 +152,8 @@ impl Node {
     pub async fn publish_users(&self, users: &[String], msg: Message<'_>) -> Result<Vec<String>> {
         let ts = now_ms();
         let mut ids = Vec::with_capacity(users.len());
+        let event =
+            |id: String| Arc::new(Event::new(id, StreamName::User, msg.kind, msg.data.clone(), ts, msg.priority));
         if msg.persist {
             let events = users
                 .iter()
@@ -179,27 +168,17 @@ impl Node {
             let seqs = self.store.append_user(events).await?;
             for (user, seq) in users.iter().zip(seqs) {
                 let id = EventId::format(self.epoch(), StreamKey::User(user), seq);
-                let frame = protocol::event(&id, "user", msg.kind, &msg.data, ts);
-                self.fan_out(Envelope {
-                    target: Target::User(user.as_str().into()),
-                    seq: Some(seq),
-                    frame,
-                    except: msg.except,
-                })
-                .await;
+                let target = Target::User(user.as_str().into());
+                self.fan_out(Envelope::new(target, Some(seq), event(id.clone()), msg.except)).await.ok();
                 ids.push(id);
             }
         } else {
+            // One live-only event for all: the same id, encoded once for every recipient.
             let id = self.transient_id();
-            let frame = protocol::event(&id, "user", msg.kind, &msg.data, ts);
+            let ev = event(id.clone());
             for user in users {
-                self.fan_out(Envelope {
-                    target: Target::User(user.as_str().into()),
-                    seq: None,
-                    frame: frame.clone(),
-                    except: msg.except,
-                })
-                .await;
+                let target = Target::User(user.as_str().into());
+                self.fan_out(Envelope::new(target, None, ev.clone(), msg.except)).await?;
                 ids.push(id.clone());
             }
         }
@@ -209,7 +188,6 @@ impl Node {
     /// Publishes to a room (kept in its history when persisted).
     pub async fn publish_room(&self, room: &str, msg: Message<'_>) -> Result<String> {
         let ts = now_ms();
-        let stream = format!("room:{room}");
         let (id, seq) = if msg.persist {
             let ev = NewEvent {
                 stream: room.to_string(),
@@ -223,92 +201,67 @@ impl Node {
         } else {
             (self.transient_id(), None)
         };
-        let frame = protocol::event(&id, &stream, msg.kind, &msg.data, ts);
-        self.fan_out(Envelope { target: Target::Room(room.into()), seq, frame, except: msg.except }).await;
+        let name: Arc<str> = room.into();
+        let ev = Event::new(id.clone(), StreamName::Room(name.clone()), msg.kind, msg.data, ts, msg.priority);
+        let sent = self.fan_out(Envelope::new(Target::Room(name), seq, Arc::new(ev), msg.except)).await;
+        if seq.is_none() {
+            sent?;
+        }
         Ok(id)
     }
 
     /// Sends a live-only message to every connection.
     pub async fn broadcast(&self, msg: Message<'_>) -> Result<String> {
         let id = self.transient_id();
-        let frame = protocol::event(&id, "broadcast", msg.kind, &msg.data, now_ms());
-        self.fan_out(Envelope { target: Target::All, seq: None, frame, except: None }).await;
+        let ev = Event::new(id.clone(), StreamName::Broadcast, msg.kind, msg.data, now_ms(), msg.priority);
+        self.fan_out(Envelope::new(Target::All, None, Arc::new(ev), None)).await?;
         Ok(id)
     }
 
     /// Sends a live-only message to every connection whose metadata passes `filter`, on
     /// every node (an empty filter is a plain broadcast).
-    pub async fn broadcast_where(&self, msg: Message<'_>, filter: crate::hub::meta::Where) -> Result<String> {
+    pub async fn broadcast_where(&self, msg: Message<'_>, filter: crate::meta::Where) -> Result<String> {
         if filter.is_empty() {
             return self.broadcast(msg).await;
         }
         let id = self.transient_id();
-        let frame = protocol::event(&id, "broadcast", msg.kind, &msg.data, now_ms());
-        let target = Target::AllWhere(Arc::new(filter));
-        self.fan_out(Envelope { target, seq: None, frame, except: None }).await;
+        let ev = Event::new(id.clone(), StreamName::Broadcast, msg.kind, msg.data, now_ms(), msg.priority);
+        self.fan_out(Envelope::new(Target::AllWhere(Arc::new(filter)), None, Arc::new(ev), None)).await?;
         Ok(id)
     }
 
-    /// Closes every connection of a user, on every node. Returns the local count.
-    pub async fn disconnect_user(&self, user: &str) -> usize {
-        self.fan_out(Envelope { target: Target::Disconnect(user.into()), seq: None, frame: Bytes::new(), except: None })
-            .await
-    }
-
     /// Closes the connections of one device of a user, on every node. Returns the local count.
-    pub async fn disconnect_device(&self, user: &str, client_id: &str) -> usize {
-        let frame = Bytes::copy_from_slice(client_id.as_bytes());
-        self.fan_out(Envelope { target: Target::Disconnect(user.into()), seq: None, frame, except: None }).await
+    pub async fn disconnect_device(&self, user: &str, client_id: &str) -> Result<usize> {
+        let target = Target::DisconnectDevice(user.into(), client_id.into());
+        self.fan_out(Envelope { target, seq: None, event: None, except: None }).await
     }
 
-    async fn fan_out(&self, env: Envelope) -> usize {
-        match self.broker.publish(env).await {
-            Ok(n) => n,
-            Err(e) => {
-                // Persisted messages are already stored: devices get them on catch-up.
-                tracing::warn!(error = %e, "broker publish failed");
-                0
-            }
-        }
+    /// Closes every connection of a user, on every node. Returns the local count.
+    pub async fn disconnect_user(&self, user: &str) -> Result<usize> {
+        self.fan_out(Envelope::disconnect(user.into())).await
+    }
+
+    /// Hands an envelope to the broker. An error (503) means the other nodes did not get it;
+    /// every such failure is counted by what was published. Callers ignore the error of a
+    /// persisted message (answered 202): the store has it, and connected devices read it
+    /// from the store when their subscription comes back (`Resubscribed`) or the next
+    /// message shows the gap; a 503 would make the caller retry and store it twice.
+    async fn fan_out(&self, env: Envelope) -> Result<usize> {
+        let kind = match (&env.target, env.seq) {
+            (Target::Disconnect(_) | Target::DisconnectDevice(..), _) => "disconnect",
+            (Target::All | Target::AllWhere(_), _) => "broadcast",
+            (_, Some(_)) => "persisted",
+            (_, None) => "transient",
+        };
+        self.broker.publish(env).await.map_err(|e| {
+            tracing::warn!(error = %e, kind, "broker publish failed");
+            self.metrics.dependency_failures.get_or_create(&KindLabels { kind }).inc();
+            e.into()
+        })
     }
 
     pub fn count_in(&self, source: &'static str, n: u64) {
         self.metrics.messages_in.get_or_create(&KindLabels { kind: source }).inc_by(n);
-    }
-
-    /// Reads the missing part of a connection's stream from the store and queues it.
-    /// Returns false if the store failed (the caller retries later).
-    pub async fn fill(&self, conn: &Conn, stream: StreamRef, after: u64, room_in_queue: usize) -> bool {
-        let limit = room_in_queue.clamp(1, 500);
-        let (page, label, key) = match &stream {
-            StreamRef::User => {
-                (self.store.read_user(&conn.user, after, limit).await, "user".to_string(), StreamKey::User(&conn.user))
-            }
-            StreamRef::Room(r) => {
-                (self.store.read_room(r, after, limit).await, format!("room:{r}"), StreamKey::Room(r))
-            }
-        };
-        let page: Page = match page {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, conn = conn.id, "catch-up read failed");
-                return false;
-            }
-        };
-        let complete = page.events.len() < limit;
-        let epoch = self.epoch();
-        let frames: Vec<(u64, Bytes)> = page
-            .events
-            .iter()
-            .map(|e| (e.seq, protocol::event(&EventId::format(epoch, key, e.seq), &label, &e.kind, &e.data, e.ts)))
-            .collect();
-        let n = frames.len() as u64;
-        let trimmed = conn.apply_fill(&stream, after, (page.first, page.head), frames, complete);
-        self.metrics.replayed.inc_by(n);
-        if trimmed > 0 {
-            self.metrics.trimmed.inc_by(trimmed);
-        }
-        true
     }
 
     /// Background work until shutdown: heartbeats, token expiry, retention, limiter sweeps.
@@ -316,7 +269,6 @@ impl Node {
         let node = self.clone();
         let sd = shutdown.clone();
         tokio::spawn(async move {
-            let ping = codec::ping_frame();
             let mut tick = tokio::time::interval(node.cfg.heartbeat.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
@@ -326,7 +278,7 @@ impl Node {
                     _ = sd.cancelled() => break,
                     _ = tick.tick() => {
                         let now = crate::auth::unix_now().saturating_sub(node.cfg.auth.leeway.as_secs());
-                        node.hub.sweep(&ping, timeout, now);
+                        node.hub.sweep(timeout, now);
                         node.limits.sweep();
                     }
                 }

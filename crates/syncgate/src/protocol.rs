@@ -1,45 +1,52 @@
-//! The syncgate client protocol v1 (JSON text frames): parsing client frames and encoding
-//! server frames, each as a complete WebSocket frame in `Bytes`.
+//! The syncgate client protocol v1 (JSON text messages): parsing client messages and
+//! serializing server messages.
 //!
-//! Owns: the frame shapes of the contract ("Client WebSocket"). A second protocol (e.g.
-//! Pusher Channels) would be a sibling module over the same hub.
+//! Owns: the message shapes of the contract ("Client WebSocket"). It produces JSON text; the
+//! transport frames it (and compresses it where negotiated). A second protocol (e.g. Pusher
+//! Channels) would be a sibling module over the same hub and the same `Event`s.
 //!
-//! Must never: decide what a frame is allowed to do (that is the session's job), or encode
-//! an event more than once per stream position.
+//! Must never: decide what a message is allowed to do (that is the session's job), or know
+//! the WebSocket framing.
+
+use std::borrow::Cow;
 
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::error::{Code, Error};
-use crate::transport::codec;
+use crate::event::{Event, Priority, StreamName};
 
-/// A parsed client frame.
+/// A parsed client frame. Strings are borrowed from the frame unless they contain JSON
+/// escapes (`"caf\u00e9"`, `"a\/b"`), which are decoded.
 #[derive(Debug)]
 pub enum ClientOp<'a> {
     Ping,
-    Join { room: &'a str, since: Option<&'a str> },
-    Leave { room: &'a str },
-    Ack { id: &'a str },
-    Publish { kind: &'a str, data: &'a RawValue, room: Option<&'a str> },
+    Join { room: Cow<'a, str>, since: Option<Cow<'a, str>> },
+    Leave { room: Cow<'a, str> },
+    Ack { id: Cow<'a, str> },
+    Publish { kind: Cow<'a, str>, data: &'a RawValue, room: Option<Cow<'a, str>> },
+    Refresh { token: Cow<'a, str> },
 }
 
 #[derive(Deserialize)]
 struct RawFrame<'a> {
     #[serde(borrow)]
-    op: Option<&'a str>,
+    op: Option<Cow<'a, str>>,
     #[serde(rename = "ref", borrow)]
     reference: Option<&'a RawValue>,
     #[serde(borrow)]
-    room: Option<&'a str>,
+    room: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    since: Option<&'a str>,
+    since: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    id: Option<&'a str>,
+    id: Option<Cow<'a, str>>,
     #[serde(rename = "type", borrow)]
-    kind: Option<&'a str>,
+    kind: Option<Cow<'a, str>>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    token: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -70,13 +77,14 @@ pub fn parse<'a>(text: &'a [u8]) -> Parsed<'a> {
             return Parsed { reference, op: Err(Error::new(Code::InvalidFrame, msg)) };
         }
     };
-    let need = |v: Option<&'a str>, name: &str| v.ok_or_else(|| Error::invalid(format!("missing field `{name}`")));
-    let op = match raw.op {
+    let need = |v: Option<Cow<'a, str>>, name: &str| v.ok_or_else(|| Error::invalid(format!("missing field `{name}`")));
+    let op = match raw.op.as_deref() {
         None => Err(Error::new(Code::InvalidFrame, "missing field `op`")),
         Some("ping") => Ok(ClientOp::Ping),
         Some("join") => need(raw.room, "room").map(|room| ClientOp::Join { room, since: raw.since }),
         Some("leave") => need(raw.room, "room").map(|room| ClientOp::Leave { room }),
         Some("ack") => need(raw.id, "id").map(|id| ClientOp::Ack { id }),
+        Some("refresh") => need(raw.token, "token").map(|token| ClientOp::Refresh { token }),
         Some("publish") => match (raw.kind, raw.data) {
             (Some(kind), Some(data)) => Ok(ClientOp::Publish { kind, data, room: raw.room }),
             (None, _) => Err(Error::invalid("missing field `type`")),
@@ -93,21 +101,37 @@ fn push_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
-/// Encodes an event frame. `data` is raw, already validated JSON.
-pub fn event(id: &str, stream: &str, kind: &str, data: &[u8], ts: i64) -> Bytes {
-    let mut out = Vec::with_capacity(64 + id.len() + stream.len() + kind.len() + data.len());
+/// Appends an event message (JSON text) to `out`. `data` is raw, already validated JSON and
+/// is copied as is; `priority` is written only when it is not `normal`.
+pub fn write_event(out: &mut Vec<u8>, ev: &Event) {
+    out.reserve(80 + ev.id.len() + ev.kind.len() + ev.data.len());
     out.extend_from_slice(b"{\"op\":\"event\",\"id\":");
-    push_str(&mut out, id);
+    push_str(out, &ev.id);
     out.extend_from_slice(b",\"stream\":");
-    push_str(&mut out, stream);
+    match &ev.stream {
+        StreamName::User => out.extend_from_slice(b"\"user\""),
+        StreamName::Broadcast => out.extend_from_slice(b"\"broadcast\""),
+        StreamName::Room(r) => push_str(out, &format!("room:{r}")),
+    }
     out.extend_from_slice(b",\"type\":");
-    push_str(&mut out, kind);
+    push_str(out, &ev.kind);
     out.extend_from_slice(b",\"data\":");
-    out.extend_from_slice(data);
+    out.extend_from_slice(&ev.data);
     out.extend_from_slice(b",\"ts\":");
-    out.extend_from_slice(ts.to_string().as_bytes());
+    out.extend_from_slice(ev.ts.to_string().as_bytes());
+    if ev.priority != Priority::Normal {
+        out.extend_from_slice(b",\"priority\":\"");
+        out.extend_from_slice(ev.priority.as_str().as_bytes());
+        out.push(b'"');
+    }
     out.push(b'}');
-    codec::text(&out)
+}
+
+/// An event message as JSON text.
+pub fn event(ev: &Event) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_event(&mut out, ev);
+    out
 }
 
 /// Encodes a success reply to a frame that had a `ref` (`extra` is a JSON object's members).
@@ -123,7 +147,7 @@ pub fn reply(reference: &RawValue, extra: &[(&str, serde_json::Value)]) -> Bytes
         let _ = serde_json::to_writer(&mut out, v);
     }
     out.push(b'}');
-    codec::text(&out)
+    out.into()
 }
 
 /// Encodes an error frame.
@@ -138,7 +162,7 @@ pub fn error(err: &Error, reference: Option<&RawValue>) -> Bytes {
         out.extend_from_slice(r.get().as_bytes());
     }
     out.push(b'}');
-    codec::text(&out)
+    out.into()
 }
 
 /// Encodes a pong.
@@ -147,21 +171,20 @@ pub fn pong(ts: i64, reference: Option<&RawValue>) -> Bytes {
         Some(r) => format!("{{\"op\":\"pong\",\"ts\":{ts},\"ref\":{}}}", r.get()),
         None => format!("{{\"op\":\"pong\",\"ts\":{ts}}}"),
     };
-    codec::text(v.as_bytes())
+    v.into()
 }
 
 /// Encodes the welcome frame.
 pub fn welcome(w: &serde_json::Value) -> Bytes {
-    codec::text(w.to_string().as_bytes())
+    w.to_string().into()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn payload(frame: &Bytes) -> serde_json::Value {
-        let start = if frame[1] & 0x7f == 126 { 4 } else { 2 };
-        serde_json::from_slice(&frame[start..]).unwrap()
+    fn payload(msg: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(msg).unwrap()
     }
 
     #[test]
@@ -169,7 +192,7 @@ mod tests {
         assert!(matches!(parse(br#"{"op":"ping"}"#).op, Ok(ClientOp::Ping)));
         let p = parse(br#"{"op":"join","room":"a","since":"x.1","ref":7}"#);
         assert_eq!(p.reference.unwrap().get(), "7");
-        assert!(matches!(p.op, Ok(ClientOp::Join { room: "a", since: Some("x.1") })));
+        assert!(matches!(p.op, Ok(ClientOp::Join { room, since: Some(since) }) if room == "a" && since == "x.1"));
         assert_eq!(parse(b"nope").op.unwrap_err().code, Code::InvalidFrame);
         assert_eq!(parse(br#"{"ref":1}"#).op.unwrap_err().code, Code::InvalidFrame);
         assert_eq!(parse(br#"{"op":"dance"}"#).op.unwrap_err().code, Code::UnknownOp);
@@ -179,11 +202,41 @@ mod tests {
     }
 
     #[test]
+    fn escaped_strings_are_decoded_not_refused() {
+        let p = parse(br#"{"op":"join","room":"caf\u00e9","since":"a\/b"}"#);
+        assert!(matches!(p.op, Ok(ClientOp::Join { room, since: Some(s) }) if room == "café" && s == "a/b"));
+        let p = parse(br#"{"op":"publish","type":"a\/b","data":{"x":"\u0041"},"room":"r\u00f6"}"#);
+        match p.op {
+            Ok(ClientOp::Publish { kind, data, room }) => {
+                assert_eq!(kind, "a/b");
+                assert_eq!(data.get(), r#"{"x":"\u0041"}"#, "data stays byte-exact");
+                assert_eq!(room.as_deref(), Some("rö"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse(br#"{"op":"\u0070ing"}"#).op, Ok(ClientOp::Ping)));
+        assert!(matches!(parse(br#"{"op":"ack","id":"e.\u0031"}"#).op, Ok(ClientOp::Ack { id }) if id == "e.1"));
+    }
+
+    #[test]
     fn encodes_frames_as_json() {
-        let e = payload(&event("ab.3", "user", "x\"y", br#"{"k":[1,2]}"#, 42));
+        let ev = Event::new(
+            "ab.3".into(),
+            StreamName::User,
+            "x\"y",
+            Bytes::from_static(br#"{"k":[1,2]}"#),
+            42,
+            Priority::Normal,
+        );
         assert_eq!(
-            e,
+            payload(&event(&ev)),
             serde_json::json!({"op":"event","id":"ab.3","stream":"user","type":"x\"y","data":{"k":[1,2]},"ts":42})
+        );
+        let ev =
+            Event::new("r.1".into(), StreamName::Room("a\"b".into()), "t", Bytes::from_static(b"1"), 7, Priority::High);
+        assert_eq!(
+            payload(&event(&ev)),
+            serde_json::json!({"op":"event","id":"r.1","stream":"room:a\"b","type":"t","data":1,"ts":7,"priority":"high"})
         );
         let r: Box<RawValue> = serde_json::from_str("\"r1\"").unwrap();
         let v = payload(&reply(&r, &[("id", serde_json::json!("ab.4"))]));

@@ -25,14 +25,13 @@ use crate::auth::Auth;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::{RedisBroker, RedisBrokerOptions, Resubscribed};
 use crate::config::Config;
-use crate::hub::{CloseReason, Hub};
+use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::node::{Backends, Node};
 use crate::presence::local::LocalPresence;
 use crate::presence::redis::RedisPresence;
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use crate::store::redis::{RedisOptions, RedisStore};
-use crate::transport::codec::close;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -158,6 +157,8 @@ async fn cluster(
     opts.max_len = cfg.store.max_stream_len;
     opts.room_max_len = cfg.rooms.history_size;
     opts.idempotency_ttl = cfg.store.idempotency_ttl;
+    opts.wait_replicas = r.wait_replicas;
+    opts.wait_timeout = r.wait_timeout;
     let store = RedisStore::connect(opts).await?;
     let mut bopts = RedisBrokerOptions::new(&r.url);
     bopts.mode = r.mode;
@@ -262,15 +263,14 @@ impl Server {
         drop(listener);
         tracing::info!("shutting down: closing connections");
         node.begin_shutdown();
-        node.hub.close_all(CloseReason { code: close::GOING_AWAY, reason: "node shutting down", flush_first: true });
+        node.hub.close_all(crate::close::SHUTDOWN);
         http_stop.cancel();
         tracker.close();
+        node.tasks.close();
         let grace = node.cfg.server.shutdown_grace;
         let drained = tokio::time::timeout(grace, async {
             tracker.wait().await;
-            while !node.hub.is_empty() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            node.tasks.wait().await;
         })
         .await;
         if drained.is_err() {

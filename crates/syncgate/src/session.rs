@@ -1,51 +1,89 @@
 //! A client's session: what a connected device may do with the frames it sends.
 //!
-//! Owns: the handling of client operations (ping, join, leave, ack, publish), their
+//! Owns: the handling of client operations (ping, join, leave, ack, publish, refresh), their
 //! permission checks against the token's claims and the room config, and the per-connection
-//! frame rate limit with its strike count.
+//! frame rate limit with its strike count. Where a join starts and what an ack means are
+//! the `streams` module's rules.
+//!
+//! A frame is handled in two parts: what needs no I/O (parsing, the rate limit, ping, leave,
+//! refresh) at once, on the connection's task; what needs the store or the broker (join,
+//! ack, publish) as a `Later` future that owns what it needs, which the transport polls
+//! beside its writes so a slow store call never stalls delivery.
 //!
 //! Must never: write to the socket (answers go through the connection's outbox), or let a
 //! refused frame change anything.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use crate::auth::{pattern_matches, Claims};
+use crate::auth::{pattern_matches, AuthError, Claims};
+use crate::close::{self, Close};
 use crate::error::{Code, Error, Result};
 use crate::hub::{Conn, StreamPos};
 use crate::limits::FrameLimiter;
 use crate::metrics::KindLabels;
 use crate::node::{now_ms, Message, Node};
 use crate::protocol::{self, ClientOp};
-use crate::store::{EventId, StreamKey};
-use crate::transport::codec::close;
 
 /// The close a session asks for.
-pub type CloseRequest = (u16, &'static str);
+pub type CloseRequest = Close;
+
+/// The I/O part of a frame's handling, to be polled to completion by the transport.
+pub type Later = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// What the synchronous part of handling a frame decided.
+pub enum Handled {
+    Done,
+    Close(Close),
+    Later(Later),
+}
 
 pub struct Session {
-    node: Arc<Node>,
-    pub conn: Arc<Conn>,
-    claims: Claims,
+    ops: Ops,
     /// Created on the first frame: most connections of a push gateway never send one.
     limiter: Option<Box<FrameLimiter>>,
     strikes: u32,
 }
 
+/// What the operations of a session need: cheap to clone into a `Later` future.
+#[derive(Clone)]
+struct Ops {
+    node: Arc<Node>,
+    conn: Arc<Conn>,
+    claims: Arc<Claims>,
+}
+
+/// An operation that needs I/O, with what it needs owned.
+enum Io {
+    Join { room: String, since: Option<String> },
+    Ack { id: String },
+    Publish { kind: String, data: Bytes, room: Option<String> },
+}
+
+type Reply = Result<Vec<(&'static str, serde_json::Value)>>;
+
 impl Session {
     pub fn new(node: Arc<Node>, conn: Arc<Conn>, claims: Claims) -> Self {
-        Session { node, conn, claims, limiter: None, strikes: 0 }
+        Session { ops: Ops { node, conn, claims: Arc::new(claims) }, limiter: None, strikes: 0 }
+    }
+
+    pub fn conn(&self) -> &Arc<Conn> {
+        &self.ops.conn
     }
 
     /// Counts a data frame against the rate limit. `Err(Some(close))` when the connection
     /// has gone on flooding past the strike count.
     fn admit_frame(&mut self, reference: Option<&RawValue>) -> std::result::Result<(), Option<CloseRequest>> {
-        self.node.metrics.frames_in.inc();
+        let node = &self.ops.node;
+        node.metrics.frames_in.inc();
         if self.limiter.is_none() {
-            self.limiter = self.node.limits.frame_limiter();
+            self.limiter = node.limits.frame_limiter();
         }
         let Some(l) = &self.limiter else {
             return Ok(());
@@ -54,18 +92,13 @@ impl Session {
             self.strikes = 0;
             return Ok(());
         }
-        self.node.metrics.rate_limited.get_or_create(&crate::metrics::LimitLabels { limiter: "client_frames" }).inc();
+        node.metrics.rate_limited.get_or_create(&crate::metrics::LimitLabels { limiter: "client_frames" }).inc();
         self.strikes += 1;
-        if self.strikes >= self.node.limits.frame_strikes {
-            return Err(Some((close::RATE_LIMITED, "rate limited")));
+        if self.strikes >= node.limits.frame_strikes {
+            return Err(Some(Close::new(close::RATE_LIMITED, "rate limited")));
         }
-        self.send_error(&Error::new(Code::RateLimitExceeded, "too many frames; slow down"), reference);
+        self.ops.send_error(&Error::new(Code::RateLimitExceeded, "too many frames; slow down"), reference);
         Err(None)
-    }
-
-    fn send_error(&self, err: &Error, reference: Option<&RawValue>) {
-        self.node.metrics.client_errors.get_or_create(&KindLabels { kind: err.code.as_str() }).inc();
-        self.conn.push(protocol::error(err, reference));
     }
 
     /// A binary frame: not part of the protocol; refused, the connection stays.
@@ -73,7 +106,7 @@ impl Session {
         if let Err(close) = self.admit_frame(None) {
             return close;
         }
-        self.send_error(
+        self.ops.send_error(
             &Error::new(Code::InvalidFrame, "binary frames are not supported; send JSON text frames"),
             None,
         );
@@ -81,44 +114,101 @@ impl Session {
     }
 
     /// A text frame.
-    pub async fn on_text(&mut self, text: Bytes) -> Option<CloseRequest> {
+    pub fn on_text(&mut self, text: Bytes) -> Handled {
         let parsed = protocol::parse(&text);
         let reference = parsed.reference;
         if let Err(close) = self.admit_frame(reference) {
-            return close;
+            return close.map_or(Handled::Done, Handled::Close);
         }
         let op = match parsed.op {
             Ok(op) => op,
             Err(e) => {
-                self.send_error(&e, reference);
-                return None;
+                self.ops.send_error(&e, reference);
+                return Handled::Done;
             }
         };
-        let result = match op {
+        let io = match op {
             ClientOp::Ping => {
-                self.conn.push(protocol::pong(now_ms(), reference));
-                return None;
+                self.ops.conn.reply(protocol::pong(now_ms(), reference));
+                return Handled::Done;
             }
-            ClientOp::Join { room, since } => self.join(room, since).await,
-            ClientOp::Leave { room } => self.leave(room),
-            ClientOp::Ack { id } => self.ack(id).await,
-            ClientOp::Publish { kind, data, room } => self.publish(kind, data, room).await,
+            ClientOp::Leave { room } => {
+                let r = self.ops.leave(&room);
+                self.ops.answer(r, reference);
+                return Handled::Done;
+            }
+            ClientOp::Refresh { token } => {
+                let r = self.refresh(&token);
+                self.ops.answer(r, reference);
+                return Handled::Done;
+            }
+            ClientOp::Join { room, since } => Io::Join { room: room.into(), since: since.map(Into::into) },
+            ClientOp::Ack { id } => Io::Ack { id: id.into() },
+            ClientOp::Publish { kind, data, room } => {
+                // `data` is a slice of the frame: shared, not copied.
+                let data = text.slice_ref(data.get().as_bytes());
+                Io::Publish { kind: kind.into(), data, room: room.map(Into::into) }
+            }
         };
-        match result {
+        let ops = self.ops.clone();
+        let reference = reference.map(|r| r.to_owned());
+        Handled::Later(Box::pin(async move {
+            let r = match io {
+                Io::Join { room, since } => ops.join(&room, since.as_deref()).await,
+                Io::Ack { id } => ops.ack(&id).await,
+                Io::Publish { kind, data, room } => ops.publish(&kind, data, room.as_deref()).await,
+            };
+            ops.answer(r, reference.as_deref());
+        }))
+    }
+
+    /// Renews the connection's token in place: same user (and device, if the token names
+    /// one); the new expiry replaces the old one, the new claims apply to later joins.
+    fn refresh(&mut self, token: &str) -> Reply {
+        let claims = self.ops.node.auth.verify(token).map_err(|e| match e {
+            AuthError::Expired => Error::unauthorized("token expired"),
+            other => Error::unauthorized(other.to_string()),
+        })?;
+        if claims.sub != self.ops.claims.sub {
+            return Err(Error::forbidden("the new token is for another user"));
+        }
+        if let (Some(bound), Some(cid)) = (&claims.client_id, &self.ops.conn.client_id) {
+            if **bound != **cid {
+                return Err(Error::forbidden("the new token is for another client_id"));
+            }
+        }
+        self.ops.conn.token_exp.store(claims.exp, Ordering::Relaxed);
+        let exp = claims.exp;
+        self.ops.claims = Arc::new(claims);
+        Ok(vec![("exp", json!(exp))])
+    }
+}
+
+impl Ops {
+    fn send_error(&self, err: &Error, reference: Option<&RawValue>) {
+        self.node.metrics.client_errors.get_or_create(&KindLabels { kind: err.code.as_str() }).inc();
+        self.conn.reply(protocol::error(err, reference));
+    }
+
+    /// Queues the reply (if the frame had a ref) or the error.
+    fn answer(&self, r: Reply, reference: Option<&RawValue>) {
+        match r {
             Ok(extra) => {
                 if let Some(r) = reference {
-                    self.conn.push(protocol::reply(r, &extra));
+                    self.conn.reply(protocol::reply(r, &extra));
                 }
             }
             Err(e) => self.send_error(&e, reference),
         }
-        None
     }
 
-    async fn join(&self, room: &str, since: Option<&str>) -> Result<Vec<(&'static str, serde_json::Value)>> {
+    async fn join(&self, room: &str, since: Option<&str>) -> Reply {
         self.node.check_name("room", room)?;
         if !self.claims.may_join(room) {
             return Err(Error::forbidden(format!("the token does not allow room {room:?}")));
+        }
+        if self.conn.in_room(room) {
+            return Ok(vec![("room", json!(room)), ("already", json!(true))]);
         }
         if self.conn.room_count() >= self.node.cfg.limits.max_rooms_per_connection {
             return Err(Error::forbidden(format!(
@@ -126,58 +216,32 @@ impl Session {
                 self.node.cfg.limits.max_rooms_per_connection
             )));
         }
-        let head = self.node.store.read_room(room, u64::MAX, 0).await?;
-        let start = match since {
-            Some(s) => {
-                let seq = EventId::parse(s, self.node.epoch(), StreamKey::Room(room))?;
-                if seq > head.head {
-                    return Err(Error::invalid(format!("since {s:?} is ahead of the room's history")));
-                }
-                seq
-            }
-            None => head.head,
-        };
-        let resumed = head.head - start.max(head.first.saturating_sub(1)).min(head.head);
-        if !self.node.hub.join(&self.conn, room, Some(StreamPos::resume_from(start))) {
+        let start = self.node.streams.room_start(room, since).await?;
+        if !self.node.hub.join(&self.conn, room, Some(StreamPos::resume_from(start.cursor))) {
             return Ok(vec![("room", json!(room)), ("already", json!(true))]);
         }
-        Ok(vec![("room", json!(room)), ("resumed", json!(resumed))])
+        Ok(vec![("room", json!(room)), ("resumed", json!(start.resumed))])
     }
 
-    fn leave(&self, room: &str) -> Result<Vec<(&'static str, serde_json::Value)>> {
+    fn leave(&self, room: &str) -> Reply {
         if !self.node.hub.leave(&self.conn, room) {
             return Err(Error::not_found(format!("not in room {room:?}")));
         }
         Ok(vec![("room", json!(room))])
     }
 
-    async fn ack(&self, id: &str) -> Result<Vec<(&'static str, serde_json::Value)>> {
+    async fn ack(&self, id: &str) -> Reply {
         let Some(client_id) = &self.conn.client_id else {
             return Err(Error::invalid("ack needs a client id: connect with ?client_id="));
         };
-        let seq = EventId::parse(id, self.node.epoch(), StreamKey::User(&self.conn.user))?;
-        let head = self.node.store.read_user(&self.conn.user, u64::MAX, 0).await?.head;
-        if seq > head {
-            return Err(Error::invalid(format!("id {id:?} is ahead of this user's stream")));
-        }
-        let cursor = self.node.store.set_cursor(&self.conn.user, client_id, seq).await?;
-        Ok(vec![("cursor", json!(EventId::format(self.node.epoch(), StreamKey::User(&self.conn.user), cursor)))])
+        let cursor = self.node.streams.ack(&self.conn.user, client_id, id).await?;
+        Ok(vec![("cursor", json!(cursor))])
     }
 
-    async fn publish(
-        &self,
-        kind: &str,
-        data: &RawValue,
-        room: Option<&str>,
-    ) -> Result<Vec<(&'static str, serde_json::Value)>> {
+    async fn publish(&self, kind: &str, data: Bytes, room: Option<&str>) -> Reply {
         self.node.check_type(kind)?;
-        let msg = Message {
-            kind,
-            data: Bytes::copy_from_slice(data.get().as_bytes()),
-            persist: true,
-            ttl: None,
-            except: Some(self.conn.id),
-        };
+        let msg =
+            Message { kind, data, persist: true, ttl: None, priority: Default::default(), except: Some(self.conn.id) };
         let id = match room {
             None => {
                 let user = self.conn.user.to_string();

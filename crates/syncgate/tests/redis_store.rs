@@ -254,18 +254,18 @@ async fn cursors_never_go_backwards_and_persist(url: &str, prefix: &str) {
     {
         let s = open(url, prefix).await;
         assert_eq!(s.cursor("u", "phone").await.unwrap(), None);
-        assert_eq!(s.set_cursor("u", "phone", 5).await.unwrap(), 5);
-        assert_eq!(s.set_cursor("u", "phone", 3).await.unwrap(), 5);
-        assert_eq!(s.set_cursor("u", "phone", 9).await.unwrap(), 9);
-        assert_eq!(s.set_cursor("u", "laptop", 0).await.unwrap(), 0);
+        assert_eq!(s.set_cursor("u", "phone", 5, 50).await.unwrap(), 5);
+        assert_eq!(s.set_cursor("u", "phone", 3, 50).await.unwrap(), 5);
+        assert_eq!(s.set_cursor("u", "phone", 9, 50).await.unwrap(), 9);
+        assert_eq!(s.set_cursor("u", "laptop", 0, 50).await.unwrap(), 0);
         assert_eq!(s.cursor("u", "phone").await.unwrap(), Some(9));
         assert_eq!(s.cursor("u", "laptop").await.unwrap(), Some(0));
         assert_eq!(s.cursor("v", "phone").await.unwrap(), None);
         // Exact for seqs beyond what a double holds (Lua numbers are doubles).
         let big = u64::MAX - 1;
-        assert_eq!(s.set_cursor("w", "c", big).await.unwrap(), big);
-        assert_eq!(s.set_cursor("w", "c", big - 1).await.unwrap(), big);
-        assert_eq!(s.set_cursor("w", "c", u64::MAX).await.unwrap(), u64::MAX);
+        assert_eq!(s.set_cursor("w", "c", big, 50).await.unwrap(), big);
+        assert_eq!(s.set_cursor("w", "c", big - 1, 50).await.unwrap(), big);
+        assert_eq!(s.set_cursor("w", "c", u64::MAX, 50).await.unwrap(), u64::MAX);
         s.close().await.unwrap();
     }
     let s = open(url, prefix).await;
@@ -279,14 +279,14 @@ async fn cursors_never_go_backwards_and_persist(url: &str, prefix: &str) {
     assert_eq!(s.cursor("u", "phone").await.unwrap(), None);
     assert_eq!(s.stats().await.unwrap().cursors, 0);
     // A cursor created after its user's were all forgotten is indexed again.
-    s.set_cursor("u", "tablet", 2).await.unwrap();
+    s.set_cursor("u", "tablet", 2, 50).await.unwrap();
     s.sweep(&retention, now_ms() + 31 * DAY_MS).await.unwrap();
     assert_eq!(s.cursor("u", "tablet").await.unwrap(), None);
 }
 
 async fn cursor_read_touches_last_used(url: &str, prefix: &str) {
     let s = open(url, prefix).await;
-    s.set_cursor("u", "c", 1).await.unwrap();
+    s.set_cursor("u", "c", 1, 50).await.unwrap();
     // Pretend the cursor was last used 10 days ago.
     let key = format!("{prefix}:{{u:u}}:c");
     let old = format!("1:{}", now_ms() - 10 * DAY_MS);
@@ -350,7 +350,7 @@ async fn stats_count_messages_streams_age_and_cursors(url: &str, prefix: &str) {
     let now = now_ms();
     s.append_user(vec![ev("a", now - 60_000, "x"), ev("a", now, "x"), ev("b", now, "x")]).await.unwrap();
     s.append_room(ev("lobby", now - 3_600_000, "r")).await.unwrap(); // rooms are not counted
-    s.set_cursor("a", "c1", 1).await.unwrap();
+    s.set_cursor("a", "c1", 1, 50).await.unwrap();
     let st = s.stats().await.unwrap();
     assert_eq!((st.stored_messages, st.streams, st.cursors), (3, 2, 1));
     let age = st.oldest_age_ms.unwrap();
@@ -375,7 +375,7 @@ async fn close_then_everything_is_closed(url: &str, prefix: &str) {
     s.close().await.unwrap();
     assert!(matches!(s.append_user(vec![ev("a", now_ms(), "x")]).await, Err(StoreError::Closed)));
     assert!(matches!(s.append_room(ev("r", now_ms(), "x")).await, Err(StoreError::Closed)));
-    assert!(matches!(s.set_cursor("a", "c", 1).await, Err(StoreError::Closed)));
+    assert!(matches!(s.set_cursor("a", "c", 1, 50).await, Err(StoreError::Closed)));
     assert!(matches!(s.read_user("a", 0, 10).await, Err(StoreError::Closed)));
     assert!(matches!(s.stats().await, Err(StoreError::Closed)));
     s.close().await.unwrap(); // idempotent
@@ -480,7 +480,7 @@ async fn outage_is_unavailable_then_recovers_with_answered_data() {
     for i in 1..=20 {
         assert_eq!(s.append_user(vec![ev("a", now_ms(), "x")]).await.unwrap(), vec![i]);
     }
-    s.set_cursor("a", "phone", 7).await.unwrap();
+    s.set_cursor("a", "phone", 7, 50).await.unwrap();
     server.kill();
     let started = std::time::Instant::now();
     let r = tokio::time::timeout(Duration::from_secs(10), s.append_user(vec![ev("a", now_ms(), "x")])).await;

@@ -2,11 +2,14 @@
 //! callers (or an admin UI session, see `crate::admin`), and offline-API callers (a user's JWT or an API key acting for a user).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
+use bytes::BytesMut;
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -27,17 +30,62 @@ impl<T: DeserializeOwned> FromRequest<Arc<Node>> for JsonBody<T> {
     async fn from_request(req: Request, node: &Arc<Node>) -> Result<Self, Self::Rejection> {
         let max = node.cfg.limits.max_body_bytes;
         let too_large = || Error::new(Code::PayloadTooLarge, format!("request body is larger than {max} bytes"));
+        // A client that asked `Expect: 100-continue` is waiting for a go-ahead: it gets the
+        // 413 without being asked to send anything.
+        let drain_ok = !req.headers().contains_key(header::EXPECT);
+        let budget = (max as u64).saturating_mul(DRAIN_FACTOR);
         if let Some(len) =
             req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
         {
             if len > max as u64 {
+                if drain_ok && len <= budget {
+                    drain(req.into_body(), budget).await;
+                }
                 return Err(too_large().into());
             }
         }
-        let raw = axum::body::to_bytes(req.into_body(), max).await.map_err(|_| too_large())?;
+        let mut body = req.into_body();
+        let mut buf = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Error::invalid(format!("could not read the request body: {e}")))?;
+            if let Some(data) = frame.data_ref() {
+                if buf.len() + data.len() > max {
+                    if drain_ok {
+                        drain(body, budget.saturating_sub((buf.len() + data.len()) as u64)).await;
+                    }
+                    return Err(too_large().into());
+                }
+                buf.extend_from_slice(data);
+            }
+        }
+        let raw = buf.freeze();
         let value = serde_json::from_slice(&raw).map_err(|e| Error::invalid(format!("invalid JSON body: {e}")))?;
         Ok(JsonBody { value, raw })
     }
+}
+
+/// How long an over-limit body may keep arriving before its 413 is sent.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// How much of an over-limit body is read and dropped, in multiples of the limit.
+const DRAIN_FACTOR: u64 = 4;
+
+/// Reads and throws away the rest of an over-limit body (at most `budget` bytes, for at most
+/// `DRAIN_TIME`) before the 413 is sent. A client that writes its whole body before reading
+/// the answer (Python's urllib, many HTTP/1 clients) would otherwise be reset mid-upload
+/// (EPIPE) and never see the 413. Bodies past 4 times `limits.max_body_bytes` are not drained:
+/// they get the 413 at once and the connection is closed.
+async fn drain(mut body: axum::body::Body, budget: u64) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > budget {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// A query string, refused with the contract's JSON error when it does not parse.

@@ -31,10 +31,7 @@ pub struct MessagesQuery {
 /// The cursor of a known device; unknown client ids are an error, not a silent restart.
 async fn known_cursor(node: &Node, user: &str, client_id: &str) -> Result<u64, Error> {
     node.check_name("client_id", client_id)?;
-    node.store
-        .cursor(user, client_id)
-        .await?
-        .ok_or_else(|| Error::not_found(format!("unknown client_id {client_id:?}: connect once with it first")))
+    node.streams.known_cursor(user, client_id).await
 }
 
 #[utoipa::path(get, path = "/api/v1/offline/messages", tag = "offline", params(MessagesQuery),
@@ -80,14 +77,9 @@ pub struct AckBatchBody {
 }
 
 async fn ack_to(node: &Node, user: &str, client_id: &str, seq: u64) -> ApiResult<Json<Value>> {
-    let key = StreamKey::User(user);
-    known_cursor(node, user, client_id).await?;
-    let head = node.store.read_user(user, u64::MAX, 0).await?.head;
-    if seq > head {
-        return Err(Error::invalid("id is ahead of this user's stream").into());
-    }
-    let cursor = node.store.set_cursor(user, client_id, seq).await?;
-    Ok(Json(json!({"ok": true, "cursor": EventId::format(node.epoch(), key, cursor)})))
+    node.check_name("client_id", client_id)?;
+    let cursor = node.streams.ack_seq(user, client_id, seq).await?;
+    Ok(Json(json!({"ok": true, "cursor": cursor})))
 }
 
 #[utoipa::path(post, path = "/api/v1/offline/ack", tag = "offline", request_body = AckBody,

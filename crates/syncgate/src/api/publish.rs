@@ -18,9 +18,10 @@ use super::error::ApiResult;
 use super::extract::{ApiKey, JsonBody};
 use crate::error::{Code, Error};
 use crate::node::{Message, Node};
-use crate::store::IdemRecord;
+use crate::store::{IdemRecord, Store};
 
-/// Message priority (accepted and validated; delivery order is per stream regardless).
+/// Message priority: carried in live event frames (`"priority"`, written when not normal);
+/// delivery order is per stream regardless.
 #[derive(Debug, Clone, Copy, Deserialize, ToSchema, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
@@ -45,8 +46,7 @@ pub struct UserEvent {
     pub persist: Option<bool>,
     /// Drop from the stream after this many seconds (shorter than retention).
     pub ttl_s: Option<u64>,
-    /// Accepted and validated; delivery order is per stream whatever the priority.
-    #[allow(dead_code)]
+    /// Carried in the live event frame; delivery order is per stream whatever the priority.
     pub priority: Option<Priority>,
 }
 
@@ -60,8 +60,7 @@ pub struct BatchEvent {
     pub data: Box<RawValue>,
     pub persist: Option<bool>,
     pub ttl_s: Option<u64>,
-    /// Accepted and validated; delivery order is per stream whatever the priority.
-    #[allow(dead_code)]
+    /// Carried in the live event frame; delivery order is per stream whatever the priority.
     pub priority: Option<Priority>,
 }
 
@@ -72,8 +71,7 @@ pub struct BroadcastEvent {
     pub kind: String,
     #[schema(value_type = Object)]
     pub data: Box<RawValue>,
-    /// Accepted and validated; delivery order is per stream whatever the priority.
-    #[allow(dead_code)]
+    /// Carried in the live event frame; delivery order is per stream whatever the priority.
     pub priority: Option<Priority>,
     /// Only connections whose token `meta` (or `app_version`) has, for every key, that value
     /// or one of the listed values: `{"region": ["eu", "us"], "plan": "pro"}`.
@@ -95,8 +93,7 @@ pub struct RoomEvent {
     /// Keep in the room's history (default true).
     pub persist: Option<bool>,
     pub ttl_s: Option<u64>,
-    /// Accepted and validated; delivery order is per stream whatever the priority.
-    #[allow(dead_code)]
+    /// Carried in the live event frame; delivery order is per stream whatever the priority.
     pub priority: Option<Priority>,
 }
 
@@ -106,6 +103,7 @@ fn message<'a>(
     data: &RawValue,
     persist: Option<bool>,
     ttl_s: Option<u64>,
+    priority: Option<Priority>,
 ) -> Result<Message<'a>, Error> {
     node.check_type(kind)?;
     if ttl_s == Some(0) {
@@ -116,6 +114,11 @@ fn message<'a>(
         data: Bytes::copy_from_slice(data.get().as_bytes()),
         persist: persist.unwrap_or(true),
         ttl: ttl_s.map(Duration::from_secs),
+        priority: match priority.unwrap_or_default() {
+            Priority::Low => crate::event::Priority::Low,
+            Priority::Normal => crate::event::Priority::Normal,
+            Priority::High => crate::event::Priority::High,
+        },
         except: None,
     })
 }
@@ -143,36 +146,83 @@ where
         .ok_or_else(|| Error::invalid("Idempotency-Key must be 1 to 255 visible ASCII characters"))?;
     let scope = format!("{}:{}:{}", key.fingerprint, route, idem);
     let hash = request_hash(route, raw);
-    if let Some(rec) = node.store.idem_get(&scope).await? {
-        return replay(rec, hash);
+    let echo = HeaderValue::from_str(idem).unwrap_or(HeaderValue::from_static(""));
+    // Claimed in the store, so exactly one of concurrent same-key requests runs, on any node.
+    if let Some(rec) = node.store.idem_claim(&scope, hash, node.cfg.store.idempotency_lease).await? {
+        return replay(rec, hash, echo);
     }
-    let _guard = node.idempotency_inflight(&scope).ok_or_else(|| {
-        Error::new(Code::IdempotencyConflict, "a request with this Idempotency-Key is still in progress")
-    })?;
-    // Checked again under the in-flight guard: a twin may have finished meanwhile.
-    if let Some(rec) = node.store.idem_get(&scope).await? {
-        return replay(rec, hash);
-    }
-    let body = publish.await?;
+    let claim = Claim { node: node.store.clone(), scope: Some(scope) };
+    let body = match publish.await {
+        Ok(body) => body,
+        Err(e) => {
+            // A failed answer is not remembered: the caller may retry with the same key.
+            claim.release().await;
+            return Err(e);
+        }
+    };
     let bytes = Bytes::from(body.to_string());
     let record = IdemRecord { request_hash: hash, status: StatusCode::ACCEPTED.as_u16(), body: bytes.clone() };
-    if let Err(e) = node.store.idem_put(&scope, record).await {
+    if let Err(e) = claim.answer(record).await {
         tracing::warn!(error = %e, "could not store idempotency key");
     }
     let mut resp = (StatusCode::ACCEPTED, [("content-type", "application/json")], bytes).into_response();
-    resp.headers_mut().insert("idempotency-key", HeaderValue::from_str(idem).unwrap_or(HeaderValue::from_static("")));
+    resp.headers_mut().insert("idempotency-key", echo);
     Ok(resp)
 }
 
-fn replay(rec: IdemRecord, hash: u64) -> ApiResult<Response> {
+/// A claimed Idempotency-Key: answered, released, or (request dropped midway, e.g. the
+/// client went away) released in the background.
+struct Claim {
+    node: Arc<dyn Store>,
+    scope: Option<String>,
+}
+
+impl Claim {
+    async fn answer(mut self, record: IdemRecord) -> Result<(), crate::store::StoreError> {
+        let Some(scope) = self.scope.take() else { return Ok(()) };
+        self.node.idem_put(&scope, record).await.map(|_| ())
+    }
+
+    async fn release(mut self) {
+        if let Some(scope) = self.scope.take() {
+            if let Err(e) = self.node.idem_release(&scope).await {
+                tracing::warn!(error = %e, "could not release an idempotency claim (it expires with its lease)");
+            }
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(scope) = self.scope.take() {
+            let store = self.node.clone();
+            tokio::spawn(async move {
+                let _ = store.idem_release(&scope).await;
+            });
+        }
+    }
+}
+
+fn replay(rec: IdemRecord, hash: u64, echo: HeaderValue) -> ApiResult<Response> {
     if rec.request_hash != hash {
         return Err(
             Error::new(Code::IdempotencyConflict, "this Idempotency-Key was used with another request body").into()
         );
     }
+    if rec.status == 0 {
+        let mut resp = super::error::ApiError::from(Error::new(
+            Code::IdempotencyConflict,
+            "a request with this Idempotency-Key is still in progress; retry to get its answer",
+        ))
+        .into_response();
+        resp.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+        resp.headers_mut().insert("idempotency-key", echo);
+        return Ok(resp);
+    }
     let status = StatusCode::from_u16(rec.status).unwrap_or(StatusCode::ACCEPTED);
     let mut resp = (status, [("content-type", "application/json")], rec.body).into_response();
     resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    resp.headers_mut().insert("idempotency-key", echo);
     Ok(resp)
 }
 
@@ -199,7 +249,7 @@ pub async fn events(
     let b = &body.value;
     idempotent(&node, &key, &headers, "events", &body.raw, async {
         node.check_name("user_id", &b.user_id)?;
-        let msg = message(&node, &b.kind, &b.data, b.persist, b.ttl_s)?;
+        let msg = message(&node, &b.kind, &b.data, b.persist, b.ttl_s, b.priority)?;
         let ids = node.publish_users(std::slice::from_ref(&b.user_id), msg).await?;
         node.count_in("api", 1);
         Ok(json!({"id": ids.into_iter().next()}))
@@ -228,7 +278,7 @@ pub async fn batch(
         for u in &users {
             node.check_name("user_id", u)?;
         }
-        let msg = message(&node, &b.kind, &b.data, b.persist, b.ttl_s)?;
+        let msg = message(&node, &b.kind, &b.data, b.persist, b.ttl_s, b.priority)?;
         let ids = node.publish_users(&users, msg).await?;
         node.count_in("api", users.len() as u64);
         let map: BTreeMap<&String, String> = users.iter().zip(ids).collect();
@@ -239,7 +289,7 @@ pub async fn batch(
 
 #[utoipa::path(post, path = "/api/v1/events/broadcast", tag = "publish", request_body = BroadcastEvent,
     params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe publishing")),
-    responses((status = 202, description = "accepted; body {\"id\"}"), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429)))]
+    responses((status = 202, description = "accepted; body {\"id\"}"), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429), (status = 503)))]
 pub async fn broadcast(
     State(node): State<Arc<Node>>,
     key: ApiKey,
@@ -248,15 +298,15 @@ pub async fn broadcast(
 ) -> ApiResult<Response> {
     let b = &body.value;
     idempotent(&node, &key, &headers, "broadcast", &body.raw, async {
-        let mut msg = message(&node, &b.kind, &b.data, Some(false), None)?;
+        let mut msg = message(&node, &b.kind, &b.data, Some(false), None, b.priority)?;
         msg.persist = false;
         let filter = match &b.filter {
-            None => crate::hub::meta::Where::default(),
+            None => crate::meta::Where::default(),
             Some(v) => {
                 if v.to_string().len() > MAX_WHERE_BYTES {
                     return Err(Error::invalid(format!("where is larger than {MAX_WHERE_BYTES} bytes")).into());
                 }
-                crate::hub::meta::Where::parse(v).map_err(Error::invalid)?
+                crate::meta::Where::parse(v).map_err(Error::invalid)?
             }
         };
         let id = node.broadcast_where(msg, filter).await?;
@@ -280,7 +330,7 @@ pub async fn room_events(
     let route = format!("rooms/{room}");
     idempotent(&node, &key, &headers, &route, &body.raw, async {
         node.check_name("room", &room)?;
-        let msg = message(&node, &b.kind, &b.data, b.persist, b.ttl_s)?;
+        let msg = message(&node, &b.kind, &b.data, b.persist, b.ttl_s, b.priority)?;
         let id = node.publish_room(&room, msg).await?;
         node.count_in("api", 1);
         Ok(json!({"id": id}))

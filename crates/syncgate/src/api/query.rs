@@ -94,7 +94,7 @@ pub struct DisconnectQuery {
 }
 
 #[utoipa::path(post, path = "/api/v1/users/{user_id}/disconnect", tag = "users", params(("user_id" = String, Path), DisconnectQuery),
-    responses((status = 200, description = "{\"disconnected\":n} (connections closed on this node; other nodes close theirs too)"), (status = 401)))]
+    responses((status = 200, description = "{\"disconnected\":n} (closed on this node; the other nodes close theirs)"), (status = 401), (status = 503, description = "the broker cannot reach the other nodes")))]
 pub async fn disconnect(
     State(node): State<Arc<Node>>,
     _key: ApiKey,
@@ -105,9 +105,9 @@ pub async fn disconnect(
     let n = match &q.client_id {
         Some(c) => {
             node.check_name("client_id", c)?;
-            node.disconnect_device(&user, c).await
+            node.disconnect_device(&user, c).await?
         }
-        None => node.disconnect_user(&user).await,
+        None => node.disconnect_user(&user).await?,
     };
     Ok(Json(json!({"disconnected": n})))
 }

@@ -38,10 +38,8 @@ use redis::{PushInfo, PushKind, RedisError, Value};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::memory::deliver_local;
-use super::{Broker, BrokerError, BrokerStats, Envelope, Interest, Target};
-use crate::hub::Hub;
-use crate::store::redis::{is_unavailable, Endpoint, RedisConn, RedisMode};
+use super::{Broker, BrokerError, BrokerStats, Envelope, Interest, Local, Target};
+use crate::redis_conn::{is_unavailable, Endpoint, RedisConn, RedisMode};
 use wire::{decode, encode};
 
 #[path = "redis_wire.rs"]
@@ -75,7 +73,9 @@ impl RedisBrokerOptions {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
             health_interval: Duration::from_secs(5),
-            max_backoff: Duration::from_secs(5),
+            // Short, so that a node is ready (and delivering) again within about a second of
+            // Redis coming back; one connection attempt per second per node costs nothing.
+            max_backoff: Duration::from_secs(1),
             sharded: None,
         }
     }
@@ -141,7 +141,7 @@ struct Counters {
 
 struct Shared {
     instance_id: Arc<str>,
-    hub: Arc<Hub>,
+    hub: Arc<dyn Local>,
     prefix: String,
     sharded: bool,
     counters: Counters,
@@ -165,7 +165,9 @@ impl Shared {
 
     fn target_channel(&self, target: &Target) -> String {
         match target {
-            Target::User(u) | Target::Disconnect(u) => self.channel(&Topic::User(u.clone())),
+            Target::User(u) | Target::Disconnect(u) | Target::DisconnectDevice(u, _) => {
+                self.channel(&Topic::User(u.clone()))
+            }
             Target::Room(r) => self.channel(&Topic::Room(r.clone())),
             Target::All | Target::AllWhere(_) => format!("{}:broadcast", self.prefix),
         }
@@ -180,8 +182,8 @@ impl Shared {
     /// Whether this node's connections currently need `topic`.
     fn wanted(&self, topic: &Topic) -> bool {
         match topic {
-            Topic::User(u) => self.hub.user_connections(u) > 0,
-            Topic::Room(r) => self.hub.presence(r).1 > 0,
+            Topic::User(u) => self.hub.has_user(u),
+            Topic::Room(r) => self.hub.has_room(r),
         }
     }
 
@@ -203,7 +205,7 @@ impl Shared {
             return;
         }
         self.counters.received.fetch_add(1, Ordering::Relaxed);
-        deliver_local(&self.hub, &wire.env);
+        self.hub.deliver(&wire.env);
     }
 }
 
@@ -243,7 +245,8 @@ impl SubConn {
                 .build()?;
             Ok(SubConn::Cluster(client.get_async_connection().await?))
         } else {
-            let info = endpoint.nodes[0].clone();
+            // With Sentinel: the current master, looked up again on every (re)connect.
+            let info = endpoint.master().await?;
             let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
             let client = redis::Client::open(info.set_redis_settings(settings))?;
             let cfg = redis::AsyncConnectionConfig::new()
@@ -315,14 +318,18 @@ pub struct RedisBroker {
 
 impl RedisBroker {
     /// Connects with default options; see `connect_with`.
-    pub async fn connect(url: &str, instance_id: &str, hub: Arc<Hub>) -> Result<Self, BrokerError> {
+    pub async fn connect(url: &str, instance_id: &str, hub: Arc<dyn Local>) -> Result<Self, BrokerError> {
         Self::connect_with(RedisBrokerOptions::new(url), instance_id, hub).await
     }
 
     /// Connects the publisher, registers as `hub`'s interest sink, and returns once the
     /// subscriber listens to the broadcast and instance channels and to every user and room
     /// with a local connection. Fails if Redis cannot be reached within the timeouts.
-    pub async fn connect_with(opts: RedisBrokerOptions, instance_id: &str, hub: Arc<Hub>) -> Result<Self, BrokerError> {
+    pub async fn connect_with(
+        opts: RedisBrokerOptions,
+        instance_id: &str,
+        hub: Arc<dyn Local>,
+    ) -> Result<Self, BrokerError> {
         let unavailable = |e: RedisError| BrokerError::Unavailable(format!("redis: {e}"));
         if instance_id.is_empty() || instance_id.len() > 255 {
             return Err(BrokerError::Unavailable("the instance id must have 1 to 255 bytes".into()));
@@ -437,13 +444,13 @@ impl Drop for RedisBroker {
 
 #[async_trait]
 impl Broker for RedisBroker {
-    /// Delivers locally first, then publishes for the other nodes. A failed publish still
-    /// returns the local deliveries (they happened); it is counted in `failed` and makes the
-    /// broker not ready until a publish or health check succeeds.
+    /// Delivers locally first, then publishes for the other nodes. A failed publish is an
+    /// error (the local deliveries happened, the other nodes got nothing); it is counted in
+    /// `failed` and makes the broker not ready until a publish or health check succeeds.
     async fn publish(&self, envelope: Envelope) -> Result<usize, BrokerError> {
-        let n = deliver_local(&self.shared.hub, &envelope);
+        let n = self.shared.hub.deliver(&envelope);
         let channel = self.shared.target_channel(&envelope.target);
-        let _ = self.send(channel, &envelope).await;
+        self.send(channel, &envelope).await?;
         Ok(n)
     }
 
@@ -564,6 +571,9 @@ async fn session(
         let _ = tx.send(Ok(()));
     }
     let up = |e: String| SessionEnd::Lost { was_up: true, error: e };
+    // A publish that failed while the subscriber was down keeps the node not ready until the
+    // publisher answers again: check it now, and every 200 ms while it does not.
+    check_publisher(shared, publisher, limit).await;
     let mut health = tokio::time::interval(opts.health_interval);
     health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     health.tick().await;
@@ -596,22 +606,30 @@ async fn session(
                     }
                 }
             }
+            _ = tokio::time::sleep(Duration::from_millis(200)), if !shared.publish_ok.load(Ordering::Acquire) => {
+                check_publisher(shared, publisher, limit).await;
+            }
             _ = health.tick() => {
                 match tokio::time::timeout(limit, conn.ping()).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return up(format!("ping: {e}")),
                     Err(_) => return up("ping timed out".into()),
                 }
-                // The publisher reconnects by itself; this tells `is_ready` when it is back.
-                let ok = tokio::time::timeout(limit, redis::cmd("PING").query_async::<()>(publisher)).await;
-                match ok {
-                    Ok(Ok(())) => shared.publish_ok.store(true, Ordering::Release),
-                    Ok(Err(e)) if is_unavailable(&e) => shared.publish_ok.store(false, Ordering::Release),
-                    Ok(Err(_)) => {}
-                    Err(_) => shared.publish_ok.store(false, Ordering::Release),
-                }
+                check_publisher(shared, publisher, limit).await;
             }
         }
+    }
+}
+
+/// Pings the publisher connection (which reconnects by itself) and records whether it
+/// answers, for `is_ready`.
+async fn check_publisher(shared: &Shared, publisher: &mut RedisConn, limit: Duration) {
+    let ok = tokio::time::timeout(limit, redis::cmd("PING").query_async::<()>(publisher)).await;
+    match ok {
+        Ok(Ok(())) => shared.publish_ok.store(true, Ordering::Release),
+        Ok(Err(e)) if is_unavailable(&e) => shared.publish_ok.store(false, Ordering::Release),
+        Ok(Err(_)) => {}
+        Err(_) => shared.publish_ok.store(false, Ordering::Release),
     }
 }
 

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::*;
-use crate::hub::{Conn, StreamPos};
+use crate::event::{Event, Priority, StreamName};
+use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::streams::{Conn, Outgoing, StreamPos};
 
 #[path = "../../tests/redis_support/mod.rs"]
 mod redis_support;
@@ -49,23 +51,39 @@ fn frame(s: &str) -> Bytes {
     Bytes::from(s.to_string())
 }
 
+/// An envelope whose event carries `f` as its data (and id, to check both survive the wire).
 fn env(target: Target, seq: Option<u64>, f: &str) -> Envelope {
-    Envelope { target, seq, frame: frame(f), except: None }
+    if let Target::Disconnect(u) = target {
+        return Envelope::disconnect(u);
+    }
+    let stream = match &target {
+        Target::Room(r) => StreamName::Room(r.clone()),
+        Target::All => StreamName::Broadcast,
+        _ => StreamName::User,
+    };
+    let ev = Event::new(format!("id-{f}"), stream, "t.x", frame(f), 1_700_000_000_123, Priority::High);
+    Envelope::new(target, seq, Arc::new(ev), None)
 }
 
-/// Waits until `conn` has `n` frames queued (or fails after a generous bound).
+/// Waits until `conn` has `n` events queued (or fails after a generous bound); their data.
 async fn frames(conn: &Conn, n: usize) -> Vec<Bytes> {
-    let mut got = Vec::new();
+    let mut items = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while got.len() < n {
-        conn.take(&mut got, usize::MAX);
-        assert!(Instant::now() < deadline, "got {got:?}, wanted {n} frames");
+    while items.len() < n {
+        conn.take(&mut items, usize::MAX);
+        assert!(Instant::now() < deadline, "got {} items, wanted {n} events", items.len());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Nothing more arrives (e.g. a second copy of a frame).
+    // Nothing more arrives (e.g. a second copy of an event).
     tokio::time::sleep(Duration::from_millis(100)).await;
-    conn.take(&mut got, usize::MAX);
-    got
+    conn.take(&mut items, usize::MAX);
+    items
+        .into_iter()
+        .map(|o| match o {
+            Outgoing::Event(e) => e.data.clone(),
+            other => panic!("expected only events, got {other:?}"),
+        })
+        .collect()
 }
 
 async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
@@ -100,7 +118,15 @@ fn envelopes_round_trip_and_garbage_is_refused() {
     for e in cases {
         let wire = decode(encode("node-1", &e).unwrap()).unwrap();
         assert_eq!(wire.origin.as_ref(), b"node-1");
-        assert_eq!((wire.env.target, wire.env.seq, wire.env.frame), (e.target, e.seq, e.frame));
+        assert_eq!((&wire.env.target, wire.env.seq), (&e.target, e.seq));
+        match (&wire.env.event, &e.event) {
+            (Some(got), Some(want)) => {
+                assert_eq!((&got.id, &got.kind, &got.data, got.ts), (&want.id, &want.kind, &want.data, want.ts));
+                assert_eq!((&got.stream, got.priority), (&want.stream, want.priority));
+            }
+            (None, None) => {}
+            other => panic!("event lost or invented: {other:?}"),
+        }
     }
     // `except` names a connection of the publishing node: it is not sent.
     let mine = Envelope { except: Some(7), ..env(Target::User("a".into()), None, "x") };
@@ -237,10 +263,11 @@ async fn reconnects_and_resubscribes_after_redis_restarts() {
     wait_for("A not ready", || !a.broker.is_ready()).await;
     wait_for("B not ready", || !b.broker.is_ready()).await;
     // Published during the outage: lost for pub/sub (a persisted one would be read from the
-    // store on the next gap), counted as failed, and still delivered locally.
+    // store on the next gap), an error (the other nodes got nothing), counted as failed, and
+    // still delivered locally.
     let local = connect(&b, "dave");
-    let n = b.broker.publish(env(Target::User("dave".into()), None, "local only")).await.unwrap();
-    assert_eq!(n, 1);
+    let r = b.broker.publish(env(Target::User("dave".into()), None, "local only")).await;
+    assert!(r.is_err(), "a publish that reached no other node is an error");
     assert_eq!(frames(&local, 1).await, vec![frame("local only")]);
     assert!(b.broker.stats().failed >= 1);
     // Interest that appears during the outage is subscribed after it.

@@ -46,6 +46,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub redis: RedisConfig,
     pub log: LogConfig,
+    pub compression: CompressionConfig,
     pub admin: AdminConfig,
 }
 
@@ -128,6 +129,18 @@ pub struct Limits {
     pub max_name_bytes: usize,
     pub max_batch_users: usize,
     pub max_page: usize,
+    pub max_devices_per_user: usize,
+    /// What the per-user connection limit does when presence cannot be read.
+    pub presence_failure: PresenceFailure,
+}
+
+/// `limits.presence_failure`: refuse (503) or admit when the deployment-wide count is unknown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceFailure {
+    #[default]
+    Closed,
+    Open,
 }
 
 impl Default for Limits {
@@ -142,6 +155,8 @@ impl Default for Limits {
             max_name_bytes: 128,
             max_batch_users: 10_000,
             max_page: 1000,
+            max_devices_per_user: 50,
+            presence_failure: PresenceFailure::Closed,
         }
     }
 }
@@ -224,6 +239,9 @@ pub struct StoreConfig {
     pub cursor_ttl: Duration,
     #[serde(with = "duration")]
     pub idempotency_ttl: Duration,
+    /// How long a claimed Idempotency-Key stays in flight if its request never finishes.
+    #[serde(with = "duration")]
+    pub idempotency_lease: Duration,
     #[serde(with = "duration")]
     pub sweep_interval: Duration,
 }
@@ -237,6 +255,7 @@ impl Default for StoreConfig {
             max_stream_len: 10_000,
             cursor_ttl: Duration::from_secs(30 * DAY),
             idempotency_ttl: Duration::from_secs(DAY),
+            idempotency_lease: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(60),
         }
     }
@@ -250,6 +269,11 @@ pub struct RedisConfig {
     pub key_prefix: String,
     #[serde(with = "duration")]
     pub presence_ttl: Duration,
+    /// Replicas that must have a persisted publish before it is answered (`WAIT`); 0: none.
+    pub wait_replicas: u32,
+    /// How long that `WAIT` may take before the publish is answered 503.
+    #[serde(with = "duration")]
+    pub wait_timeout: Duration,
 }
 
 impl Default for RedisConfig {
@@ -259,6 +283,8 @@ impl Default for RedisConfig {
             mode: Default::default(),
             key_prefix: "sg".into(),
             presence_ttl: Duration::from_secs(30),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -292,6 +318,21 @@ pub struct AdminConfig {
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig { keys: Vec::new(), session_ttl: Duration::from_secs(8 * 3600), max_sessions: 100 }
+    }
+}
+
+/// permessage-deflate (RFC 7692) on WebSocket connections whose client offers it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompressionConfig {
+    pub enabled: bool,
+    pub min_bytes: usize,
+    pub level: u32,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        CompressionConfig { enabled: true, min_bytes: 1024, level: 1 }
     }
 }
 
@@ -388,6 +429,7 @@ impl Config {
             ("limits.max_name_bytes", l.max_name_bytes),
             ("limits.max_batch_users", l.max_batch_users),
             ("limits.max_page", l.max_page),
+            ("limits.max_devices_per_user", l.max_devices_per_user),
             ("messages.max_type_bytes", self.messages.max_type_bytes),
         ] {
             if v == 0 {
@@ -421,8 +463,20 @@ impl Config {
             return key("auth.api_keys", "every API key must have at least 8 characters".into());
         }
         let url = &self.redis.url;
-        if !url.is_empty() && !url.starts_with("redis://") && !url.starts_with("rediss://") {
-            return key("redis.url", "must start with redis:// or rediss://".into());
+        if !url.is_empty()
+            && !url.starts_with("redis://")
+            && !url.starts_with("rediss://")
+            && !crate::redis_conn::sentinel::SentinelSpec::matches(url)
+        {
+            return key(
+                "redis.url",
+                "must start with redis://, rediss://, redis+sentinel:// or rediss+sentinel://".into(),
+            );
+        }
+        if crate::redis_conn::sentinel::SentinelSpec::matches(url) {
+            if let Err(e) = crate::redis_conn::sentinel::SentinelSpec::parse(url, Duration::from_secs(1)) {
+                return key("redis.url", e.to_string());
+            }
         }
         if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(char::is_whitespace) {
             return key("redis.key_prefix", "must be a non-empty word".into());
@@ -440,9 +494,12 @@ impl Config {
             return key("admin.max_sessions", "must be at least 1".into());
         }
         for p in &self.server.trusted_proxies {
-            if crate::hub::meta::parse_net(p).is_none() {
+            if crate::meta::parse_net(p).is_none() {
                 return key("server.trusted_proxies", format!("{p:?} is not an address or CIDR like 10.0.0.0/8"));
             }
+        }
+        if self.compression.level > 9 {
+            return key("compression.level", "must be 0 (no compression) to 9 (smallest)".into());
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return key("log.level", format!("{e}"));
@@ -575,6 +632,16 @@ mod tests {
         assert!(e.contains("limits.max_frame_bytes"), "{e}");
         let e = Config::load_from(None, env(&[("SYNCGATE_NOPE", "1")])).unwrap_err().to_string();
         assert!(e.contains("SYNCGATE_NOPE"), "{e}");
+    }
+
+    #[test]
+    fn compression_keys_are_read_and_checked() {
+        let c = Config::load_from(None, env(&[("SYNCGATE_COMPRESSION__ENABLED", "false")])).unwrap();
+        assert!(!c.compression.enabled);
+        let c = Config::from_yaml("compression:\n  min_bytes: 0\n  level: 9\n").unwrap();
+        assert_eq!((c.compression.min_bytes, c.compression.level), (0, 9));
+        let e = Config::from_yaml("compression:\n  level: 10\n").unwrap_err().to_string();
+        assert!(e.contains("compression.level"), "{e}");
     }
 
     #[test]

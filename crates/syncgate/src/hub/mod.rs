@@ -1,28 +1,27 @@
 //! The hub: who is connected on this node, to which user and rooms, and local delivery.
 //!
 //! Owns: the indexes user -> connections, room -> connections, all connections; admission
-//! limits (per node, per user); delivery of already-encoded frames to local connections;
-//! presence and online-user queries; server-side closes (disconnect, shutdown, heartbeat).
+//! limits (per node, per user); delivery of events to local connections (it implements the
+//! broker's `Local` side); presence and online-user queries; server-side closes (disconnect,
+//! shutdown, heartbeat).
 //!
-//! Must never: encode a message per recipient (frames arrive encoded, fan-out clones the
-//! `Bytes` handle), await while holding an index lock, or know about wire protocols or
-//! brokers: it delivers what it is given to the connections it has.
-
-pub mod meta;
-pub mod outbox;
+//! Must never: encode or copy a message per recipient (fan-out clones the `Arc<Event>`; each
+//! connection's transport encodes it, once per encoding for all), await while holding an index
+//! lock, or know about wire protocols: it delivers what it is given to the connections it has.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::RwLock;
 
-pub use outbox::{CloseReason, Conn, Offer, StreamPos, StreamRef};
+pub use crate::streams::{Conn, Offer, Outgoing, StreamPos, StreamRef};
 
-use crate::broker::Interest;
+use crate::broker::{Envelope, Interest, InterestSink, Local, Target};
+use crate::close::{self, Close};
+use crate::event::Event;
 use crate::metrics::Metrics;
 
 /// Why a connection was not admitted.
@@ -45,10 +44,19 @@ pub struct Hub {
     started: Instant,
     metrics: Arc<Metrics>,
     interest: OnceLock<InterestSink>,
+    changes: OnceLock<ChangeSink>,
 }
 
-/// Receives interest changes (see `broker::Interest`); must not block.
-pub type InterestSink = Box<dyn Fn(Interest) + Send + Sync>;
+/// A user's connection count or a room's membership changed on this node (every change,
+/// not only the first and last), for presence to write through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    User(Arc<str>),
+    Room(Arc<str>),
+}
+
+/// Receives `Changed` notices; called synchronously, must not block.
+pub type ChangeSink = Box<dyn Fn(Changed) + Send + Sync>;
 
 impl Hub {
     pub fn new(max_connections: usize, max_per_user: usize, metrics: Arc<Metrics>) -> Self {
@@ -63,12 +71,24 @@ impl Hub {
             started: Instant::now(),
             metrics,
             interest: OnceLock::new(),
+            changes: OnceLock::new(),
         }
     }
 
     /// Sets where interest changes go (the cluster broker). Can be set once.
     pub fn set_interest_sink(&self, sink: InterestSink) {
         let _ = self.interest.set(sink);
+    }
+
+    /// Sets where every presence change goes (cluster presence). Can be set once.
+    pub fn set_change_sink(&self, sink: ChangeSink) {
+        let _ = self.changes.set(sink);
+    }
+
+    fn changed(&self, what: Changed) {
+        if let Some(sink) = self.changes.get() {
+            sink(what);
+        }
     }
 
     fn report(&self, change: Interest) {
@@ -137,6 +157,7 @@ impl Hub {
             if list.len() == 1 {
                 self.report(Interest::UserOn(conn.user.clone()));
             }
+            self.changed(Changed::User(conn.user.clone()));
         }
         conn.touch(self.clock());
         self.conns.insert(conn.id, conn);
@@ -160,6 +181,7 @@ impl Hub {
                 users.remove(&conn.user);
                 self.report(Interest::UserOff(conn.user.clone()));
             }
+            self.changed(Changed::User(conn.user.clone()));
         }
         drop(users);
         self.count.fetch_sub(1, Ordering::AcqRel);
@@ -175,8 +197,10 @@ impl Hub {
         let mut members = self.rooms.entry(name.clone()).or_default();
         members.insert(conn.id, conn.clone());
         if members.len() == 1 {
-            self.report(Interest::RoomOn(name));
+            self.report(Interest::RoomOn(name.clone()));
         }
+        drop(members);
+        self.changed(Changed::Room(name));
         true
     }
 
@@ -196,6 +220,7 @@ impl Hub {
         }) {
             self.report(Interest::RoomOff(name));
         }
+        self.changed(Changed::Room(room.into()));
     }
 
     fn count_offer(&self, r: Offer) -> usize {
@@ -209,68 +234,56 @@ impl Hub {
         }
     }
 
-    /// Delivers a user-stream frame to every local connection of `user`. `seq` is the
+    /// Delivers a user-stream event to every local connection of `user`. `seq` is the
     /// stream position for persisted messages, None for transient ones.
-    pub fn deliver_user(&self, user: &str, seq: Option<u64>, frame: &Bytes, except: Option<u64>) -> usize {
+    pub fn deliver_user(&self, user: &str, seq: Option<u64>, ev: &Arc<Event>, except: Option<u64>) -> usize {
         let users = self.users.read();
         let Some(list) = users.get(user) else {
             return 0;
         };
-        let mut n = 0;
-        for c in list {
-            let own = Some(c.id) == except;
-            let r = match seq {
-                Some(seq) => c.offer(&StreamRef::User, seq, frame, own),
-                None if own => Offer::Skipped,
-                None => c.push(frame.clone()),
-            };
-            n += self.count_offer(r);
-        }
+        let n = list.iter().map(|c| self.offer(c, &StreamRef::User, seq, ev, Some(c.id) == except)).sum();
         self.metrics.messages_out.inc_by(n as u64);
         n
     }
 
-    /// Delivers a room frame to the room's local members, except connection `except`.
-    pub fn deliver_room(&self, room: &str, seq: Option<u64>, frame: &Bytes, except: Option<u64>) -> usize {
+    /// Delivers a room event to the room's local members, except connection `except`.
+    pub fn deliver_room(&self, room: &str, seq: Option<u64>, ev: &Arc<Event>, except: Option<u64>) -> usize {
         let Some(members) = self.rooms.get(room) else {
             return 0;
         };
         let stream = StreamRef::Room(members.key().clone());
-        let mut n = 0;
-        for (id, c) in members.iter() {
-            let own = Some(*id) == except;
-            let r = match seq {
-                Some(seq) => c.offer(&stream, seq, frame, own),
-                None if own => Offer::Skipped,
-                None => c.push(frame.clone()),
-            };
-            n += self.count_offer(r);
-        }
+        let n = members.iter().map(|(id, c)| self.offer(c, &stream, seq, ev, Some(*id) == except)).sum();
         self.metrics.messages_out.inc_by(n as u64);
         n
     }
 
-    /// Delivers a frame to every local connection.
-    pub fn deliver_all(&self, frame: &Bytes) -> usize {
-        let mut n = 0;
-        for c in self.conns.iter() {
-            n += self.count_offer(c.push(frame.clone()));
-        }
-        self.metrics.messages_out.inc_by(n as u64);
-        n
-    }
-
-    /// Delivers a frame to every local connection whose metadata passes `filter` (parsed once
+    /// Delivers an event to every local connection whose metadata passes `filter` (parsed once
     /// per message; matching allocates nothing).
-    pub fn deliver_all_where(&self, frame: &Bytes, filter: &meta::Where) -> usize {
-        let mut n = 0;
-        for c in self.conns.iter() {
-            if c.meta.get().is_some_and(|m| filter.matches(m)) {
-                n += self.count_offer(c.push(frame.clone()));
-            }
-        }
+    pub fn deliver_all_where(&self, ev: &Arc<Event>, filter: &crate::meta::Where) -> usize {
+        let n = self
+            .conns
+            .iter()
+            .filter(|c| c.meta.get().is_some_and(|m| filter.matches(m)))
+            .map(|c| self.count_offer(c.push(Outgoing::Event(ev.clone()))))
+            .sum();
         self.metrics.messages_out.inc_by(n as u64);
         n
+    }
+
+    /// Delivers an event to every local connection.
+    pub fn deliver_all(&self, ev: &Arc<Event>) -> usize {
+        let n = self.conns.iter().map(|c| self.count_offer(c.push(Outgoing::Event(ev.clone())))).sum();
+        self.metrics.messages_out.inc_by(n as u64);
+        n
+    }
+
+    fn offer(&self, c: &Conn, stream: &StreamRef, seq: Option<u64>, ev: &Arc<Event>, own: bool) -> usize {
+        let r = match seq {
+            Some(seq) => c.offer(stream, seq, ev, own),
+            None if own => Offer::Skipped,
+            None => c.push(Outgoing::Event(ev.clone())),
+        };
+        self.count_offer(r)
     }
 
     /// Local connections of `user` re-read their user stream from the store once.
@@ -300,7 +313,7 @@ impl Hub {
     }
 
     /// Closes every local connection of `user`. Returns how many.
-    pub fn disconnect_user(&self, user: &str, reason: CloseReason) -> usize {
+    pub fn disconnect_user(&self, user: &str, reason: Close) -> usize {
         let list: Vec<Arc<Conn>> = self.users.read().get(user).cloned().unwrap_or_default();
         for c in &list {
             c.close(reason);
@@ -309,7 +322,7 @@ impl Hub {
     }
 
     /// Closes the local connections of one device (`client_id`) of `user`. Returns how many.
-    pub fn disconnect_device(&self, user: &str, client_id: &str, reason: CloseReason) -> usize {
+    pub fn disconnect_device(&self, user: &str, client_id: &str, reason: Close) -> usize {
         let list = self.connections_of(user);
         let mut n = 0;
         for c in list.iter().filter(|c| c.client_id.as_deref() == Some(client_id)) {
@@ -320,24 +333,24 @@ impl Hub {
     }
 
     /// Closes every connection (shutdown).
-    pub fn close_all(&self, reason: CloseReason) {
+    pub fn close_all(&self, reason: Close) {
         for c in self.conns.iter() {
             c.close(reason);
         }
     }
 
     /// Heartbeat and expiry sweep: pings every connection, closes the silent and the expired.
-    pub fn sweep(&self, ping: &Bytes, timeout: std::time::Duration, now_unix: u64) {
+    pub fn sweep(&self, timeout: std::time::Duration, now_unix: u64) {
         let timeout_ms = timeout.as_millis() as u64;
         let now = self.clock();
         for c in self.conns.iter() {
-            if c.token_exp <= now_unix {
-                c.close(CloseReason { code: 4001, reason: "token expired", flush_first: true });
+            if c.token_exp.load(Ordering::Relaxed) <= now_unix {
+                c.close(close::EXPIRED);
             } else if now.saturating_sub(c.last_seen.load(Ordering::Relaxed)) >= timeout_ms {
                 self.metrics.heartbeat_timeouts.inc();
-                c.close(CloseReason { code: 1008, reason: "heartbeat timeout", flush_first: false });
+                c.close(close::HEARTBEAT);
             } else {
-                c.push(ping.clone());
+                self.count_offer(c.push(Outgoing::Ping));
             }
         }
     }
@@ -372,6 +385,15 @@ impl Hub {
         (page, next)
     }
 
+    /// One local connection as the connections API shows it (see `meta::ConnMeta::to_json`).
+    pub fn connection_json(c: &Conn) -> serde_json::Value {
+        let rooms = c.rooms();
+        match c.meta.get() {
+            Some(m) => m.to_json(c.id, &c.user, c.client_id.as_deref(), &rooms),
+            None => crate::meta::ConnMeta::default().to_json(c.id, &c.user, c.client_id.as_deref(), &rooms),
+        }
+    }
+
     /// (connections, users, rooms) on this node.
     pub fn counts(&self) -> (usize, usize, usize) {
         (self.count.load(Ordering::Relaxed), self.users.read().len(), self.rooms.len())
@@ -380,5 +402,51 @@ impl Hub {
     /// Whether any connection is still open (used while draining).
     pub fn is_empty(&self) -> bool {
         self.conns.is_empty()
+    }
+}
+
+impl Local for Hub {
+    fn deliver(&self, env: &Envelope) -> usize {
+        match (&env.target, &env.event) {
+            (Target::User(user), Some(ev)) => self.deliver_user(user, env.seq, ev, env.except),
+            (Target::Room(room), Some(ev)) => self.deliver_room(room, env.seq, ev, env.except),
+            (Target::All, Some(ev)) => self.deliver_all(ev),
+            (Target::AllWhere(filter), Some(ev)) => self.deliver_all_where(ev, filter),
+            (Target::Disconnect(user), _) => self.disconnect_user(user, close::KICKED),
+            (Target::DisconnectDevice(user, client), _) => self.disconnect_device(user, client, close::KICKED),
+            (_, None) => 0,
+        }
+    }
+
+    fn local_users(&self) -> Vec<Arc<str>> {
+        Hub::local_users(self)
+    }
+
+    fn local_rooms(&self) -> Vec<Arc<str>> {
+        Hub::local_rooms(self)
+    }
+
+    fn has_user(&self, user: &str) -> bool {
+        self.user_connections(user) > 0
+    }
+
+    fn has_room(&self, room: &str) -> bool {
+        self.rooms.contains_key(room)
+    }
+
+    fn recheck_user(&self, user: &str) {
+        Hub::recheck_user(self, user)
+    }
+
+    fn recheck_room(&self, room: &str) {
+        Hub::recheck_room(self, room)
+    }
+
+    fn recheck_all(&self) {
+        Hub::recheck_all(self)
+    }
+
+    fn set_interest_sink(&self, sink: InterestSink) {
+        Hub::set_interest_sink(self, sink)
     }
 }

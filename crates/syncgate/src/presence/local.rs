@@ -29,7 +29,7 @@ impl Presence for LocalPresence {
     }
 
     async fn connections(&self, user: &str) -> Result<Vec<serde_json::Value>, PresenceError> {
-        Ok(self.hub.connections_of(user).iter().map(|c| crate::hub::meta::connection_json(c)).collect())
+        Ok(self.hub.connections_of(user).iter().map(|c| crate::hub::Hub::connection_json(c)).collect())
     }
 
     async fn online_users(

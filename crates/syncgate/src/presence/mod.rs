@@ -2,8 +2,9 @@
 //! whole deployment, not just this node.
 //!
 //! Owns: the `Presence` trait and its implementations: `local` (one node: the hub is the
-//! whole truth). A cluster implementation publishes each node's share with an expiry, so
-//! the connections of a node that crashed disappear within a bounded time.
+//! whole truth) and `redis` (a cluster: each node writes its share through on every connect,
+//! close, join and leave, with an expiry, so other nodes see a change within milliseconds and
+//! the connections of a node that crashed disappear within a bounded time).
 //!
 //! Must never: be on the delivery path (it answers queries and admission checks only).
 

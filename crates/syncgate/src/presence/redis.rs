@@ -13,23 +13,53 @@
 //! - `{prefix}:online`: sorted set of user ids (all scores 0, so it is ordered by id) for
 //!   paging; a member whose hash has no live field is dropped when a reader meets it.
 //!
-//! A task diffs the hub against what it last wrote once a second and writes the changes,
-//! and rewrites everything every `presence_ttl / 3` to push the expiry forward. Every
-//! command touches one key, so this works the same on Redis Cluster. Counts therefore lag
-//! reality by up to a second; the hub still enforces the per-user limit exactly on each node.
+//! The hub reports every connect, close, join and leave; a task writes the current state of
+//! those users and rooms through at once (one pipeline, coalescing what changed while the
+//! previous write was in flight), so other nodes see a change within milliseconds. It also
+//! rewrites everything every `presence_ttl / 3` to push the expiry forward, and after a
+//! failed write. Every command touches one key, so this works the same on Redis Cluster.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use redis::AsyncCommands;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{Presence, PresenceError, RoomPresence};
-use crate::hub::Hub;
+use crate::hub::{Changed, Hub};
 use crate::node::now_ms;
-use crate::store::redis::RedisConn;
+use crate::redis_conn::RedisConn;
+
+/// A set of user ids or room names.
+type Names = HashSet<Arc<str>>;
+
+/// Users and rooms whose presence changed since the last write, coalesced (bounded by the
+/// number of distinct local users and rooms).
+#[derive(Default)]
+struct Dirty {
+    sets: Mutex<(Names, Names)>,
+    wake: Notify,
+}
+
+impl Dirty {
+    fn push(&self, what: Changed) {
+        let mut sets = self.sets.lock();
+        match what {
+            Changed::User(u) => sets.0.insert(u),
+            Changed::Room(r) => sets.1.insert(r),
+        };
+        drop(sets);
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> (Names, Names) {
+        std::mem::take(&mut *self.sets.lock())
+    }
+}
 
 pub struct RedisPresence {
     conn: RedisConn,
@@ -89,9 +119,15 @@ impl RedisPresence {
         }
     }
 
-    /// Keeps this node's share up to date until `stop`; removes it on the way out.
+    /// Keeps this node's share up to date until `stop`; removes it on the way out. Every
+    /// change the hub reports is written through at once (coalesced per user and room while a
+    /// write is in flight); the whole share is rewritten every `ttl / 3` to push the expiry
+    /// forward, and after a failed write.
     pub fn spawn(self: &Arc<Self>, hub: Arc<Hub>, ttl: Duration, stop: CancellationToken) {
         let me = self.clone();
+        let dirty = Arc::new(Dirty::default());
+        let d = dirty.clone();
+        hub.set_change_sink(Box::new(move |what| d.push(what)));
         tokio::spawn(async move {
             let mut written_users: HashMap<Arc<str>, usize> = HashMap::new();
             let mut written_rooms: HashMap<Arc<str>, (usize, Vec<String>)> = HashMap::new();
@@ -103,9 +139,15 @@ impl RedisPresence {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tick.tick() => {}
+                    _ = dirty.wake.notified() => {}
                 }
                 let full = last_full.elapsed() >= refresh_every;
-                let r = me.sync(&hub, ttl, full, &mut written_users, &mut written_rooms).await;
+                let (users, rooms) = dirty.take();
+                let r = if full {
+                    me.sync(&hub, ttl, true, &mut written_users, &mut written_rooms).await
+                } else {
+                    me.write_through(&hub, ttl, users, rooms, &mut written_users, &mut written_rooms).await
+                };
                 match r {
                     Ok(()) if full => last_full = Instant::now(),
                     Ok(()) => {}
@@ -114,11 +156,74 @@ impl RedisPresence {
                         tracing::debug!(error = %e, "presence sync failed");
                         written_users.clear();
                         written_rooms.clear();
+                        last_full = Instant::now() - refresh_every;
                     }
                 }
             }
             let _ = me.sync(&Hub::empty(), ttl, true, &mut written_users, &mut written_rooms).await;
         });
+    }
+
+    /// Writes the current state of the users and rooms that changed.
+    async fn write_through(
+        &self,
+        hub: &Hub,
+        ttl: Duration,
+        changed_users: Names,
+        changed_rooms: Names,
+        users: &mut HashMap<Arc<str>, usize>,
+        rooms: &mut HashMap<Arc<str>, (usize, Vec<String>)>,
+    ) -> Result<(), PresenceError> {
+        if changed_users.is_empty() && changed_rooms.is_empty() {
+            return Ok(());
+        }
+        let exp = now_ms() + ttl.as_millis() as i64;
+        let key_ttl = (ttl.as_millis() as i64) * 2;
+        let mut pipe = redis::pipe();
+        let mut gone = Vec::new();
+        for u in changed_users {
+            let c = hub.user_connections(&u);
+            let k = self.user_key(&u);
+            if c > 0 {
+                pipe.hset(&k, &self.node, format!("{c}:{exp}")).ignore().pexpire(&k, key_ttl).ignore();
+                pipe.zadd(self.online_key(), &*u, 0).ignore();
+                users.insert(u, c);
+            } else {
+                pipe.hdel(&k, &self.node).ignore();
+                users.remove(&u);
+                gone.push(u);
+            }
+        }
+        for r in changed_rooms {
+            let (members, conns) = hub.presence(&r);
+            let k = self.room_key(&r);
+            if conns > 0 {
+                let mut val = format!("{exp}:{conns}");
+                for u in &members {
+                    val.push('\n');
+                    val.push_str(u);
+                }
+                pipe.hset(&k, &self.node, val).ignore().pexpire(&k, key_ttl).ignore();
+                rooms.insert(r, (conns, members));
+            } else {
+                pipe.hdel(&k, &self.node).ignore();
+                rooms.remove(&r);
+            }
+        }
+        let mut c = self.conn.clone();
+        self.bounded(pipe.query_async::<()>(&mut c)).await?;
+        self.drop_offline(gone).await
+    }
+
+    /// Users that went offline here may be offline everywhere: drops them from the index.
+    async fn drop_offline(&self, gone: Vec<Arc<str>>) -> Result<(), PresenceError> {
+        for u in gone {
+            if self.user_connections(&u).await? == 0 {
+                let mut c = self.conn.clone();
+                self.bounded(c.zrem::<_, _, ()>(self.online_key(), &*u)).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Writes what changed since the last sync (everything when `full`).
@@ -140,7 +245,7 @@ impl RedisPresence {
                 let k = self.user_key(u);
                 pipe.hset(&k, &self.node, format!("{c}:{exp}")).ignore().pexpire(&k, key_ttl).ignore();
                 let conns: Vec<serde_json::Value> =
-                    hub.connections_of(u).iter().map(|c| crate::hub::meta::connection_json(c)).collect();
+                    hub.connections_of(u).iter().map(|c| crate::hub::Hub::connection_json(c)).collect();
                 let ck = self.conns_key(u);
                 let val = format!("{exp}\n{}", serde_json::Value::Array(conns));
                 pipe.hset(&ck, &self.node, val).ignore().pexpire(&ck, key_ttl).ignore();
@@ -181,13 +286,7 @@ impl RedisPresence {
             let mut c = self.conn.clone();
             self.bounded(pipe.query_async::<()>(&mut c)).await?;
         }
-        // Users that went offline here may be offline everywhere: drop them from the index.
-        for u in gone {
-            if self.user_connections(&u).await? == 0 {
-                let mut c = self.conn.clone();
-                self.bounded(c.zrem::<_, _, ()>(self.online_key(), &*u)).await?;
-            }
-        }
+        self.drop_offline(gone).await?;
         *users = now_users;
         *rooms = now_rooms;
         Ok(())

@@ -494,9 +494,9 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn set_cursor(&self, user: &str, client_id: &str, seq: u64) -> StoreResult<u64> {
+    async fn set_cursor(&self, user: &str, client_id: &str, seq: u64, max_devices: usize) -> StoreResult<u64> {
         let (user, client, now) = (user.to_string(), client_id.to_string(), now_ms());
-        self.write(|reply| Req::SetCursor { user, client, seq, now, reply }).await
+        self.write(|reply| Req::SetCursor { user, client, seq, now, max_devices, reply }).await
     }
 
     async fn idem_get(&self, key: &str) -> StoreResult<Option<IdemRecord>> {
@@ -511,7 +511,20 @@ impl Store for EmbeddedStore {
 
     async fn idem_put(&self, key: &str, record: IdemRecord) -> StoreResult<Option<IdemRecord>> {
         let (key, ttl_ms, now) = (key.to_string(), self.idem_ttl_ms.load(Ordering::Relaxed), now_ms());
-        self.write(|reply| Req::IdemPut { key, record, now, ttl_ms, reply }).await
+        self.write(|reply| Req::IdemPut { key, record, now, created: now, ttl_ms, reply }).await
+    }
+
+    async fn idem_claim(&self, key: &str, request_hash: u64, lease: Duration) -> StoreResult<Option<IdemRecord>> {
+        let (key, ttl_ms, now) = (key.to_string(), self.idem_ttl_ms.load(Ordering::Relaxed), now_ms());
+        // Back-dated so that the record's ordinary expiry (created + ttl) ends the lease.
+        let created = now.saturating_sub(ttl_ms).saturating_add(ms(lease).max(1));
+        let record = IdemRecord { request_hash, status: 0, body: Bytes::new() };
+        self.write(|reply| Req::IdemPut { key, record, now, created, ttl_ms, reply }).await
+    }
+
+    async fn idem_release(&self, key: &str) -> StoreResult<()> {
+        let key = key.to_string();
+        self.write(|reply| Req::IdemRelease { key, reply }).await.map(|_| ())
     }
 
     async fn stats(&self) -> StoreResult<StoreStats> {

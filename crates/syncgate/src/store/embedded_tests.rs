@@ -223,10 +223,10 @@ async fn cursors_never_go_backwards_and_persist() {
     {
         let s = EmbeddedStore::open(opts(dir.path(), FsyncPolicy::Always)).unwrap();
         assert_eq!(s.cursor("u", "phone").await.unwrap(), None);
-        assert_eq!(s.set_cursor("u", "phone", 5).await.unwrap(), 5);
-        assert_eq!(s.set_cursor("u", "phone", 3).await.unwrap(), 5);
-        assert_eq!(s.set_cursor("u", "phone", 9).await.unwrap(), 9);
-        assert_eq!(s.set_cursor("u", "laptop", 0).await.unwrap(), 0);
+        assert_eq!(s.set_cursor("u", "phone", 5, 50).await.unwrap(), 5);
+        assert_eq!(s.set_cursor("u", "phone", 3, 50).await.unwrap(), 5);
+        assert_eq!(s.set_cursor("u", "phone", 9, 50).await.unwrap(), 9);
+        assert_eq!(s.set_cursor("u", "laptop", 0, 50).await.unwrap(), 0);
         assert_eq!(s.cursor("u", "phone").await.unwrap(), Some(9));
         assert_eq!(s.cursor("u", "laptop").await.unwrap(), Some(0));
         assert_eq!(s.cursor("v", "phone").await.unwrap(), None);
@@ -247,22 +247,46 @@ async fn cursors_never_go_backwards_and_persist() {
 async fn cursor_read_touches_last_used() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
-    s.set_cursor("u", "c", 1).await.unwrap();
+    s.set_cursor("u", "c", 1, 50).await.unwrap();
     // Pretend the cursor was last used 10 days ago.
     s.write(|reply| super::writer::Req::SetCursor {
         user: "u".into(),
         client: "c".into(),
         seq: 1,
         now: now_ms() - 10 * DAY.as_millis() as i64,
+        max_devices: 50,
         reply,
     })
     .await
     .unwrap();
     assert_eq!(s.cursor("u", "c").await.unwrap(), Some(1)); // queues a touch
-    s.set_cursor("u", "other", 1).await.unwrap(); // a write behind the touch: it is applied
+    s.set_cursor("u", "other", 1, 50).await.unwrap(); // a write behind the touch: it is applied
     let retention = Retention { cursor_ttl: DAY * 5, ..keep_all() };
     s.sweep(&retention, now_ms()).await.unwrap();
     assert_eq!(s.cursor("u", "c").await.unwrap(), Some(1));
+}
+
+#[tokio::test]
+async fn idempotency_claims_hold_a_key_until_answered_released_or_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let lease = Duration::from_secs(30);
+    assert_eq!(s.idem_claim("k", 42, lease).await.unwrap(), None, "the first claim wins");
+    let held = s.idem_claim("k", 42, lease).await.unwrap().expect("the key is held");
+    assert_eq!((held.request_hash, held.status), (42, 0), "in flight");
+    // The answer replaces the claim; later claims get the answer.
+    let answer = IdemRecord { request_hash: 42, status: 202, body: Bytes::from_static(b"{\"id\":\"e.1\"}") };
+    assert_eq!(s.idem_put("k", answer.clone()).await.unwrap(), None);
+    assert_eq!(s.idem_claim("k", 42, lease).await.unwrap(), Some(answer.clone()));
+    s.idem_release("k").await.unwrap();
+    assert_eq!(s.idem_get("k").await.unwrap(), Some(answer), "release keeps an answer");
+    // A released claim frees the key at once; an abandoned one after its lease.
+    assert_eq!(s.idem_claim("f", 1, lease).await.unwrap(), None);
+    s.idem_release("f").await.unwrap();
+    assert_eq!(s.idem_claim("f", 1, Duration::from_millis(50)).await.unwrap(), None);
+    assert!(s.idem_claim("f", 1, lease).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert_eq!(s.idem_claim("f", 1, lease).await.unwrap(), None, "the lease expired");
 }
 
 #[tokio::test]
@@ -318,7 +342,7 @@ async fn stats_count_messages_streams_age_and_cursors() {
     let now = now_ms();
     s.append_user(vec![ev("a", now - 60_000, "x"), ev("a", now, "x"), ev("b", now, "x")]).await.unwrap();
     s.append_room(ev("lobby", now - 3_600_000, "r")).await.unwrap(); // rooms are not counted
-    s.set_cursor("a", "c1", 1).await.unwrap();
+    s.set_cursor("a", "c1", 1, 50).await.unwrap();
     let st = s.stats().await.unwrap();
     assert_eq!((st.stored_messages, st.streams, st.cursors), (3, 2, 1));
     let age = st.oldest_age_ms.unwrap();
@@ -341,7 +365,7 @@ async fn close_then_everything_is_closed() {
     s.close().await.unwrap();
     assert!(matches!(s.append_user(vec![ev("a", now_ms(), "x")]).await, Err(StoreError::Closed)));
     assert!(matches!(s.append_room(ev("r", now_ms(), "x")).await, Err(StoreError::Closed)));
-    assert!(matches!(s.set_cursor("a", "c", 1).await, Err(StoreError::Closed)));
+    assert!(matches!(s.set_cursor("a", "c", 1, 50).await, Err(StoreError::Closed)));
     assert!(matches!(s.read_user("a", 0, 10).await, Err(StoreError::Closed)));
     assert!(matches!(s.stats().await, Err(StoreError::Closed)));
     s.close().await.unwrap(); // idempotent

@@ -35,6 +35,8 @@ pub(super) enum Req {
         client: String,
         seq: u64,
         now: i64,
+        /// Cursors kept per user: creating one past it forgets the least recently used.
+        max_devices: usize,
         reply: Tx<u64>,
     },
     Touch {
@@ -42,11 +44,19 @@ pub(super) enum Req {
         client: String,
         now: i64,
     },
+    /// Stores `record` as created at `created` (a claim is back-dated so it lives only for
+    /// its lease), unless a live record exists; an answer replaces a live claim.
     IdemPut {
         key: String,
         record: IdemRecord,
         now: i64,
+        created: i64,
         ttl_ms: i64,
+        reply: Tx<Option<IdemRecord>>,
+    },
+    /// Removes a claim (status 0); keeps an answer.
+    IdemRelease {
+        key: String,
         reply: Tx<Option<IdemRecord>>,
     },
     Sweep(SweepOp, Tx<(u64, bool)>),
@@ -86,7 +96,9 @@ impl Req {
             Req::AppendRoom(_, tx) | Req::SetCursor { reply: tx, .. } => {
                 send(tx, r, |a| if let Answer::Seq(v) = a { Some(v) } else { None })
             }
-            Req::IdemPut { reply, .. } => send(reply, r, |a| if let Answer::Idem(v) = a { Some(v) } else { None }),
+            Req::IdemPut { reply, .. } | Req::IdemRelease { reply, .. } => {
+                send(reply, r, |a| if let Answer::Idem(v) = a { Some(v) } else { None })
+            }
             Req::Sweep(_, tx) => send(tx, r, |a| if let Answer::Swept(n, m) = a { Some((n, m)) } else { None }),
             Req::Close(tx) => send(tx, r, |_| Some(())),
             #[cfg(test)]
@@ -288,18 +300,50 @@ impl<'t> Tables<'t> {
         }
     }
 
+    /// Forgets the least recently used cursors of `user` past `max`, never `keep` (the one
+    /// just created). The cursor table is keyed by (user, client), so a user's cursors are
+    /// one short range.
+    fn evict_devices(&mut self, user: &str, keep: &str, max: usize) -> StoreResult<()> {
+        loop {
+            let mut count = 0usize;
+            let mut oldest: Option<(String, i64)> = None;
+            for r in self.cursors.range((user, "")..).ctx("scan cursors")? {
+                let (k, v) = r.ctx("scan cursors")?;
+                let (u, c) = k.value();
+                if u != user {
+                    break;
+                }
+                count += 1;
+                let used = v.value().1;
+                if c != keep && oldest.as_ref().is_none_or(|(_, o)| used < *o) {
+                    oldest = Some((c.to_string(), used));
+                }
+            }
+            match oldest {
+                Some((client, _)) if count > max => {
+                    self.cursors.remove((user, client.as_str())).ctx("evict cursor")?;
+                    self.cursors_delta -= 1;
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
     fn apply(&mut self, req: &Req) -> StoreResult<Answer> {
         Ok(match req {
             Req::AppendUser(evs, _) => {
                 Answer::Seqs(evs.iter().map(|e| self.user.append(e)).collect::<StoreResult<_>>()?)
             }
             Req::AppendRoom(ev, _) => Answer::Seq(self.room.append(ev)?),
-            Req::SetCursor { user, client, seq, now, .. } => {
+            Req::SetCursor { user, client, seq, now, max_devices, .. } => {
                 let key = (user.as_str(), client.as_str());
                 let cur = self.cursors.get(key).ctx("read cursor")?.map(|g| g.value().0);
                 let new = cur.map_or(*seq, |c| c.max(*seq));
                 self.cursors.insert(key, (new, *now)).ctx("write cursor")?;
-                self.cursors_delta += i64::from(cur.is_none());
+                if cur.is_none() {
+                    self.cursors_delta += 1;
+                    self.evict_devices(user, client, *max_devices)?;
+                }
                 Answer::Seq(new)
             }
             Req::Touch { user, client, now } => {
@@ -312,16 +356,29 @@ impl<'t> Tables<'t> {
                 }
                 Answer::Done
             }
-            Req::IdemPut { key, record, now, ttl_ms, .. } => {
+            Req::IdemPut { key, record, now, created: new_created, ttl_ms, .. } => {
                 let old = self.idem.get(key.as_str()).ctx("read idempotency")?.map(|g| decode_idem(g.value()));
                 if let Some((created, rec)) = old.transpose()? {
-                    if created.saturating_add(*ttl_ms) > *now {
+                    let answers_claim = rec.status == 0 && record.status != 0;
+                    if created.saturating_add(*ttl_ms) > *now && !answers_claim {
                         return Ok(Answer::Idem(Some(rec)));
                     }
                     self.idem_time.remove((created, key.as_str())).ctx("delete idempotency index")?;
                 }
-                self.idem.insert(key.as_str(), encode_idem(*now, record).as_slice()).ctx("write idempotency")?;
-                self.idem_time.insert((*now, key.as_str()), ()).ctx("write idempotency index")?;
+                self.idem
+                    .insert(key.as_str(), encode_idem(*new_created, record).as_slice())
+                    .ctx("write idempotency")?;
+                self.idem_time.insert((*new_created, key.as_str()), ()).ctx("write idempotency index")?;
+                Answer::Idem(None)
+            }
+            Req::IdemRelease { key, .. } => {
+                let old = self.idem.get(key.as_str()).ctx("read idempotency")?.map(|g| decode_idem(g.value()));
+                if let Some((created, rec)) = old.transpose()? {
+                    if rec.status == 0 {
+                        self.idem_time.remove((created, key.as_str())).ctx("delete idempotency index")?;
+                        self.idem.remove(key.as_str()).ctx("delete idempotency")?;
+                    }
+                }
                 Answer::Idem(None)
             }
             Req::Sweep(op, _) => {

@@ -192,7 +192,7 @@ pub struct Page {
 pub struct IdemRecord {
     /// Hash of the request (method, path, body) that first used the key.
     pub request_hash: u64,
-    /// HTTP status of the first answer.
+    /// HTTP status of the first answer; 0 for a claim (the first request is in flight).
     pub status: u16,
     /// Body of the first answer.
     pub body: Bytes,
@@ -248,8 +248,9 @@ pub trait Store: Send + Sync + 'static {
     async fn cursor(&self, user: &str, client_id: &str) -> StoreResult<Option<u64>>;
 
     /// Moves a device's cursor to `max(current, seq)` (creating it if needed) and returns
-    /// the new value. Never moves a cursor backwards.
-    async fn set_cursor(&self, user: &str, client_id: &str, seq: u64) -> StoreResult<u64>;
+    /// the new value. Never moves a cursor backwards. Creating a cursor when the user
+    /// already has `max_devices` forgets the least recently used one (last set or read).
+    async fn set_cursor(&self, user: &str, client_id: &str, seq: u64, max_devices: usize) -> StoreResult<u64>;
 
     /// The devices of a user: (client id, cursor), in client id order, at most `limit`
     /// (for the admin UI's stream page). Does not touch the cursors.
@@ -258,9 +259,19 @@ pub trait Store: Send + Sync + 'static {
     /// Looks up an idempotency key (scoped by the caller, e.g. "apikey-hash:key").
     async fn idem_get(&self, key: &str) -> StoreResult<Option<IdemRecord>>;
 
-    /// Remembers an idempotency key's first answer. If the key is already present, keeps the
-    /// existing record and returns it (first writer wins).
+    /// Remembers an idempotency key's first answer. If the key already has a live answer,
+    /// keeps it and returns it (first writer wins); a live claim (status 0) is replaced.
     async fn idem_put(&self, key: &str, record: IdemRecord) -> StoreResult<Option<IdemRecord>>;
+
+    /// Claims an idempotency key for a request about to run, atomically across every node
+    /// sharing the store: `None` means claimed (run the request, then `idem_put` its answer or
+    /// `idem_release`); otherwise the live record that holds the key: an answer, or a claim
+    /// (status 0) of a request still in flight. A claim not answered nor released expires
+    /// after `lease`.
+    async fn idem_claim(&self, key: &str, request_hash: u64, lease: Duration) -> StoreResult<Option<IdemRecord>>;
+
+    /// Drops a claim (the request failed: its answer is not remembered); keeps an answer.
+    async fn idem_release(&self, key: &str) -> StoreResult<()>;
 
     /// Counters for the offline stats endpoint.
     async fn stats(&self) -> StoreResult<StoreStats>;

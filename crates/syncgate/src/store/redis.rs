@@ -3,9 +3,8 @@
 //!
 //! Owns: the key layout below, the Lua scripts that keep each stream's numbering atomic
 //! (`redis_scripts.rs`, with the decoding of their answers), the retention indexes and their
-//! sweep (`redis_sweep.rs`, with the `stats` figures), and the connection to Redis
-//! (`redis_conn.rs`: `RedisConn`, one type for a standalone server and a cluster, shared with
-//! `broker::redis` and `presence::redis`).
+//! sweep (`redis_sweep.rs`, with the `stats` figures). The connection to Redis is
+//! `crate::redis_conn` (shared with `broker::redis` and `presence::redis`).
 //!
 //! Must never: answer an append before Redis acknowledged it, number two events of a stream
 //! with the same seq or leave a hole in the numbering, touch keys of two streams in one script
@@ -15,8 +14,9 @@
 //! Same guarantees as the embedded store (see `store::Store`), with these differences:
 //!
 //! - Durability is Redis's: `appendonly yes` with `appendfsync always` loses nothing that was
-//!   answered, `everysec` risks one second. Replication is asynchronous and the store does not
-//!   `WAIT`, so a failover to a replica can lose the last answered writes.
+//!   answered, `everysec` risks one second. Replication is asynchronous: unless
+//!   `wait_replicas` is set (then every append ends with `WAIT`), a failover to a replica can
+//!   lose the last answered writes.
 //! - Redis must run with `maxmemory-policy noeviction`: an evicted head key would restart a
 //!   stream's numbering (the append script repairs it from the stream when the stream is
 //!   still there).
@@ -68,14 +68,12 @@ use super::{IdemRecord, NewEvent, Page, Retention, Store, StoreError, StoreResul
 use scripts::*;
 use sweep::flush_loop;
 
-#[path = "redis_conn.rs"]
-mod conn;
 #[path = "redis_scripts.rs"]
 mod scripts;
 #[path = "redis_sweep.rs"]
 mod sweep;
 
-pub use conn::{is_unavailable, Endpoint, RedisConn, RedisMode};
+pub use crate::redis_conn::{is_unavailable, Endpoint, RedisConn, RedisMode};
 
 /// How many shards each retention index has (spread over the cluster by their hash tags).
 const INDEX_SHARDS: u32 = 16;
@@ -104,6 +102,10 @@ pub struct RedisOptions {
     pub room_max_len: u64,
     /// Idempotency record lifetime until the first sweep brings the configured one.
     pub idempotency_ttl: Duration,
+    /// Replicas that must confirm an append before it is answered (`WAIT`); 0: none.
+    pub wait_replicas: u32,
+    /// How long that confirmation may take; fewer replicas by then: `Unavailable`.
+    pub wait_timeout: Duration,
 }
 
 impl RedisOptions {
@@ -118,6 +120,8 @@ impl RedisOptions {
             max_len: u64::MAX,
             room_max_len: u64::MAX,
             idempotency_ttl: Duration::from_secs(24 * 3600),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -219,6 +223,10 @@ struct Live {
 
 struct Inner {
     conn: RedisConn,
+    /// Appends go here: with `wait`, a connection of their own, since `WAIT` covers the
+    /// writes of its own connection and blocks it until the replicas answer.
+    writer: RedisConn,
+    wait: Option<(u32, Duration)>,
     endpoint: Endpoint,
     keys: Keys,
     scripts: Scripts,
@@ -242,19 +250,51 @@ pub struct RedisStore {
 const NEVER_SWEPT: u64 = u64::MAX - 1;
 
 impl RedisStore {
+    /// Runs `IDEM_PUT`: stores `record` as created at `created`, expiring after `expire_ms`.
+    async fn idem_write(
+        &self,
+        key: &str,
+        record: IdemRecord,
+        created: i64,
+        expire_ms: i64,
+    ) -> StoreResult<Option<IdemRecord>> {
+        let inner = &self.inner;
+        let mut inv = inner.scripts.idem_put.key(inner.keys.idem(key));
+        inv.arg(now_ms())
+            .arg(inner.live.idem_ttl_ms.load(Ordering::Relaxed))
+            .arg(record.request_hash.to_string())
+            .arg(record.status)
+            .arg(record.body.as_ref())
+            .arg(created)
+            .arg(expire_ms.max(1));
+        let mut conn = inner.conn();
+        let v: Value = inner.run("idempotency", inv.invoke_async(&mut conn)).await?;
+        match v {
+            Value::Nil => Ok(None),
+            v => {
+                let a = into_array(v).ok_or_else(|| bad("idempotency"))?;
+                decode_idem(&a).map(Some).ok_or_else(|| bad("idempotency"))
+            }
+        }
+    }
+
     /// Connects (detecting a cluster with `RedisMode::Auto`), loads or creates the epoch.
     pub async fn connect(opts: RedisOptions) -> StoreResult<Self> {
         let setup = async {
             let endpoint = Endpoint::resolve(&opts.url, opts.mode, opts.connect_timeout, opts.response_timeout).await?;
             let conn = endpoint.connect().await?;
-            Ok::<_, RedisError>((endpoint, conn))
+            let writer = if opts.wait_replicas > 0 { endpoint.connect().await? } else { conn.clone() };
+            Ok::<_, RedisError>((endpoint, conn, writer))
         };
-        let (endpoint, mut conn) = match tokio::time::timeout(opts.op_timeout, setup).await {
+        let (endpoint, mut conn, writer) = match tokio::time::timeout(opts.op_timeout, setup).await {
             Ok(r) => r.map_err(|e| store_err("connect", e))?,
             Err(_) => {
                 return Err(StoreError::Unavailable(format!("redis did not answer within {:?}", opts.op_timeout)))
             }
         };
+        if endpoint.cluster && opts.wait_replicas > 0 {
+            return Err(StoreError::Internal("redis.wait_replicas is not supported on a Redis Cluster".into()));
+        }
         let keys = Keys { prefix: opts.key_prefix.clone() };
         let fresh = format!("{:08x}", rand::random::<u32>());
         let old: Option<String> = tokio::time::timeout(
@@ -267,6 +307,8 @@ impl RedisStore {
         let epoch = old.unwrap_or(fresh);
         let inner = Arc::new(Inner {
             conn,
+            writer,
+            wait: (opts.wait_replicas > 0).then_some((opts.wait_replicas, opts.wait_timeout)),
             endpoint,
             keys,
             scripts: Scripts::new(),
@@ -362,7 +404,7 @@ impl Inner {
                     let expires = e.ttl.map_or(0, |t| e.ts.saturating_add(ms(t)).max(1));
                     inv.arg(e.ts).arg(expires).arg(&e.kind).arg(e.data.as_ref());
                 }
-                let mut conn = self.conn();
+                let mut conn = self.writer.clone();
                 async move { inv.invoke_async::<Value>(&mut conn).await }
             })
             .collect();
@@ -408,6 +450,18 @@ impl Inner {
                 tracing::warn!(error = %e, "redis store: retention index update failed after an append");
             }
         }
+        // With `redis.wait_replicas`, answered only once enough replicas have the events (the
+        // events stay stored on the master either way; a 503 may still be delivered).
+        if let Some((n, timeout)) = self.wait {
+            let mut c = self.writer.clone();
+            let wait = redis::cmd("WAIT").arg(n).arg(ms(timeout)).clone();
+            let got: i64 = self.run("wait", wait.query_async(&mut c)).await?;
+            if got < i64::from(n) {
+                return Err(StoreError::Unavailable(format!(
+                    "only {got} of {n} replicas confirmed the write within {timeout:?} (redis.wait_replicas)"
+                )));
+            }
+        }
         Ok(seqs)
     }
 
@@ -416,7 +470,7 @@ impl Inner {
     async fn send_all(&self, pipe: &mut Pipeline, cmds: Vec<Cmd>) -> Result<(), RedisError> {
         let mut conn = self.conn();
         match &conn {
-            RedisConn::Single(_) => {
+            RedisConn::Single(_) | RedisConn::Sentinel(_) => {
                 for c in cmds {
                     pipe.add_command(c).ignore();
                 }
@@ -516,23 +570,23 @@ impl Store for RedisStore {
         Ok(out)
     }
 
-    async fn set_cursor(&self, user: &str, client_id: &str, seq: u64) -> StoreResult<u64> {
+    async fn set_cursor(&self, user: &str, client_id: &str, seq: u64, max_devices: usize) -> StoreResult<u64> {
         let inner = &self.inner;
         let now = now_ms();
         let mut inv = inner.scripts.set_cursor.key(inner.keys.cursors(user));
-        inv.arg(client_id).arg(seq.to_string()).arg(now);
+        inv.arg(client_id).arg(seq.to_string()).arg(now).arg(max_devices.max(1));
         let mut conn = inner.conn();
         let v: Value = inner.run("set cursor", inv.invoke_async(&mut conn)).await?;
         let a = into_array(v).ok_or_else(|| bad("set cursor"))?;
-        let (new, created) = match a.as_slice() {
-            [n, c] => (as_u64(n), as_int(c)),
-            _ => (None, None),
+        let (new, created, evicted) = match a.as_slice() {
+            [n, c, e] => (as_u64(n), as_int(c), as_int(e)),
+            _ => (None, None, None),
         };
-        let (Some(new), Some(created)) = (new, created) else {
+        let (Some(new), Some(created), Some(evicted)) = (new, created, evicted) else {
             return Err(bad("set cursor"));
         };
         if created == 1 {
-            inner.cursors_delta.fetch_add(1, Ordering::AcqRel);
+            inner.cursors_delta.fetch_add(1 - evicted, Ordering::AcqRel);
             let index = inner.keys.cursor_index(inner.keys.shard(Kind::User, user));
             let cmd = zadd_lt(&index, now, user);
             inner.run("index", cmd.query_async::<()>(&mut conn)).await?;
@@ -556,22 +610,29 @@ impl Store for RedisStore {
     }
 
     async fn idem_put(&self, key: &str, record: IdemRecord) -> StoreResult<Option<IdemRecord>> {
+        let ttl = self.inner.live.idem_ttl_ms.load(Ordering::Relaxed);
+        let now = now_ms();
+        self.idem_write(key, record, now, ttl).await
+    }
+
+    async fn idem_claim(&self, key: &str, request_hash: u64, lease: Duration) -> StoreResult<Option<IdemRecord>> {
+        let ttl = self.inner.live.idem_ttl_ms.load(Ordering::Relaxed);
+        // Back-dated so that the record's ordinary expiry (created + ttl) ends the lease.
+        let created = now_ms().saturating_sub(ttl).saturating_add(ms(lease).max(1));
+        self.idem_write(
+            key,
+            IdemRecord { request_hash, status: 0, body: bytes::Bytes::new() },
+            created,
+            ms(lease).max(1),
+        )
+        .await
+    }
+
+    async fn idem_release(&self, key: &str) -> StoreResult<()> {
         let inner = &self.inner;
-        let mut inv = inner.scripts.idem_put.key(inner.keys.idem(key));
-        inv.arg(now_ms())
-            .arg(inner.live.idem_ttl_ms.load(Ordering::Relaxed))
-            .arg(record.request_hash.to_string())
-            .arg(record.status)
-            .arg(record.body.as_ref());
+        let inv = inner.scripts.idem_release.key(inner.keys.idem(key));
         let mut conn = inner.conn();
-        let v: Value = inner.run("idempotency", inv.invoke_async(&mut conn)).await?;
-        match v {
-            Value::Nil => Ok(None),
-            v => {
-                let a = into_array(v).ok_or_else(|| bad("idempotency"))?;
-                decode_idem(&a).map(Some).ok_or_else(|| bad("idempotency"))
-            }
-        }
+        inner.run("idempotency", inv.invoke_async::<i64>(&mut conn)).await.map(|_| ())
     }
 
     async fn stats(&self) -> StoreResult<StoreStats> {

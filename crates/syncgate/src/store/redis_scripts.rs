@@ -101,8 +101,10 @@ if #x > 0 then minx = x[2] end
 return {removed, len, oldest, minx, more}
 "#;
 
-/// Moves a cursor forward. KEYS: cursor hash. ARGV: client, seq, now.
-/// Returns {new seq, 1 if the cursor was created}.
+/// Moves a cursor forward. KEYS: cursor hash. ARGV: client, seq, now, max devices.
+/// Returns {new seq, 1 if the cursor was created, cursors evicted}. Creating a cursor past
+/// the device limit forgets the least recently used ones (the hash holds at most the limit
+/// plus one, so the scan is bounded).
 pub(super) const SET_CURSOR: &str = r#"#!lua
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 local new = ARGV[2]
@@ -111,8 +113,21 @@ if cur then
   if #c > #new or (#c == #new and c > new) then new = c end
 end
 redis.call('HSET', KEYS[1], ARGV[1], new .. ':' .. ARGV[3])
-if cur then return {new, 0} end
-return {new, 1}
+if cur then return {new, 0, 0} end
+local max = tonumber(ARGV[4])
+local evicted = 0
+while redis.call('HLEN', KEYS[1]) > max do
+  local all = redis.call('HGETALL', KEYS[1])
+  local victim, oldest = nil, nil
+  for i = 1, #all, 2 do
+    local used = tonumber(string.match(all[i + 1], ':(%-?%d+)$'))
+    if all[i] ~= ARGV[1] and (oldest == nil or used < oldest) then victim, oldest = all[i], used end
+  end
+  if victim == nil then break end
+  redis.call('HDEL', KEYS[1], victim)
+  evicted = evicted + 1
+end
+return {new, 1, evicted}
 "#;
 
 /// Reads a cursor and refreshes its last use. KEYS: cursor hash. ARGV: client, now, touch_after.
@@ -144,17 +159,27 @@ if min then min = string.format('%d', min) end
 return {removed, min}
 "#;
 
-/// Remembers an idempotency record unless a live one exists. KEYS: record. ARGV: now, ttl,
-/// request hash, status, body. Returns nil if stored, else the existing {hash, status, body}.
+/// Remembers an idempotency record unless a live one exists (an answer replaces a live claim,
+/// status 0). KEYS: record. ARGV: now, ttl, request hash, status, body, created, expiry ms (a
+/// claim is back-dated and expires after its lease). Returns nil if stored, else the existing
+/// {hash, status, body}.
 pub(super) const IDEM_PUT: &str = r#"#!lua
-local c = redis.call('HGET', KEYS[1], 'c')
-if c and tonumber(c) + tonumber(ARGV[2]) > tonumber(ARGV[1]) then
+local old = redis.call('HMGET', KEYS[1], 'c', 's')
+if old[1] and tonumber(old[1]) + tonumber(ARGV[2]) > tonumber(ARGV[1]) and not (old[2] == '0' and ARGV[4] ~= '0') then
   return redis.call('HMGET', KEYS[1], 'h', 's', 'b')
 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'c', ARGV[1], 'h', ARGV[3], 's', ARGV[4], 'b', ARGV[5])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[1], 'c', ARGV[6], 'h', ARGV[3], 's', ARGV[4], 'b', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
 return false
+"#;
+
+/// Drops an idempotency claim (status 0), keeping an answer. KEYS: record.
+pub(super) const IDEM_RELEASE: &str = r#"#!lua
+if redis.call('HGET', KEYS[1], 's') == '0' then
+  redis.call('DEL', KEYS[1])
+end
+return 0
 "#;
 
 pub(super) struct Scripts {
@@ -165,6 +190,7 @@ pub(super) struct Scripts {
     pub(super) get_cursor: Script,
     pub(super) sweep_cursors: Script,
     pub(super) idem_put: Script,
+    pub(super) idem_release: Script,
 }
 
 impl Scripts {
@@ -177,6 +203,7 @@ impl Scripts {
             get_cursor: Script::new(GET_CURSOR),
             sweep_cursors: Script::new(SWEEP_CURSORS),
             idem_put: Script::new(IDEM_PUT),
+            idem_release: Script::new(IDEM_RELEASE),
         }
     }
 }

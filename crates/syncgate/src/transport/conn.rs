@@ -1,4 +1,4 @@
-//! The task of one WebSocket connection: reads client frames, writes queued frames with
+//! The task of one WebSocket connection: reads client frames, writes queued items with
 //! vectored writes, and closes cleanly.
 //!
 //! Memory while idle is the point of this file: the task waits on socket readiness with no
@@ -6,116 +6,244 @@
 //! decoder and the pending-write list are empty, and there is no per-connection timer
 //! (heartbeats come from the hub's sweep). The futures of work an idle connection is not
 //! doing (handling a frame, a catch-up read, closing) are boxed when they run, so the task's
-//! state machine stays small (about 0.8 KB with the connection itself).
+//! state machine stays small.
+//!
+//! Writing never waits for the handling of a client frame or for a catch-up read: both run
+//! as futures polled beside the socket, so a store call does not stall queued writes. Client
+//! frames are handled one at a time, in order; while one is being handled, the socket is not
+//! read (TCP pushes back on the client).
+//!
+//! Events are turned into bytes here, at write time, in the encoding this connection
+//! negotiated; each event caches each encoding, so it is encoded once for all recipients.
 //!
 //! Must never: buffer more than one incomplete client frame (bounded by max_frame_bytes),
-//! or block the runtime.
+//! block the runtime, or keep a socket whose close cannot be written for longer than
+//! `CLOSE_WRITE_BOUND` (a peer that stopped reading would pin it for good).
 
+use std::future::Future;
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
 
-use super::codec::{self, close, Decoder, Incoming};
-use crate::session::{CloseRequest, Session};
+use super::codec::{self, Decoder, Incoming};
+use super::deflate;
+use crate::close::{self, Close};
+use crate::event::Encoding;
+use crate::hub::{Conn, Outgoing};
+use crate::node::Node;
+use crate::protocol;
+use crate::session::{Handled, Later, Session};
 
 /// Frames written in one system call at most.
 const MAX_IOV: usize = 64;
 /// Bytes read per readiness event before other connections get a turn.
 const READ_BUDGET: usize = 256 * 1024;
+/// How long a connection that must close may take to get its pending bytes and close frame
+/// out before the socket is dropped.
+const CLOSE_WRITE_BOUND: Duration = Duration::from_secs(5);
+/// How long a server-initiated close waits for the client's Close frame or EOF.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+type Filling = Pin<Box<dyn Future<Output = bool> + Send>>;
 
 pub struct Connection {
+    io: Io,
+    session: Session,
+}
+
+/// The socket side: the stream, the decoder, and what is being written.
+struct Io {
     stream: TcpStream,
     decoder: Decoder,
     /// Frames taken from the outbox and not fully written yet; `offset` into the first.
     pending: Vec<Bytes>,
     offset: usize,
-    session: Session,
     max_frame: usize,
-}
-
-enum Step {
-    Continue,
-    Close(CloseRequest),
-    /// The peer went away (EOF or error): nothing more to send.
-    Gone,
+    /// Set when permessage-deflate was negotiated.
+    deflate: Option<deflate::Settings>,
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, leftover: Bytes, session: Session, max_frame: usize) -> Self {
-        let mut decoder = Decoder::default();
+    pub fn new(
+        stream: TcpStream,
+        leftover: Bytes,
+        session: Session,
+        max_frame: usize,
+        deflate: Option<deflate::Settings>,
+    ) -> Self {
+        let mut decoder = Decoder::new(deflate.is_some());
         if !leftover.is_empty() {
             decoder.feed(&leftover);
         }
-        Connection { stream, decoder, pending: Vec::new(), offset: 0, session, max_frame }
+        Connection { io: Io { stream, decoder, pending: Vec::new(), offset: 0, max_frame, deflate }, session }
     }
 
-    pub async fn run(mut self, hub: Arc<crate::hub::Hub>, node: Arc<crate::node::Node>) {
-        let conn = self.session.conn.clone();
-        let end = self.serve(&node).await;
-        if let Some((code, reason)) = end {
-            Box::pin(self.finish(code, reason)).await;
+    pub async fn run(mut self, hub: Arc<crate::hub::Hub>, node: Arc<Node>) {
+        let conn = self.session.conn().clone();
+        let end = serve(&mut self.io, &mut self.session, &node).await;
+        if let Some(c) = end {
+            Box::pin(self.io.finish(&conn, c)).await;
         }
         hub.remove(&conn);
     }
+}
 
-    /// Runs until the connection ends; returns the close to send, if any.
-    async fn serve(&mut self, node: &Arc<crate::node::Node>) -> Option<CloseRequest> {
-        let conn = self.session.conn.clone();
-        loop {
-            // Handle every complete frame already received.
-            match self.process_input().await {
-                Step::Continue => {}
-                Step::Close(c) => return Some(c),
-                Step::Gone => return None,
+/// What the decoder's next message asks for, when no frame is being handled.
+enum Input {
+    /// Nothing (more) to do until more bytes arrive.
+    Idle,
+    /// A text message whose handling needs I/O.
+    Later(Later),
+    Close(Close),
+    /// The peer went away or closed: nothing more to send.
+    Gone,
+}
+
+/// Runs until the connection ends; returns the close to send, if any.
+async fn serve(io: &mut Io, session: &mut Session, node: &Arc<Node>) -> Option<Close> {
+    let conn = session.conn().clone();
+    let mut handling: Option<Later> = None;
+    let mut filling: Option<Filling> = None;
+    let mut close_deadline: Option<tokio::time::Instant> = None;
+    // The first catch-up read runs before anything is written: when the device reads its
+    // welcome, the stream is live (or the replay is queued behind the welcome), so an event
+    // published right after the welcome is delivered live, not by a second read.
+    if let Some((stream, after, room)) = conn.next_fill() {
+        Box::pin(node.streams.fill(&conn, stream, after, room)).await;
+    }
+    loop {
+        // Start handling the next complete client message, if none is being handled.
+        if handling.is_none() {
+            match io.next_input(session).await {
+                Input::Idle => {}
+                Input::Later(f) => handling = Some(f),
+                Input::Close(c) => return Some(c),
+                Input::Gone => return None,
             }
-            // Catch up from the store while the queue has room (bounded per turn).
-            for _ in 0..4 {
-                let Some((stream, after, room)) = conn.next_fill() else {
-                    break;
-                };
-                if !Box::pin(node.fill(&conn, stream, after, room)).await {
-                    break;
+        }
+        // Catch up from the store while the queue has room (one read at a time).
+        if filling.is_none() {
+            if let Some((stream, after, room)) = conn.next_fill() {
+                let (node, c) = (node.clone(), conn.clone());
+                filling = Some(Box::pin(async move { node.streams.fill(&c, stream, after, room).await }));
+            }
+        }
+        if io.pending.is_empty() {
+            if let Some(c) = io.take(&conn) {
+                return Some(c);
+            }
+        }
+        if !io.pending.is_empty() {
+            match io.write_pending() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return None,
+            }
+            if io.pending.is_empty() {
+                continue; // look for more queued items before sleeping
+            }
+            // Blocked on a full socket: if the connection must close, bound the wait.
+            if close_deadline.is_none() && conn.closing().is_some() {
+                close_deadline = Some(tokio::time::Instant::now() + CLOSE_WRITE_BOUND);
+            }
+        }
+        let want_write = !io.pending.is_empty();
+        let want_read = handling.is_none();
+        tokio::select! {
+            r = io.stream.readable(), if want_read => {
+                if r.is_err() {
+                    return None;
                 }
-            }
-            if self.pending.is_empty() {
-                if let Some(reason) = conn.take(&mut self.pending, MAX_IOV) {
-                    if self.pending.is_empty() {
-                        return Some((reason.code, reason.reason));
-                    }
-                }
-            }
-            if !self.pending.is_empty() {
-                match self.write_pending() {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                match io.read_available() {
+                    Ok(true) => conn.touch(node.hub.clock()),
+                    Ok(false) => {}
                     Err(_) => return None,
                 }
-                if self.pending.is_empty() {
-                    continue; // look for more queued frames before sleeping
+            }
+            r = io.stream.writable(), if want_write => {
+                if r.is_err() {
+                    return None;
                 }
             }
-            let want_write = !self.pending.is_empty();
-            tokio::select! {
-                r = self.stream.readable() => {
-                    if r.is_err() {
-                        return None;
-                    }
-                    match self.read_available() {
-                        Ok(true) => conn.touch(node.hub.clock()),
-                        Ok(false) => {}
-                        Err(_) => return None,
-                    }
-                }
-                r = self.stream.writable(), if want_write => {
-                    if r.is_err() {
-                        return None;
-                    }
-                }
-                _ = conn.notify.notified(), if !want_write => {}
+            _ = conn.notify.notified(), if !want_write => {}
+            () = async { handling.as_mut().expect("guarded").await }, if handling.is_some() => {
+                handling = None;
             }
+            ok = async { filling.as_mut().expect("guarded").await }, if filling.is_some() => {
+                filling = None;
+                if !ok {
+                    // The store failed: try again after a pause, not in a tight loop.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            _ = async { tokio::time::sleep_until(close_deadline.expect("guarded")).await }, if close_deadline.is_some() => {
+                node.metrics.slow_consumer_closes.inc();
+                return None; // the peer does not read: drop the socket
+            }
+        }
+    }
+}
+
+impl Io {
+    /// Decodes client messages until one needs I/O to be handled or none is complete; the
+    /// rest (control frames, frames the session answers at once) are handled here.
+    async fn next_input(&mut self, session: &mut Session) -> Input {
+        loop {
+            let msg = match self.decoder.next(self.max_frame) {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    self.decoder.shrink();
+                    return Input::Idle;
+                }
+                Err(v) => return Input::Close(v),
+            };
+            match msg {
+                Incoming::Text(t) => match session.on_text(t) {
+                    Handled::Done => {}
+                    Handled::Close(c) => return Input::Close(c),
+                    Handled::Later(f) => return Input::Later(f),
+                },
+                Incoming::Binary(_) => {
+                    if let Some(c) = session.on_binary() {
+                        return Input::Close(c);
+                    }
+                }
+                Incoming::Ping(p) => {
+                    session.conn().push(Outgoing::Pong(p));
+                }
+                Incoming::Pong => {}
+                Incoming::Close(code) => {
+                    // Echo the client's close code (the decoder refused invalid ones), or an
+                    // empty close for an empty one (RFC 6455 section 5.5.1), then close TCP
+                    // at once: the server closes first (section 7.1.1).
+                    let frame = match code {
+                        Some(c) => codec::close_frame(c, ""),
+                        None => codec::encode(codec::OP_CLOSE, &[]),
+                    };
+                    if Box::pin(self.write_all_now(&frame)).await.is_ok() {
+                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.stream).await;
+                    }
+                    return Input::Gone;
+                }
+            }
+        }
+    }
+
+    /// Takes queued items from the outbox and encodes them into `pending`. Returns the close
+    /// to send once nothing is queued before it.
+    fn take(&mut self, conn: &Conn) -> Option<Close> {
+        let mut items = Vec::new();
+        let close = conn.take(&mut items, MAX_IOV);
+        let deflate = self.deflate.as_ref();
+        self.pending.extend(items.into_iter().map(|i| wire(i, deflate)));
+        if self.pending.is_empty() {
+            close
+        } else {
+            None
         }
     }
 
@@ -137,43 +265,6 @@ impl Connection {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total > 0),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
-            }
-        }
-    }
-
-    async fn process_input(&mut self) -> Step {
-        loop {
-            let msg = match self.decoder.next(self.max_frame) {
-                Ok(Some(m)) => m,
-                Ok(None) => {
-                    self.decoder.shrink();
-                    return Step::Continue;
-                }
-                Err(v) => return Step::Close((v.code, v.reason)),
-            };
-            let close = match msg {
-                // Boxed: the handling of a frame is a large future that an idle connection
-                // must not carry in its task (see the module doc).
-                Incoming::Text(t) => Box::pin(self.session.on_text(t)).await,
-                Incoming::Binary(_) => self.session.on_binary(),
-                Incoming::Ping(p) => {
-                    self.session.conn.push(codec::encode(codec::OP_PONG, &p));
-                    None
-                }
-                Incoming::Pong => None,
-                Incoming::Close(code) => {
-                    // Echo the client's close code, as RFC 6455 asks.
-                    let code = match code {
-                        Some(c) if (1000..5000).contains(&c) && !matches!(c, 1004..=1006 | 1015) => c,
-                        _ => close::NORMAL,
-                    };
-                    let frame = codec::close_frame(code, "");
-                    let _ = Box::pin(self.write_all_now(&frame)).await;
-                    return Step::Gone;
-                }
-            };
-            if let Some(c) = close {
-                return Step::Close(c);
             }
         }
     }
@@ -208,9 +299,11 @@ impl Connection {
         Ok(())
     }
 
+    /// Writes `frame` after what is pending, waiting for the socket at most
+    /// `CLOSE_WRITE_BOUND` in all.
     async fn write_all_now(&mut self, frame: &Bytes) -> io::Result<()> {
         self.pending.push(frame.clone());
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + CLOSE_WRITE_BOUND;
         while !self.pending.is_empty() {
             match self.write_pending() {
                 Ok(()) => {}
@@ -225,30 +318,45 @@ impl Connection {
         Ok(())
     }
 
-    /// Sends what is still pending and a close frame, then waits briefly for the client to
-    /// close too, so the close frame is not lost to a TCP reset.
-    async fn finish(&mut self, code: u16, reason: &str) {
-        // Frames queued before the close (e.g. the error frames that led to it) go first.
-        let conn = self.session.conn.clone();
-        loop {
-            let before = self.pending.len();
-            conn.take(&mut self.pending, MAX_IOV);
-            if self.pending.len() == before {
-                break;
+    /// Sends what is still queued (unless the close drops it) and a close frame, shuts the
+    /// write side down, then reads until the client's Close frame (or EOF, or `CLOSE_WAIT`)
+    /// and closes TCP at once (RFC 6455 section 7.1.1). Data frames that arrive meanwhile
+    /// are dropped; after a protocol violation the input cannot be framed any more, so it is
+    /// only drained until EOF.
+    async fn finish(&mut self, conn: &Conn, c: Close) {
+        // Items queued before the close (e.g. the error frames that led to it) go first.
+        if c.flushes_queue() {
+            loop {
+                let before = self.pending.len();
+                self.take(conn);
+                if self.pending.len() == before {
+                    break;
+                }
             }
         }
-        let frame = codec::close_frame(code, reason);
+        let frame = codec::close_frame(c.code, c.reason);
         if self.write_all_now(&frame).await.is_err() {
             return;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.stream).await;
+        let mut framed = c.code != close::PROTOCOL && c.code != close::INVALID_DATA;
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
             let mut buf = [0u8; 1024];
             loop {
+                while framed {
+                    match self.decoder.next(self.max_frame) {
+                        Ok(Some(Incoming::Close(_))) => return,
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(_) => framed = false,
+                    }
+                }
                 if self.stream.readable().await.is_err() {
                     return;
                 }
                 match self.stream.try_read(&mut buf) {
                     Ok(0) => return,
+                    Ok(n) if framed => self.decoder.feed(&buf[..n]),
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(_) => return,
@@ -256,5 +364,21 @@ impl Connection {
             }
         })
         .await;
+    }
+}
+
+/// The bytes of one queued item on a connection (`deflate`: it negotiated permessage-deflate
+/// with these settings, which are the node's, so the deflated form of an event is the same
+/// for every such connection and is cached in the event).
+fn wire(item: Outgoing, deflate: Option<&deflate::Settings>) -> Bytes {
+    match (item, deflate) {
+        (Outgoing::Event(ev), None) => ev.encoded(Encoding::WsText, |e| codec::text(&protocol::event(e))),
+        (Outgoing::Event(ev), Some(s)) => {
+            ev.encoded(Encoding::WsDeflate, |e| deflate::text_frame(&protocol::event(e), s))
+        }
+        (Outgoing::Reply(msg), Some(s)) => deflate::text_frame(&msg, s),
+        (Outgoing::Reply(msg), None) => codec::text(&msg),
+        (Outgoing::Ping, _) => codec::ping_frame(),
+        (Outgoing::Pong(p), _) => codec::encode(codec::OP_PONG, &p),
     }
 }

@@ -5,31 +5,31 @@
 //! after the upgrade, rather than using tungstenite, to keep idle connections small: no
 //! read buffer while no frame is in flight, no write buffer while nothing is queued, and
 //! server frames encoded once per message and shared by every recipient. The trade-offs
-//! are recorded in docs/architecture.md. permessage-deflate is not negotiated (yet), which
-//! RFC 6455 allows: the server simply does not answer the extension offer.
+//! are recorded in docs/architecture.md. The HTTP side of the handshake, including the
+//! permessage-deflate negotiation, is in `handshake`; the compression itself in `deflate`.
 //!
 //! Must never: upgrade a request before auth and admission checks pass, or keep an
 //! admitted connection in the hub when its upgrade fails.
 
 pub mod codec;
 mod conn;
+pub mod deflate;
+pub mod handshake;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::json;
-use sha1::{Digest, Sha1};
 use tokio::net::TcpStream;
 
 use crate::api::error::ApiError;
 use crate::auth::AuthError;
+use crate::config::PresenceFailure;
 use crate::error::{Code, Error};
 use crate::hub::{AdmitError, Conn, StreamPos};
 use crate::metrics::KindLabels;
@@ -74,15 +74,17 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
         }
     };
     // 2. A WebSocket handshake at all?
-    let key = match handshake_key(req.headers()) {
+    let key = match handshake::handshake_key(req.headers()) {
         Ok(k) => k,
-        Err(e) => return refuse(&node, "bad_request", e),
+        Err(handshake::Refusal::Invalid(e)) => return refuse(&node, "bad_request", e),
+        Err(handshake::Refusal::Version(e)) => return handshake::upgrade_required(refuse(&node, "bad_request", e)),
     };
+    let deflate = if node.cfg.compression.enabled { handshake::negotiate_deflate(req.headers()) } else { None };
     // 3. Identity of the device.
     if let Err(e) = node.check_name("user id", &claims.sub) {
         return refuse(&node, "bad_request", e);
     }
-    let meta = match crate::hub::meta::ConnMeta::at_upgrade(
+    let meta = match crate::meta::ConnMeta::at_upgrade(
         &node.instance_id,
         &node.cfg.server.trusted_proxies,
         req.headers(),
@@ -111,7 +113,16 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
         return refuse(&node, "node_full", Error::unavailable("this node has reached its connection limit"));
     }
     // Across the deployment (the hub enforces the same limit atomically on this node).
-    let across = node.presence.user_connections(&claims.sub).await.unwrap_or(0);
+    let across = match node.presence.user_connections(&claims.sub).await {
+        Ok(n) => n,
+        Err(e) => {
+            node.metrics.dependency_failures.get_or_create(&KindLabels { kind: "presence_admission" }).inc();
+            if node.cfg.limits.presence_failure == PresenceFailure::Closed {
+                return refuse(&node, "presence_unavailable", e.into());
+            }
+            0
+        }
+    };
     if across.max(node.hub.user_connections(&claims.sub)) >= node.cfg.limits.max_connections_per_user {
         return refuse(&node, "user_full", Error::new(Code::RateLimitExceeded, AdmitError::UserFull.to_string()));
     }
@@ -125,21 +136,23 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
         }
     }
     // 5. Where the user stream starts for this connection.
-    let (cursor, resumed, trimmed) =
-        match start_position(&node, &claims.sub, client_id.as_deref(), query.since.as_deref()).await {
-            Ok(p) => p,
-            Err(e) => return refuse(&node, "bad_request", e),
-        };
+    let start = match node.streams.user_start(&claims.sub, client_id.as_deref(), query.since.as_deref()).await {
+        Ok(p) => p,
+        Err(e) => return refuse(&node, "bad_request", e),
+    };
     // 6. Admit, queue the welcome, answer 101.
     let conn_id = node.hub.next_conn_id();
-    let conn = Arc::new(Conn::new(
-        conn_id,
-        user,
-        client_id.as_deref().map(Into::into),
-        claims.exp,
-        node.cfg.limits.send_queue,
-        StreamPos::resume_from(cursor),
-    ));
+    let conn = Arc::new(
+        Conn::new(
+            conn_id,
+            user,
+            client_id.as_deref().map(Into::into),
+            claims.exp,
+            node.cfg.limits.send_queue,
+            StreamPos::resume_from(start.cursor),
+        )
+        .with_deflate(deflate.is_some()),
+    );
     let _ = conn.meta.set(Box::new(meta));
     let mut welcome = json!({
         "op": "welcome",
@@ -148,15 +161,15 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
         "client_id": client_id,
         "instance_id": node.instance_id,
         "heartbeat_ms": node.cfg.heartbeat.interval.as_millis() as u64,
-        "resumed": resumed,
+        "resumed": start.resumed,
         "epoch": node.epoch(),
-        "position": EventId::format(node.epoch(), StreamKey::User(&claims.sub), cursor),
+        "position": EventId::format(node.epoch(), StreamKey::User(&claims.sub), start.cursor),
     });
-    if trimmed > 0 {
+    if start.trimmed > 0 {
         welcome["partial"] = json!(true);
-        welcome["trimmed"] = json!(trimmed);
+        welcome["trimmed"] = json!(start.trimmed);
     }
-    conn.push(protocol::welcome(&welcome));
+    conn.reply(protocol::welcome(&welcome));
     if let Err(e) = node.hub.admit(conn.clone()) {
         let err = match e {
             AdmitError::NodeFull => Error::unavailable(e.to_string()),
@@ -182,82 +195,21 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
             return;
         };
         let _ = stream.set_nodelay(true);
-        let c = conn::Connection::new(stream, leftover, session, node.cfg.limits.max_frame_bytes);
+        let deflate = deflate.map(|_| deflate::Settings {
+            min_bytes: node.cfg.compression.min_bytes,
+            level: node.cfg.compression.level,
+        });
+        let c = conn::Connection::new(stream, leftover, session, node.cfg.limits.max_frame_bytes, deflate);
         // A task of its own: the upgrade task ends here and frees what it captured, and the
-        // connection's task holds only the connection's state (about 0.8 KB).
-        tokio::spawn(c.run(node.hub.clone(), node.clone()));
+        // connection's task holds only the connection's state (about 0.8 KB). Tracked, so
+        // shutdown waits for it.
+        node.tasks.spawn(c.run(node.hub.clone(), node.clone()));
     };
     tokio::spawn(fut);
-    switching_protocols(&key)
-}
-
-/// Resolves (cursor, resumed count, trimmed count) for a new connection.
-async fn start_position(
-    node: &Node,
-    user: &str,
-    client_id: Option<&str>,
-    since: Option<&str>,
-) -> Result<(u64, u64, u64), Error> {
-    let head = node.store.read_user(user, u64::MAX, 0).await?;
-    let cursor = match (since, client_id) {
-        (Some(s), _) => {
-            let seq = EventId::parse(s, node.epoch(), StreamKey::User(user))?;
-            if seq > head.head {
-                return Err(Error::invalid(format!("since {s:?} is ahead of this user's stream")));
-            }
-            seq
-        }
-        (None, Some(cid)) => match node.store.cursor(user, cid).await? {
-            Some(c) => c.min(head.head),
-            // A device seen for the first time starts at the head; remember that now, so
-            // what is published while it is offline later is kept for it.
-            None => node.store.set_cursor(user, cid, head.head).await?,
-        },
-        (None, None) => head.head,
-    };
-    let oldest = head.first.saturating_sub(1);
-    let trimmed = oldest.saturating_sub(cursor);
-    let resumed = head.head.saturating_sub(cursor.max(oldest));
-    Ok((cursor, resumed, trimmed))
+    handshake::switching_protocols(&key, deflate)
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).map(|t| t.trim().to_string())
-}
-
-fn handshake_key(h: &HeaderMap) -> Result<String, Error> {
-    let has = |name: header::HeaderName, want: &str| {
-        h.get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(want)))
-    };
-    if !has(header::UPGRADE, "websocket") || !has(header::CONNECTION, "upgrade") {
-        return Err(Error::invalid("expected a WebSocket upgrade request (Upgrade: websocket)"));
-    }
-    if h.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
-        return Err(Error::invalid("unsupported WebSocket version; use 13"));
-    }
-    let key = h.get(header::SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()).unwrap_or("");
-    match base64::engine::general_purpose::STANDARD.decode(key) {
-        Ok(k) if k.len() == 16 => Ok(key.to_string()),
-        _ => Err(Error::invalid("missing or malformed Sec-WebSocket-Key")),
-    }
-}
-
-fn switching_protocols(key: &str) -> Response {
-    let mut sha = Sha1::new();
-    sha.update(key.as_bytes());
-    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    let accept = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
-    let mut resp = Response::new(Body::empty());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    resp
 }

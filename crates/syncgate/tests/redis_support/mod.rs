@@ -273,3 +273,102 @@ impl RedisCluster {
         self.nodes.iter().map(|n| n.url()).collect::<Vec<_>>().join(",")
     }
 }
+
+/// One `redis-server --sentinel` process watching a master named `name`.
+pub struct SentinelProc {
+    child: Option<Child>,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl SentinelProc {
+    fn start(name: &str, master_port: u16) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for sentinel");
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        let text = format!(
+            "port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\ndir {}\nlogfile sentinel.log\n\
+             sentinel monitor {name} 127.0.0.1 {master_port} 2\n\
+             sentinel down-after-milliseconds {name} 1000\n\
+             sentinel failover-timeout {name} 5000\n\
+             sentinel parallel-syncs {name} 1\n",
+            dir.path().display()
+        );
+        std::fs::write(&conf, text).expect("write sentinel.conf");
+        let mut cmd = Command::new(binary("redis-server"));
+        cmd.arg(&conf).arg("--sentinel").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn redis-server --sentinel");
+        SentinelProc { child: Some(child), port, _dir: dir }
+    }
+
+    /// `SENTINEL master NAME` as field -> value.
+    pub fn master_info(&self, name: &str) -> std::collections::HashMap<String, String> {
+        let out = Command::new(binary("redis-cli"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "SENTINEL", "master", name])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let lines: Vec<&str> = out.lines().collect();
+        lines.chunks(2).filter_map(|kv| Some((kv.first()?.to_string(), kv.get(1)?.to_string()))).collect()
+    }
+}
+
+impl Drop for SentinelProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One master, one replica, three sentinels (quorum 2, down after 1 s), ready to fail over.
+pub struct SentinelSetup {
+    pub master: RedisServer,
+    pub replica: RedisServer,
+    pub sentinels: Vec<SentinelProc>,
+    pub name: String,
+}
+
+impl SentinelSetup {
+    pub fn start() -> Self {
+        let name = "mymaster".to_string();
+        let master = RedisServer::start_with(ServerOpts { appendonly: true, ..Default::default() });
+        let replica = RedisServer::start_with(ServerOpts { appendonly: true, ..Default::default() });
+        let ok = replica.cli(&["REPLICAOF", "127.0.0.1", &master.port.to_string()]);
+        assert!(ok.contains("OK"), "REPLICAOF: {ok}");
+        let sentinels: Vec<SentinelProc> = (0..3).map(|_| SentinelProc::start(&name, master.port)).collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = sentinels.iter().all(|s| {
+                let m = s.master_info(&name);
+                m.get("num-slaves").map(String::as_str) == Some("1")
+                    && m.get("num-other-sentinels").map(String::as_str) == Some("2")
+            });
+            let synced = replica.cli(&["INFO", "replication"]).contains("master_link_status:up");
+            if ready && synced {
+                break;
+            }
+            assert!(Instant::now() < deadline, "sentinels did not see the replica and each other in 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        SentinelSetup { master, replica, sentinels, name }
+    }
+
+    /// `redis+sentinel://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3/mymaster`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.sentinels.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
+        format!("redis+sentinel://{}/{}", hosts.join(","), self.name)
+    }
+
+    /// The port the sentinels name as master now.
+    pub fn master_port(&self) -> Option<u16> {
+        self.sentinels.iter().find_map(|s| s.master_info(&self.name).get("port")?.parse().ok())
+    }
+}

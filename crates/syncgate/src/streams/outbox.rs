@@ -1,4 +1,4 @@
-//! A connection as the hub sees it: identity, a bounded queue of encoded frames, and the
+//! A connection's delivery state: identity, a bounded queue of outgoing items, and the
 //! per-stream positions that make delivery gap-free and duplicate-free.
 //!
 //! Delivery rule for a stream with sequence numbers (a user stream, a room's history):
@@ -9,8 +9,17 @@
 //! starts `behind` at its cursor and reads until it has caught up. Since every sequenced
 //! event is in the store before anyone delivers it, reading the store always closes the gap.
 //!
-//! Must never: hold more than `limit` frames (a slow reader is closed with 4008 instead),
-//! or block: everything here runs under a short mutex from delivery paths.
+//! Flow control, with `limit` = `limits.send_queue`:
+//! - live events are queued while fewer than `limit` items wait; past that the reader is not
+//!   keeping up with live traffic and is closed with 4008;
+//! - a catch-up fill starts only while the queue is under half full and brings at most as
+//!   many events as fill it to half, so a replay of any length to a reader that keeps
+//!   reading, however slowly, never overflows;
+//! - control items (replies, errors, pongs, heartbeat pings) have `headroom` extra slots
+//!   above `limit`, so an answer queued during a replay or a burst never closes a reader.
+//!
+//! Must never: hold more than `limit + headroom` items, or block: everything here runs under
+//! a short mutex from delivery paths.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,45 +29,40 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-/// A stream of a connection with a position.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StreamRef {
-    User,
-    Room(Arc<str>),
-}
+pub use super::{StreamPos, StreamRef};
+use crate::close::{self, Close};
+use crate::event::Event;
 
-/// Position in one sequenced stream.
+/// One item waiting to be written, in a protocol-neutral form: the transport encodes it.
 #[derive(Debug, Clone)]
-pub struct StreamPos {
-    /// Last seq queued to the connection.
-    pub delivered: u64,
-    /// A gap was seen (or a resume is pending): the store must be read after `delivered`.
-    pub behind: bool,
-    /// Highest seq offered while behind; reading must reach it before going live again.
-    pub max_seen: u64,
+pub enum Outgoing {
+    /// A published message (encoded once per encoding, shared by all its recipients).
+    Event(Arc<Event>),
+    /// A protocol message for this connection only (welcome, reply, error, pong), already
+    /// serialized by the protocol module (JSON text).
+    Reply(Bytes),
+    /// A heartbeat ping.
+    Ping,
+    /// The answer to a client's WebSocket ping, with its payload.
+    Pong(Bytes),
 }
 
-impl StreamPos {
-    /// A position that first reads the store after `cursor` (catch-up), then goes live.
-    pub fn resume_from(cursor: u64) -> Self {
-        StreamPos { delivered: cursor, behind: true, max_seen: cursor }
+impl Outgoing {
+    fn is_control(&self) -> bool {
+        !matches!(self, Outgoing::Event(_))
     }
 }
 
-/// Why a connection is being closed by the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CloseReason {
-    pub code: u16,
-    pub reason: &'static str,
-    /// Send the frames already queued before closing (shutdown) or drop them (slow reader).
-    pub flush_first: bool,
-}
-
 pub(crate) struct Outbox {
-    pub frames: VecDeque<Bytes>,
-    pub close: Option<CloseReason>,
+    pub items: VecDeque<Outgoing>,
+    pub close: Option<Close>,
     pub user: StreamPos,
     pub rooms: Vec<(Arc<str>, Option<StreamPos>)>,
+}
+
+/// Extra queue slots for control items above the event limit.
+pub fn headroom(limit: usize) -> usize {
+    (limit / 4).max(8)
 }
 
 /// One WebSocket connection, shared between its task and the hub's indexes.
@@ -67,7 +71,10 @@ pub struct Conn {
     pub user: Arc<str>,
     pub client_id: Option<Arc<str>>,
     /// Token expiry (unix seconds): the connection is closed with 4001 after it.
-    pub token_exp: u64,
+    pub token_exp: AtomicU64,
+    /// Whether the connection negotiated permessage-deflate (the transport picks the
+    /// deflated encoding of events for it).
+    pub deflate: bool,
     /// Milliseconds (hub clock) when the client was last heard from.
     pub last_seen: AtomicU64,
     limit: usize,
@@ -77,10 +84,10 @@ pub struct Conn {
     pub(crate) out: Mutex<Outbox>,
     pub(crate) notify: Notify,
     /// What the upgrade recorded about the device (set once, before the hub admits it).
-    pub meta: std::sync::OnceLock<Box<super::meta::ConnMeta>>,
+    pub meta: std::sync::OnceLock<Box<crate::meta::ConnMeta>>,
 }
 
-/// What `offer` did with a frame.
+/// What `offer` did with an item.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Offer {
     Queued,
@@ -102,11 +109,12 @@ impl Conn {
             id,
             user,
             client_id,
-            token_exp,
+            token_exp: AtomicU64::new(token_exp),
+            deflate: false,
             last_seen: AtomicU64::new(0),
             limit,
             any_behind: AtomicBool::new(user_pos.behind),
-            out: Mutex::new(Outbox { frames: VecDeque::new(), close: None, user: user_pos, rooms: Vec::new() }),
+            out: Mutex::new(Outbox { items: VecDeque::new(), close: None, user: user_pos, rooms: Vec::new() }),
             notify: Notify::new(),
             meta: std::sync::OnceLock::new(),
         }
@@ -116,18 +124,29 @@ impl Conn {
         self.last_seen.store(now, Ordering::Relaxed);
     }
 
-    /// Queues a frame that is not part of a sequenced stream (replies, transient events).
-    pub fn push(&self, frame: Bytes) -> Offer {
+    /// Sets whether the connection negotiated permessage-deflate (before it is shared).
+    pub fn with_deflate(mut self, deflate: bool) -> Self {
+        self.deflate = deflate;
+        self
+    }
+
+    /// Queues an item that is not part of a sequenced stream (a reply, a transient event).
+    pub fn push(&self, item: Outgoing) -> Offer {
         let mut out = self.out.lock();
-        let r = push_locked(&mut out, self.limit, frame);
+        let r = push_locked(&mut out, self.limit, item);
         drop(out);
         self.notify.notify_one();
         r
     }
 
+    /// Queues a reply (a serialized protocol message for this connection only).
+    pub fn reply(&self, msg: Bytes) -> Offer {
+        self.push(Outgoing::Reply(msg))
+    }
+
     /// Offers event `seq` of a stream, applying the delivery rule of this module. `silent`
-    /// advances the position without queuing the frame (the publisher's own message).
-    pub fn offer(&self, stream: &StreamRef, seq: u64, frame: &Bytes, silent: bool) -> Offer {
+    /// advances the position without queuing the event (the publisher's own message).
+    pub fn offer(&self, stream: &StreamRef, seq: u64, event: &Arc<Event>, silent: bool) -> Offer {
         let mut out = self.out.lock();
         if out.close.is_some() {
             return Offer::Skipped;
@@ -140,7 +159,7 @@ impl Conn {
                 // Joined without a position: live only, in arrival order.
                 Some((_, None)) if silent => return Offer::Skipped,
                 Some((_, None)) => {
-                    let r = push_locked(out, self.limit, frame.clone());
+                    let r = push_locked(out, self.limit, Outgoing::Event(event.clone()));
                     self.notify.notify_one();
                     return r;
                 }
@@ -161,7 +180,7 @@ impl Conn {
         if silent {
             return Offer::Skipped;
         }
-        let r = push_locked(out, self.limit, frame.clone());
+        let r = push_locked(out, self.limit, Outgoing::Event(event.clone()));
         self.notify.notify_one();
         r
     }
@@ -187,11 +206,11 @@ impl Conn {
     }
 
     /// Closes the connection with `reason` (the first reason wins).
-    pub fn close(&self, reason: CloseReason) {
+    pub fn close(&self, reason: Close) {
         let mut out = self.out.lock();
         if out.close.is_none() {
-            if !reason.flush_first {
-                out.frames.clear();
+            if !reason.flushes_queue() {
+                out.items.clear();
             }
             out.close = Some(reason);
         }
@@ -208,22 +227,28 @@ impl Conn {
         self.out.lock().rooms.iter().map(|(n, _)| n.clone()).collect()
     }
 
-    /// Takes the queued frames (for one vectored write) and the close reason, if any.
-    pub(crate) fn take(&self, into: &mut Vec<Bytes>, max: usize) -> Option<CloseReason> {
+    /// The close decided for this connection, if any.
+    pub fn closing(&self) -> Option<Close> {
+        self.out.lock().close
+    }
+
+    /// Takes up to `max` queued items (for one vectored write), in order, and the close
+    /// reason once nothing is left before it.
+    pub fn take(&self, into: &mut Vec<Outgoing>, max: usize) -> Option<Close> {
         let mut out = self.out.lock();
-        let n = out.frames.len().min(max);
-        into.extend(out.frames.drain(..n));
-        if out.frames.is_empty() && out.frames.capacity() > 0 {
-            out.frames = VecDeque::new(); // an idle connection keeps no queue memory
+        let n = out.items.len().min(max);
+        into.extend(out.items.drain(..n));
+        if out.items.is_empty() && out.items.capacity() > 0 {
+            out.items = VecDeque::new(); // an idle connection keeps no queue memory
         }
         match out.close {
-            Some(c) if out.frames.is_empty() => Some(c),
+            Some(c) if out.items.is_empty() => Some(c),
             _ => None,
         }
     }
 
     /// A stream that needs reading from the store, with the position after which to read
-    /// and how many events fit in the queue now.
+    /// and how many events the read may bring (never past half the queue).
     pub fn next_fill(&self) -> Option<(StreamRef, u64, usize)> {
         if !self.any_behind.load(Ordering::Acquire) {
             return None;
@@ -232,9 +257,9 @@ impl Conn {
         if out.close.is_some() {
             return None;
         }
-        let room = self.limit.saturating_sub(out.frames.len());
-        if room < self.limit / 2 {
-            return None; // wait until the reader has drained half the queue
+        let room = (self.limit / 2).max(1).saturating_sub(out.items.len());
+        if room == 0 {
+            return None; // wait until the reader has drained the queue below half
         }
         if out.user.behind {
             return Some((StreamRef::User, out.user.delivered, room));
@@ -249,7 +274,7 @@ impl Conn {
         found
     }
 
-    /// Queues events read from the store after `after`. `events` are (seq, frame) in order;
+    /// Queues events read from the store after `after`. `events` are (seq, event) in order;
     /// `first` is the oldest seq the store still has; `complete` says the read reached the
     /// end of the stream. Returns how many events were skipped because retention (age, length
     /// or a message's own ttl) removed them.
@@ -263,7 +288,7 @@ impl Conn {
         stream: &StreamRef,
         after: u64,
         page: (u64, u64),
-        events: Vec<(u64, Bytes)>,
+        events: Vec<(u64, Arc<Event>)>,
         complete: bool,
     ) -> u64 {
         let (first, head) = page;
@@ -285,11 +310,11 @@ impl Conn {
             pos.delivered = first - 1;
         }
         let mut queued = Vec::with_capacity(events.len());
-        for (seq, frame) in events {
+        for (seq, ev) in events {
             if seq > pos.delivered {
                 trimmed += seq - pos.delivered - 1;
                 pos.delivered = seq;
-                queued.push(frame);
+                queued.push(ev);
             }
         }
         if complete {
@@ -302,9 +327,7 @@ impl Conn {
             }
         }
         pos.max_seen = pos.max_seen.max(pos.delivered);
-        for f in queued {
-            out.frames.push_back(f);
-        }
+        out.items.extend(queued.into_iter().map(Outgoing::Event));
         let any = out.user.behind || out.rooms.iter().any(|(_, p)| p.as_ref().is_some_and(|p| p.behind));
         self.any_behind.store(any, Ordering::Release);
         drop(guard);
@@ -337,22 +360,23 @@ impl Conn {
     pub fn room_count(&self) -> usize {
         self.out.lock().rooms.len()
     }
+
+    pub fn in_room(&self, room: &str) -> bool {
+        self.out.lock().rooms.iter().any(|(n, _)| &**n == room)
+    }
 }
 
-fn push_locked(out: &mut Outbox, limit: usize, frame: Bytes) -> Offer {
+fn push_locked(out: &mut Outbox, limit: usize, item: Outgoing) -> Offer {
     if out.close.is_some() {
         return Offer::Skipped;
     }
-    if out.frames.len() >= limit {
-        out.frames.clear();
-        out.close = Some(CloseReason {
-            code: crate::transport::codec::close::TOO_SLOW,
-            reason: "send queue full",
-            flush_first: false,
-        });
+    let cap = if item.is_control() { limit + headroom(limit) } else { limit };
+    if out.items.len() >= cap {
+        out.items.clear();
+        out.close = Some(close::SLOW);
         return Offer::Overflow;
     }
-    out.frames.push_back(frame);
+    out.items.push_back(item);
     Offer::Queued
 }
 
@@ -367,14 +391,33 @@ mod tests {
         c
     }
 
-    fn f(n: u64) -> Bytes {
-        Bytes::from(n.to_string())
+    fn f(n: u64) -> Arc<Event> {
+        Arc::new(Event::new(
+            n.to_string(),
+            crate::event::StreamName::User,
+            "t",
+            Bytes::new(),
+            0,
+            crate::event::Priority::Normal,
+        ))
     }
 
-    fn drain(c: &Conn) -> Vec<Bytes> {
+    /// The ids of the queued events (replies as "reply", pings as "ping").
+    fn drain(c: &Conn) -> Vec<String> {
         let mut v = Vec::new();
         c.take(&mut v, usize::MAX);
-        v
+        v.into_iter()
+            .map(|o| match o {
+                Outgoing::Event(e) => e.id.to_string(),
+                Outgoing::Reply(_) => "reply".into(),
+                Outgoing::Ping => "ping".into(),
+                Outgoing::Pong(_) => "pong".into(),
+            })
+            .collect()
+    }
+
+    fn ids(v: &[u64]) -> Vec<String> {
+        v.iter().map(u64::to_string).collect()
     }
 
     #[test]
@@ -383,13 +426,13 @@ mod tests {
         assert_eq!(c.offer(&StreamRef::User, 6, &f(6), false), Offer::Queued);
         assert_eq!(c.offer(&StreamRef::User, 6, &f(6), false), Offer::Skipped);
         assert_eq!(c.offer(&StreamRef::User, 8, &f(8), false), Offer::Skipped);
-        assert_eq!(c.next_fill(), Some((StreamRef::User, 6, 9)));
+        assert_eq!(c.next_fill(), Some((StreamRef::User, 6, 4)));
         // A live 7 arriving while behind is not queued: the fill will bring it.
         assert_eq!(c.offer(&StreamRef::User, 7, &f(7), false), Offer::Skipped);
         c.apply_fill(&StreamRef::User, 6, (1, 8), vec![(7, f(7)), (8, f(8))], true);
         assert_eq!(c.next_fill(), None);
         assert_eq!(c.offer(&StreamRef::User, 9, &f(9), false), Offer::Queued);
-        assert_eq!(drain(&c), vec![f(6), f(7), f(8), f(9)]);
+        assert_eq!(drain(&c), ids(&[6, 7, 8, 9]));
     }
 
     #[test]
@@ -398,10 +441,10 @@ mod tests {
         // Event 3 is offered while the catch-up read (which saw 1..2) is in flight.
         c.offer(&StreamRef::User, 3, &f(3), false);
         c.apply_fill(&StreamRef::User, 0, (1, 2), vec![(1, f(1)), (2, f(2))], true);
-        assert_eq!(c.next_fill(), Some((StreamRef::User, 2, 8)));
+        assert_eq!(c.next_fill(), Some((StreamRef::User, 2, 3)));
         c.apply_fill(&StreamRef::User, 2, (1, 3), vec![(3, f(3))], true);
         assert_eq!(c.next_fill(), None);
-        assert_eq!(drain(&c), vec![f(1), f(2), f(3)]);
+        assert_eq!(drain(&c), ids(&[1, 2, 3]));
     }
 
     #[test]
@@ -413,7 +456,7 @@ mod tests {
         assert_eq!(trimmed, 2);
         assert_eq!(c.next_fill(), None, "no endless catch-up");
         assert_eq!(c.offer(&StreamRef::User, 6, &f(6), false), Offer::Queued);
-        assert_eq!(drain(&c), vec![f(1), f(3), f(4), f(6)]);
+        assert_eq!(drain(&c), ids(&[1, 3, 4, 6]));
     }
 
     #[test]
@@ -421,11 +464,11 @@ mod tests {
         let c = conn(10, 3);
         assert_eq!(c.next_fill(), None);
         c.recheck(Some(&StreamRef::User));
-        assert_eq!(c.next_fill(), Some((StreamRef::User, 3, 10)));
+        assert_eq!(c.next_fill(), Some((StreamRef::User, 3, 5)));
         // The missed event 4 is in the store; the read brings it.
         c.apply_fill(&StreamRef::User, 3, (1, 4), vec![(4, f(4))], true);
         assert_eq!(c.next_fill(), None);
-        assert_eq!(drain(&c), vec![f(4)]);
+        assert_eq!(drain(&c), ids(&[4]));
     }
 
     #[test]
@@ -433,15 +476,15 @@ mod tests {
         let c = Conn::new(1, "u".into(), None, u64::MAX, 10, StreamPos::resume_from(2));
         let trimmed = c.apply_fill(&StreamRef::User, 2, (6, 6), vec![(6, f(6))], true);
         assert_eq!(trimmed, 3);
-        assert_eq!(drain(&c), vec![f(6)]);
+        assert_eq!(drain(&c), ids(&[6]));
     }
 
     #[test]
     fn overflow_closes_with_4008_and_drops_queue() {
         let c = conn(2, 0);
-        assert_eq!(c.push(f(1)), Offer::Queued);
-        assert_eq!(c.push(f(2)), Offer::Queued);
-        assert_eq!(c.push(f(3)), Offer::Overflow);
+        assert_eq!(c.push(Outgoing::Event(f(1))), Offer::Queued);
+        assert_eq!(c.push(Outgoing::Event(f(2))), Offer::Queued);
+        assert_eq!(c.push(Outgoing::Event(f(3))), Offer::Overflow);
         let mut v = Vec::new();
         let close = c.take(&mut v, 10).unwrap();
         assert_eq!(close.code, 4008);
@@ -451,10 +494,53 @@ mod tests {
     #[test]
     fn shutdown_close_flushes_first() {
         let c = conn(4, 0);
-        c.push(f(1));
-        c.close(CloseReason { code: 1001, reason: "bye", flush_first: true });
-        let mut v = Vec::new();
-        assert_eq!(c.take(&mut v, 10).map(|r| r.code), Some(1001));
-        assert_eq!(v, vec![f(1)]);
+        c.push(Outgoing::Event(f(1)));
+        c.close(close::SHUTDOWN);
+        assert_eq!(c.closing().map(|r| r.code), Some(1001));
+        assert_eq!(drain(&c), ids(&[1]));
+    }
+
+    #[test]
+    fn fills_take_at_most_half_and_replies_have_headroom() {
+        // A replay of 1000 events to a reader that drains one item at a time while it also
+        // asks for things: it is never closed, and the queue never passes half on fills.
+        let limit = 16;
+        let c = Conn::new(1, "u".into(), None, u64::MAX, limit, StreamPos::resume_from(0));
+        let mut next = 1;
+        let mut got = Vec::new();
+        while next <= 1000 {
+            if let Some((_, after, room)) = c.next_fill() {
+                assert!(room <= limit / 2);
+                let evs: Vec<_> = (after + 1..=after + room as u64).map(|s| (s, f(s))).collect();
+                c.apply_fill(&StreamRef::User, after, (1, 1000), evs, false);
+                next = after + room as u64 + 1;
+            }
+            // Replies arrive while the queue is half full of replayed events.
+            for _ in 0..limit / 2 {
+                assert_eq!(c.reply(Bytes::from_static(b"{}")), Offer::Queued);
+            }
+            let mut one = Vec::new();
+            while !c.out.lock().items.is_empty() {
+                one.clear();
+                c.take(&mut one, 1);
+                if let Some(Outgoing::Event(e)) = one.first() {
+                    got.push(e.id.to_string());
+                }
+            }
+        }
+        assert!(c.closing().is_none());
+        assert_eq!(got.len(), 1000);
+    }
+
+    #[test]
+    fn live_events_past_the_limit_close_with_4008_but_control_items_fit_above_it() {
+        let c = conn(4, 0);
+        for i in 1..=4 {
+            assert_eq!(c.offer(&StreamRef::User, i, &f(i), false), Offer::Queued);
+        }
+        assert_eq!(c.push(Outgoing::Ping), Offer::Queued, "a ping fits in the headroom");
+        assert_eq!(c.offer(&StreamRef::User, 5, &f(5), false), Offer::Overflow);
+        assert_eq!(c.closing(), Some(close::SLOW));
+        assert!(drain(&c).is_empty(), "a slow reader's queue is dropped");
     }
 }

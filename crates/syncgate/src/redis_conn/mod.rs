@@ -1,15 +1,22 @@
 //! The connection to Redis, for the store, the broker and presence: one type for a
-//! standalone server (a `ConnectionManager`, which reconnects by itself) and a Redis Cluster
-//! (a `ClusterConnection`, which follows the slot map), parsed from one URL setting.
+//! standalone server (a `ConnectionManager`, which reconnects by itself), a Redis Cluster
+//! (a `ClusterConnection`, which follows the slot map) and a master found through Redis
+//! Sentinel (`sentinel::SentinelConn`, which follows a failover), parsed from one URL setting.
+//!
+//! Owns: URL parsing (`redis://`, `rediss://`, comma-separated cluster seeds,
+//! `redis+sentinel://`), cluster detection, and which errors mean "Redis cannot serve now".
 //!
 //! Must never: wait without a time limit (every connection has connect and response
 //! timeouts; callers add an overall one), or drop the URL's credentials or TLS settings.
+
+pub mod sentinel;
 
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
+use sentinel::{SentinelConn, SentinelSpec};
 
 /// Whether the URL names a standalone server or a Redis Cluster.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -28,6 +35,7 @@ pub enum RedisMode {
 pub enum RedisConn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(SentinelConn),
 }
 
 impl ConnectionLike for RedisConn {
@@ -35,6 +43,7 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Single(c) => c.req_packed_command(cmd),
             RedisConn::Cluster(c) => c.req_packed_command(cmd),
+            RedisConn::Sentinel(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -47,6 +56,7 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Single(c) => c.req_packed_commands(cmd, offset, count),
             RedisConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            RedisConn::Sentinel(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
 
@@ -54,15 +64,18 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Single(c) => c.get_db(),
             RedisConn::Cluster(c) => c.get_db(),
+            RedisConn::Sentinel(c) => c.get_db(),
         }
     }
 }
 
-/// The parsed URL(s) and whether they name a cluster.
+/// The parsed URL(s) and whether they name a cluster (or, for Sentinel, where the sentinels are).
 #[derive(Clone)]
 pub struct Endpoint {
+    /// The cluster seeds, or the one standalone server (empty with Sentinel).
     pub nodes: Vec<ConnectionInfo>,
     pub cluster: bool,
+    pub sentinel: Option<SentinelSpec>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
 }
@@ -76,6 +89,22 @@ impl Endpoint {
         connect_timeout: Duration,
         response_timeout: Duration,
     ) -> Result<Self, RedisError> {
+        if SentinelSpec::matches(url) {
+            if mode == RedisMode::Cluster {
+                return Err(RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "a redis+sentinel:// URL names a standalone master, not a Redis Cluster",
+                )));
+            }
+            let spec = SentinelSpec::parse(url, connect_timeout + response_timeout)?;
+            return Ok(Endpoint {
+                nodes: Vec::new(),
+                cluster: false,
+                sentinel: Some(spec),
+                connect_timeout,
+                response_timeout,
+            });
+        }
         let nodes = url
             .split(',')
             .map(str::trim)
@@ -104,7 +133,16 @@ impl Endpoint {
                 "several Redis URLs are only allowed for a Redis Cluster",
             )));
         }
-        Ok(Endpoint { nodes, cluster, connect_timeout, response_timeout })
+        Ok(Endpoint { nodes, cluster, sentinel: None, connect_timeout, response_timeout })
+    }
+
+    /// Where the standalone server is now: the URL's, or the master the sentinels name.
+    pub async fn master(&self) -> Result<ConnectionInfo, RedisError> {
+        match (&self.sentinel, self.nodes.first()) {
+            (Some(spec), _) => spec.master().await,
+            (None, Some(n)) => Ok(n.clone()),
+            (None, None) => Err(RedisError::from((redis::ErrorKind::InvalidClientConfig, "empty Redis URL"))),
+        }
     }
 
     /// Opens a command connection (RESP2, reconnecting on its own).
@@ -117,12 +155,15 @@ impl Endpoint {
                 .build()?;
             Ok(RedisConn::Cluster(client.get_async_connection().await?))
         } else {
-            let client = redis::Client::open(self.nodes[0].clone())?;
             let cfg = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(self.connect_timeout))
                 .set_response_timeout(Some(self.response_timeout))
                 .set_number_of_retries(2)
                 .set_max_delay(Duration::from_millis(500));
+            if let Some(spec) = &self.sentinel {
+                return Ok(RedisConn::Sentinel(SentinelConn::connect(spec.clone(), cfg).await?));
+            }
+            let client = redis::Client::open(self.master().await?)?;
             Ok(RedisConn::Single(ConnectionManager::new_with_config(client, cfg).await?))
         }
     }

@@ -1,4 +1,4 @@
-//! Connection metadata: what a connection records about the device behind it (address, user
+//! Connection metadata and targeting: what a connection records about the device behind it (address, user
 //! agent, app version, when it connected, the token's `meta` claim), for the connections API,
 //! the admin UI, and `where` filters on broadcasts.
 //!
@@ -31,21 +31,22 @@ pub struct ConnMeta {
     pub meta: Map<String, Value>,
 }
 
-/// One connection as the connections API shows it: identity, metadata and rooms.
-pub fn connection_json(c: &super::Conn) -> Value {
-    let m = c.meta.get();
-    serde_json::json!({
-        "conn_id": c.id.to_string(),
-        "user_id": &*c.user,
-        "client_id": c.client_id.as_deref(),
-        "node": m.map(|m| m.node.as_str()),
-        "ip": m.and_then(|m| m.ip).map(|ip| ip.to_string()),
-        "user_agent": m.and_then(|m| m.user_agent.as_deref()),
-        "app_version": m.and_then(|m| m.app_version.as_deref()),
-        "connected_at": m.map(|m| m.connected_at),
-        "rooms": c.rooms().iter().map(|r| r.to_string()).collect::<Vec<_>>(),
-        "meta": m.map(|m| Value::Object(m.meta.clone())).unwrap_or_else(|| Value::Object(Map::new())),
-    })
+impl ConnMeta {
+    /// One connection as the connections API shows it: identity, this metadata, and rooms.
+    pub fn to_json(&self, conn_id: u64, user: &str, client_id: Option<&str>, rooms: &[std::sync::Arc<str>]) -> Value {
+        serde_json::json!({
+            "conn_id": conn_id.to_string(),
+            "user_id": user,
+            "client_id": client_id,
+            "node": self.node,
+            "ip": self.ip.map(|ip| ip.to_string()),
+            "user_agent": self.user_agent,
+            "app_version": self.app_version,
+            "connected_at": self.connected_at,
+            "rooms": rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+            "meta": Value::Object(self.meta.clone()),
+        })
+    }
 }
 
 /// Longest user agent kept (longer ones are cut at a character boundary).
@@ -183,15 +184,20 @@ impl Where {
 
     /// Whether a connection with this metadata passes. Allocates nothing.
     pub fn matches(&self, meta: &ConnMeta) -> bool {
+        self.matches_parts(&meta.meta, meta.app_version.as_deref())
+    }
+
+    /// `matches` on the parts: a connection's `meta` object and its app version.
+    pub fn matches_parts(&self, meta: &Map<String, Value>, app_version: Option<&str>) -> bool {
         self.terms.iter().all(|(key, values)| {
-            let have = match meta.meta.get(key) {
+            let have = match meta.get(key) {
                 Some(v) => Some(v),
                 None if key == "app_version" => None,
                 None => return false,
             };
             match have {
                 Some(v) => values.contains(v),
-                None => meta.app_version.as_deref().is_some_and(|a| values.iter().any(|v| v.as_str() == Some(a))),
+                None => app_version.is_some_and(|a| values.iter().any(|v| v.as_str() == Some(a))),
             }
         })
     }
