@@ -17,7 +17,7 @@ use syncgate_client::{Device, DeviceOptions};
 
 fn token_with_meta(user: &str, meta: Value) -> String {
     let exp = syncgate::auth::unix_now() + 3600;
-    let claims = json!({"sub": user, "exp": exp, "meta": meta});
+    let claims = json!({"sub": user, "exp": exp, "meta": meta, "rooms": ["lobby"]});
     encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).expect("token")
 }
 
@@ -53,6 +53,10 @@ async fn connections_record_metadata_and_forwarded_for_only_from_trusted_proxies
     assert_eq!(c["node"], s.node.instance_id.as_str());
     assert!(c["connected_at"].as_i64().unwrap() > 0);
     assert_eq!(c["rooms"], json!([]));
+    let r = s.api.request(Method::GET, "/api/v1/nodes", None, &[]).await.unwrap();
+    assert_eq!(r.body["nodes"].as_array().map(Vec::len), Some(1), "{}", r.text);
+    assert_eq!(r.body["nodes"][0]["instance_id"], s.node.instance_id.as_str());
+    assert_eq!(r.body["nodes"][0]["connections"], 1);
     s.stop().await;
     // Trusted (loopback is the proxy here): the client address from the header.
     let s = TestServer::with(|c| c.server.trusted_proxies = vec!["127.0.0.0/8".into()]).await;
@@ -127,37 +131,51 @@ async fn broadcast_where_matches_values_lists_and_app_version() {
 #[tokio::test]
 async fn three_nodes_list_connections_and_filter_broadcasts_across_nodes() {
     let redis = RedisServer::start();
-    let mut n = Vec::new();
-    for i in 0..3 {
-        let url = redis.url();
-        n.push(
-            TestServer::with(move |c| {
-                c.redis.url = url;
-                c.redis.presence_ttl = Duration::from_secs(3);
-                c.server.instance_id = format!("node-{i}");
-            })
-            .await,
-        );
-    }
+    // The default expiry: listings must come from the write-through, not a refresh.
+    let n = cluster_nodes(&redis.url(), 3, |c| c.redis.presence_ttl = Duration::from_secs(30)).await;
     let mut a = device(&n[0], "alice", "phone", json!({"region": "eu"}), &[("x-app-version", "1.2")]).await;
     let mut b = device(&n[1], "alice", "tablet", json!({"region": "us"}), &[]).await;
     let mut c = device(&n[2], "bob", "laptop", json!({"region": "eu"}), &[]).await;
-    // Every node lists alice's two devices, on the nodes they are connected to.
+    a.join("lobby", None).await.unwrap();
+    // Every node lists alice's two devices, on the nodes they are connected to, with the room
+    // the phone joined, within a second (written through, not waiting for a refresh).
     for node in &n {
         let mut seen = Vec::new();
-        for _ in 0..100 {
+        for _ in 0..20 {
             seen = connections(node, "alice").await;
-            if seen.len() == 2 {
+            if seen.len() == 2 && seen.iter().any(|c| c["rooms"] == json!(["lobby"])) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut where_: Vec<(String, String, Value)> = seen
+            .iter()
+            .map(|c| (c["client_id"].as_str().unwrap().into(), c["node"].as_str().unwrap().into(), c["rooms"].clone()))
+            .collect();
+        where_.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(
+            where_,
+            vec![("phone".into(), "node-0".into(), json!(["lobby"])), ("tablet".into(), "node-1".into(), json!([]))]
+        );
+    }
+    // Every node lists the three nodes with their own connection counts.
+    for node in &n {
+        let mut got = Vec::new();
+        for _ in 0..40 {
+            let r = node.api.request(Method::GET, "/api/v1/nodes", None, &[]).await.unwrap();
+            assert_eq!(r.status, 200, "{}", r.text);
+            got = r.body["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| (f["instance_id"].as_str().unwrap().to_string(), f["connections"].as_u64().unwrap()))
+                .collect::<Vec<_>>();
+            if got.len() == 3 && got.iter().all(|(_, c)| *c == 1) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let mut where_: Vec<(String, String)> = seen
-            .iter()
-            .map(|c| (c["client_id"].as_str().unwrap().into(), c["node"].as_str().unwrap().into()))
-            .collect();
-        where_.sort();
-        assert_eq!(where_, vec![("phone".into(), "node-0".into()), ("tablet".into(), "node-1".into())]);
+        assert_eq!(got, vec![("node-0".into(), 1), ("node-1".into(), 1), ("node-2".into(), 1)]);
     }
     // A filtered broadcast sent to node 1 reaches the eu devices on nodes 0 and 2 only.
     assert_eq!(broadcast_where(&n[1], "eu", json!({"region": "eu"})).await, 202);
@@ -165,7 +183,5 @@ async fn three_nodes_list_connections_and_filter_broadcasts_across_nodes() {
     assert!(gets(&mut c, "eu", T).await);
     assert_eq!(broadcast_where(&n[2], "all", json!({})).await, 202);
     assert!(gets(&mut b, "all", T).await, "the us device got no eu message before this one");
-    for node in n {
-        node.stop().await;
-    }
+    stop_all(n).await;
 }

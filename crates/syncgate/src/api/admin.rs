@@ -108,6 +108,15 @@ pub async fn connections(
     Ok(Json(json!({"user_id": user, "connections": list})))
 }
 
+#[utoipa::path(get, path = "/api/v1/nodes", tag = "stats",
+    responses((status = 200, description = "{\"nodes\":[{\"instance_id\",\"connections\",\"users\",\"rooms\",\"messages_in\",\"messages_out\",\"uptime_s\",\"updated_at\"}]}: every live node, in id order (in cluster mode the other nodes' figures are up to about a second old)"),
+        (status = 401), (status = 503)))]
+pub async fn nodes(State(node): State<Arc<Node>>, _key: ApiKey) -> ApiResult<Json<Value>> {
+    let me = crate::presence::NodeFigures::of(&node.hub, &node.instance_id);
+    let list = node.presence.nodes(me).await?;
+    Ok(Json(json!({"nodes": list})))
+}
+
 #[derive(Deserialize, IntoParams)]
 pub struct StreamQuery {
     /// Latest messages to show (default 20, at most limits.max_page).
@@ -118,7 +127,7 @@ pub struct StreamQuery {
 const MAX_DEVICES_SHOWN: usize = 200;
 
 #[utoipa::path(get, path = "/api/v1/users/{user_id}/stream", tag = "users", params(("user_id" = String, Path), StreamQuery),
-    responses((status = 200, description = "{\"user_id\",\"head\",\"first\",\"devices\":[{\"client_id\",\"cursor\",\"lag\",\"connected\"}],\"events\":[latest first]}"),
+    responses((status = 200, description = "{\"user_id\",\"head\",\"first\",\"devices\":[{\"client_id\",\"cursor\",\"cursor_seq\",\"lag\",\"connected\"}] (connected: open connections of the device on any node),\"events\":[latest first]}"),
         (status = 400), (status = 401)))]
 pub async fn stream(
     State(node): State<Arc<Node>>,
@@ -133,20 +142,20 @@ pub async fn stream(
     let page = node.store.read_user(&user, after, limit).await?;
     let mut events = events_json(&node, StreamKey::User(&user), "user", &page.events);
     events.reverse();
-    let connected: Vec<Option<Arc<str>>> = node.hub.connections_of(&user).iter().map(|c| c.client_id.clone()).collect();
+    let open = node.presence.connections(&user).await?;
     let devices: Vec<Value> = node
         .store
         .cursors(&user, MAX_DEVICES_SHOWN)
         .await?
         .into_iter()
         .map(|(client, cursor)| {
-            let here = connected.iter().filter(|c| c.as_deref() == Some(client.as_str())).count();
+            let connected = open.iter().filter(|c| c["client_id"].as_str() == Some(client.as_str())).count();
             json!({
                 "client_id": client,
                 "cursor": crate::store::EventId::format(node.epoch(), StreamKey::User(&user), cursor),
                 "cursor_seq": cursor,
                 "lag": head.head.saturating_sub(cursor),
-                "connected": here,
+                "connected": connected,
             })
         })
         .collect();

@@ -41,7 +41,7 @@ use crate::node::Node;
         query::stats, query::pubsub_stats, query::offline_stats,
         offline::messages, offline::ack, offline::ack_batch, offline::count,
         health, ready, metrics, openapi_json,
-        admin::sign_in, admin::session, admin::sign_out, admin::connections, admin::stream,
+        admin::sign_in, admin::session, admin::sign_out, admin::connections, admin::stream, admin::nodes,
         crate::admin::assets::index, crate::admin::assets::asset,
     ),
     components(schemas(publish::UserEvent, publish::BatchEvent, publish::BroadcastEvent, publish::RoomEvent, publish::Priority, offline::AckBody, offline::AckBatchBody, admin::SignIn)),
@@ -90,6 +90,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("delete", "/api/v1/admin/session"),
     ("get", "/api/v1/users/{user_id}/connections"),
     ("get", "/api/v1/users/{user_id}/stream"),
+    ("get", "/api/v1/nodes"),
     ("get", "/admin"),
     ("get", "/admin/assets/{file}"),
 ];
@@ -114,6 +115,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/offline/count", get(offline::count))
         .route("/api/v1/users/{user_id}/connections", get(admin::connections))
         .route("/api/v1/users/{user_id}/stream", get(admin::stream))
+        .route("/api/v1/nodes", get(admin::nodes))
         .layer(cors(&node.cfg.server.cors_origins));
     // The admin session endpoints get no CORS: only the admin UI's own origin may use them.
     let admin = Router::new()

@@ -12,7 +12,6 @@ use utoipa::IntoParams;
 use super::error::ApiResult;
 use super::extract::{ApiKey, Query};
 use crate::error::Error;
-use crate::metrics::KindLabels;
 use crate::node::Node;
 use crate::store::{EventId, StoredEvent, StreamKey};
 
@@ -137,14 +136,12 @@ pub async fn online_users(
 pub async fn stats(State(node): State<Arc<Node>>, _key: ApiKey) -> ApiResult<Json<Value>> {
     let (connections, users, rooms) = node.hub.counts();
     let m = &node.metrics;
-    let messages_in: u64 =
-        ["api", "client"].iter().map(|k| m.messages_in.get_or_create(&KindLabels { kind: k }).get()).sum();
     Ok(Json(json!({
         "instance_id": node.instance_id,
         "connections": connections,
         "users": users,
         "rooms": rooms,
-        "messages_in": messages_in,
+        "messages_in": m.messages_in_total(),
         "messages_out": m.messages_out.get(),
         "slow_consumer_closes": m.slow_consumer_closes.get(),
         "uptime_s": node.started.elapsed().as_secs(),

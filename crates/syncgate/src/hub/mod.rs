@@ -47,8 +47,8 @@ pub struct Hub {
     changes: OnceLock<ChangeSink>,
 }
 
-/// A user's connection count or a room's membership changed on this node (every change,
-/// not only the first and last), for presence to write through.
+/// A user's connections (their count, or the rooms of one) or a room's membership changed on
+/// this node (every change, not only the first and last), for presence to write through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Changed {
     User(Arc<str>),
@@ -110,6 +110,11 @@ impl Hub {
     /// Rooms with at least one local member.
     pub fn local_rooms(&self) -> Vec<Arc<str>> {
         self.rooms.iter().map(|r| r.key().clone()).collect()
+    }
+
+    /// The node's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Milliseconds since the hub started (the clock of `Conn::last_seen`).
@@ -201,6 +206,7 @@ impl Hub {
         }
         drop(members);
         self.changed(Changed::Room(name));
+        self.changed(Changed::User(conn.user.clone()));
         true
     }
 
@@ -210,6 +216,7 @@ impl Hub {
             return false;
         }
         self.drop_member(room, conn.id);
+        self.changed(Changed::User(conn.user.clone()));
         true
     }
 
