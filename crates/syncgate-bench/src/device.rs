@@ -43,7 +43,7 @@ fn other(e: impl std::fmt::Display) -> OpenError {
 /// Read chunk of each device socket (see the module doc).
 const READ_BUFFER: usize = 4 * 1024;
 
-async fn tcp(url: &tungstenite::http::Uri, local: Option<IpAddr>) -> Result<TcpStream, OpenError> {
+pub(crate) async fn tcp(url: &tungstenite::http::Uri, local: Option<IpAddr>) -> Result<TcpStream, OpenError> {
     let host = url.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
     let ip: IpAddr = host.parse().map_err(|_| other(format!("{host}: the bench connects to IP literals only")))?;
     let addr = SocketAddr::new(ip, url.port_u16().unwrap_or(80));

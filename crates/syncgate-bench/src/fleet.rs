@@ -44,6 +44,8 @@ pub struct Merged {
     pub latency: Latency,
     pub last_caught_up_ns: u64,
     pub close_codes: Vec<(u16, u64)>,
+    /// Bytes of event frames off the wire, all workers.
+    pub wire_bytes: u64,
 }
 
 impl Fleet {
@@ -209,6 +211,7 @@ impl Fleet {
             latency: Latency::default(),
             last_caught_up_ns: 0,
             close_codes: Vec::new(),
+            wire_bytes: 0,
         };
         for ev in self.all(Command::Report, Duration::from_secs(10)).await? {
             let Event::Report(r) = ev else { bail!("report: unexpected answer {ev:?}") };
@@ -219,6 +222,7 @@ impl Fleet {
             m.tick.lost += r.tick.lost;
             m.latency.merge(&r.latency);
             m.last_caught_up_ns = m.last_caught_up_ns.max(r.last_caught_up_ns);
+            m.wire_bytes += r.wire_bytes;
             for (code, n) in r.close_codes {
                 match m.close_codes.iter_mut().find(|(c, _)| *c == code) {
                     Some((_, k)) => *k += n,

@@ -12,6 +12,7 @@
 //! Everything runs on loopback, every wait is bounded, and every process it starts is stopped
 //! before it exits (workers also exit by themselves when the coordinator goes away).
 
+mod deflate_device;
 mod device;
 mod fleet;
 mod hist;
@@ -159,6 +160,10 @@ struct RunArgs {
     /// publish-api: live-only messages (`"persist":false`), no store write.
     #[arg(long)]
     transient: bool,
+    /// fanout: devices negotiate permessage-deflate (compression applies to messages of at
+    /// least the server's `compression.min_bytes`, 1024 by default: pair with --msg-bytes).
+    #[arg(long)]
+    deflate: bool,
     /// Run against this many syncgate nodes sharing a Redis (cluster mode).
     #[arg(long)]
     cluster_nodes: Option<usize>,
@@ -291,6 +296,7 @@ async fn run_one(a: RunArgs) -> Result<bool> {
             duration_s: a.duration,
             window: a.window,
             msg_bytes: a.msg_bytes,
+            deflate: a.deflate,
         },
         ScenarioName::Direct => Scenario::Direct {
             users: n,

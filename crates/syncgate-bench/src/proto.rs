@@ -56,6 +56,9 @@ pub struct ConnectSpec {
     pub timeout_ms: u64,
     /// A device is "caught up" after this many events (resume); 0: not tracked.
     pub expect_events: u64,
+    /// Negotiate permessage-deflate (syncgate only; see `deflate_device`).
+    #[serde(default)]
+    pub deflate: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,4 +122,7 @@ pub struct Report {
     pub last_caught_up_ns: u64,
     /// Close codes the server sent, with counts.
     pub close_codes: Vec<(u16, u64)>,
+    /// Bytes of the events' frames as they came off the wire (compressed or not).
+    #[serde(default)]
+    pub wire_bytes: u64,
 }

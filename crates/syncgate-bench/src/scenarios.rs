@@ -44,7 +44,8 @@ pub enum Scenario {
     Idle { conns: usize, settle_ms: u64, hold_s: f64 },
     /// `conns` connections in one room; publishes at `rate` msg/s, or as fast as delivery
     /// allows (`rate: None`, at most `window` messages not yet received by everyone).
-    Fanout { conns: usize, rate: Option<f64>, duration_s: f64, window: u64, msg_bytes: usize },
+    /// `deflate`: the devices negotiate permessage-deflate.
+    Fanout { conns: usize, rate: Option<f64>, duration_s: f64, window: u64, msg_bytes: usize, deflate: bool },
     /// `users` devices (one per user, with a client id); publishes to one user at a time,
     /// round-robin, at `rate` msg/s in total from `publishers` connections.
     Direct { users: usize, rate: f64, duration_s: f64, publishers: usize, msg_bytes: usize },
@@ -185,8 +186,9 @@ pub async fn run(ctx: &Ctx, spec: &RunSpec) -> RunResult {
         Scenario::Idle { conns, settle_ms, hold_s } => {
             idle(ctx, spec, &servers, &mut res, *conns, Duration::from_millis(*settle_ms), secs(*hold_s)).await
         }
-        Scenario::Fanout { conns, rate, duration_s, window, msg_bytes } => {
-            fanout(ctx, spec, &servers, &mut res, *conns, *rate, secs(*duration_s), *window, *msg_bytes).await
+        Scenario::Fanout { conns, rate, duration_s, window, msg_bytes, deflate } => {
+            let shape = (*window, *msg_bytes, *deflate);
+            fanout(ctx, spec, &servers, &mut res, *conns, *rate, secs(*duration_s), shape).await
         }
         Scenario::Direct { users, rate, duration_s, publishers, msg_bytes } => {
             direct(ctx, spec, &servers, &mut res, *users, *rate, secs(*duration_s), *publishers, *msg_bytes).await
@@ -249,6 +251,7 @@ fn device_spec(ctx: &Ctx, servers: &ServerSet, n: usize) -> ConnectSpec {
         concurrency: ctx.connect_concurrency,
         timeout_ms: 30_000,
         expect_events: 0,
+        deflate: false,
     }
 }
 

@@ -67,7 +67,14 @@ pub fn plan(o: &Options) -> Vec<RunSpec> {
             crate::scenarios::fmt_count(fan_n as f64)
         ),
         Fsync::Never,
-        Scenario::Fanout { conns: fan_n, rate: Some(fan_rate), duration_s: fan_s, window: 0, msg_bytes: MSG },
+        Scenario::Fanout {
+            conns: fan_n,
+            rate: Some(fan_rate),
+            duration_s: fan_s,
+            window: 0,
+            msg_bytes: MSG,
+            deflate: false,
+        },
     );
     both(
         &mut runs,
@@ -77,7 +84,7 @@ pub fn plan(o: &Options) -> Vec<RunSpec> {
             crate::scenarios::fmt_count(fan_n as f64)
         ),
         Fsync::Never,
-        Scenario::Fanout { conns: fan_n, rate: None, duration_s: sat_s, window: 64, msg_bytes: MSG },
+        Scenario::Fanout { conns: fan_n, rate: None, duration_s: sat_s, window: 64, msg_bytes: MSG, deflate: false },
     );
     both(
         &mut runs,
@@ -152,7 +159,7 @@ pub fn plan(o: &Options) -> Vec<RunSpec> {
                 "cluster fanout: 3 nodes + Redis, {} connections spread over the nodes, {fan_rate:.0} msg/s for {fan_s:.0} s",
                 crate::scenarios::fmt_count(fan_n as f64)
             ),
-            Scenario::Fanout { conns: fan_n, rate: Some(fan_rate), duration_s: fan_s, window: 0, msg_bytes: MSG },
+            Scenario::Fanout { conns: fan_n, rate: Some(fan_rate), duration_s: fan_s, window: 0, msg_bytes: MSG, deflate: false },
         );
         add(
             "cluster-direct",

@@ -20,6 +20,7 @@ use syncgate_client::{DeviceOptions, Message, WsStream};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 
+use crate::deflate_device::{self, DeflateWs, Next};
 use crate::device::OpenError;
 use crate::hist::Latency;
 use crate::proto::{Command, ConnectSpec, Event, Report, TargetKind, Tick, TICK_MS};
@@ -56,6 +57,8 @@ struct State {
     open: u64,
     lost: u64,
     close_codes: BTreeMap<u16, u64>,
+    /// Bytes of event frames received since the last reset.
+    wire_bytes: u64,
 }
 
 impl State {
@@ -161,6 +164,7 @@ async fn run(deadline: Duration) -> Result<()> {
                 s.caught_up = 0;
                 s.last_caught_up_ns = 0;
                 s.latency.reset();
+                s.wire_bytes = 0;
                 s.counts.iter_mut().for_each(|c| *c = 0);
                 drop(s);
                 send(&Event::Done);
@@ -172,6 +176,7 @@ async fn run(deadline: Duration) -> Result<()> {
                     latency: s.latency.export(),
                     last_caught_up_ns: s.last_caught_up_ns,
                     close_codes: s.close_codes.iter().map(|(c, n)| (*c, *n)).collect(),
+                    wire_bytes: s.wire_bytes,
                 }));
             }
             Command::Disconnect => {
@@ -290,7 +295,7 @@ async fn open_one(
     i: usize,
     ips: &[IpAddr],
     minter: &Minter,
-) -> Result<(WsStream, u64, Vec<String>), OpenError> {
+) -> Result<(Dev, u64, Vec<String>), OpenError> {
     let user = format!("{}{i}", spec.user_prefix);
     let token = minter.token(&user).map_err(|e| OpenError::Other(e.to_string()))?;
     let mut opts = DeviceOptions::new(token);
@@ -300,15 +305,62 @@ async fn open_one(
     let url = &spec.urls[i % spec.urls.len()];
     let ip = ips.get(i % ips.len().max(1)).copied();
     let timeout = Duration::from_millis(spec.timeout_ms);
+    if spec.deflate && spec.kind == TargetKind::Syncgate {
+        let (ws, welcome, early) = deflate_device::open(url, &opts, ip, spec.room.as_deref(), timeout).await?;
+        return Ok((Dev::Deflate(Box::new(ws)), welcome.map_or(0, |w| w.resumed), early));
+    }
     let o = match spec.kind {
         TargetKind::NodeWs => crate::device::open(url, &opts, ip, false, None, timeout).await?,
         TargetKind::Syncgate => crate::device::open(url, &opts, ip, true, spec.room.as_deref(), timeout).await?,
     };
-    Ok((o.ws, o.welcome.map_or(0, |w| w.resumed), o.early))
+    Ok((Dev::Plain(o.ws), o.welcome.map_or(0, |w| w.resumed), o.early))
+}
+
+/// A device's connection: tungstenite, or the permessage-deflate device (boxed, so the
+/// common plain device stays one allocation).
+#[allow(clippy::large_enum_variant)]
+enum Dev {
+    Plain(WsStream),
+    Deflate(Box<DeflateWs>),
+}
+
+impl Dev {
+    async fn next(&mut self) -> Next {
+        match self {
+            Dev::Plain(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) => {
+                        let n = t.len();
+                        let header = if n < 126 {
+                            2
+                        } else if n <= 65535 {
+                            4
+                        } else {
+                            10
+                        };
+                        return Next::Text(t.as_bytes().to_vec(), n + header);
+                    }
+                    Some(Ok(Message::Close(cf))) => return Next::Close(cf.map(|f| u16::from(f.code))),
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return Next::Gone,
+                }
+            },
+            Dev::Deflate(ws) => ws.next().await,
+        }
+    }
+
+    async fn close(&mut self) {
+        match self {
+            Dev::Plain(ws) => {
+                let _ = ws.close(None).await;
+            }
+            Dev::Deflate(ws) => ws.close().await,
+        }
+    }
 }
 
 async fn recv_loop(
-    mut ws: WsStream,
+    mut ws: Dev,
     idx: usize,
     generation: u64,
     state: Rc<RefCell<State>>,
@@ -317,13 +369,16 @@ async fn recv_loop(
     let (code, by_server) = loop {
         tokio::select! {
             m = ws.next() => match m {
-                Some(Ok(Message::Text(t))) => state.borrow_mut().on_event(generation, idx, t.as_bytes()),
-                Some(Ok(Message::Close(cf))) => break (cf.map(|f| u16::from(f.code)), true),
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => break (None, true),
+                Next::Text(t, wire) => {
+                    let mut s = state.borrow_mut();
+                    s.wire_bytes += wire as u64;
+                    s.on_event(generation, idx, &t);
+                }
+                Next::Close(code) => break (code, true),
+                Next::Gone => break (None, true),
             },
             _ = stop.changed() => {
-                let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), ws.close()).await;
                 break (None, false);
             }
         }

@@ -66,6 +66,11 @@ pub enum Error {
     #[error("WebSocket error: {0}")]
     WebSocket(#[source] Box<tungstenite::Error>),
 
+    /// The server refused a request frame of a [`crate::Client`] with an error frame
+    /// (`forbidden`, `not_found`, `invalid_message_type`, ...); the connection stays open.
+    #[error("refused by the server: {} ({})", .0.code, .0.message)]
+    Refused(crate::frame::ErrorFrame),
+
     /// HTTP transport failure reported by reqwest (connection refused, timeout, ...).
     #[error("HTTP client error: {0}")]
     Request(#[from] reqwest::Error),
@@ -84,6 +89,14 @@ impl Error {
     pub fn http_status(&self) -> Option<u16> {
         match self {
             Error::Http { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The contract's error code of an [`Error::Refused`] frame.
+    pub fn refused_code(&self) -> Option<&str> {
+        match self {
+            Error::Refused(f) => Some(&f.code),
             _ => None,
         }
     }

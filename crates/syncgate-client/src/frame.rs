@@ -42,6 +42,9 @@ pub struct Event {
     pub data: Value,
     /// Unix time in milliseconds.
     pub ts: i64,
+    /// `high` or `low` when the message was published with that priority; absent for `normal`.
+    #[serde(default)]
+    pub priority: Option<String>,
 }
 
 impl Event {
@@ -271,6 +274,10 @@ mod tests {
         assert_eq!(e.kind, "chat");
         assert_eq!(e.room(), Some("school:1"));
         assert_eq!(e.data, json!({"a":1}));
+        assert_eq!(e.priority, None);
+        let f =
+            Frame::parse(r#"{"op":"event","id":"e.1.2","stream":"user","type":"t","data":1,"ts":5,"priority":"high"}"#);
+        assert_eq!(f.unwrap().into_event().unwrap().priority.as_deref(), Some("high"));
     }
 
     #[test]

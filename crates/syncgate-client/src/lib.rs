@@ -1,7 +1,11 @@
 //! Rust client for syncgate, the real-time sync/push gateway.
 //!
-//! Two halves, following the external contract:
+//! Three parts, following the external contract:
 //!
+//! - [`Client`]: a device that stays connected: reconnects with backoff, resumes from its
+//!   checkpoints ([`CursorStore`]: memory or file), renews its token with `refresh`,
+//!   rejoins rooms, and hands each event over at least once, in stream order, acked after
+//!   the application marks its [`Delivery`] done.
 //! - [`Device`]: one WebSocket connection of a device (`GET /ws`): welcome, events,
 //!   request/reply frames (`ping`, `join`, `leave`, `ack`, `publish`), close codes.
 //! - [`Api`]: the HTTP API for backends (API key) and the device-side offline API (JWT).
@@ -41,12 +45,17 @@
 //! ```
 
 mod api;
+mod client;
+mod client_task;
+mod cursor;
 mod device;
 mod error;
 mod frame;
 mod options;
 
 pub use api::{Api, ApiResponse};
+pub use client::{Client, ClientBuilder, Delivery, State, TokenFn, TokenSource};
+pub use cursor::{CursorStore, FileCursorStore, MemoryCursorStore};
 pub use device::{Device, WsStream, DEFAULT_BUFFER_CAPACITY, DEFAULT_REQUEST_TIMEOUT, MAX_MESSAGE_BYTES};
 pub use error::{Error, Result};
 pub use frame::{ErrorFrame, Event, Frame, Reply, Welcome};

@@ -84,6 +84,7 @@ impl Auth {
     /// Builds the verifier. `secret` and `api_keys` are the effective ones (the config's, or
     /// the development ones created on first start).
     pub fn new(cfg: &AuthConfig, secret: &str, api_keys: &[String]) -> Result<Self, AuthError> {
+        crate::config::check_jwt_secret(secret).map_err(AuthError::Config)?;
         let hs256 = (!secret.is_empty())
             .then(|| (DecodingKey::from_secret(secret.as_bytes()), EncodingKey::from_secret(secret.as_bytes())));
         let mut public = Vec::new();
@@ -141,10 +142,19 @@ impl Auth {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let header = decode_header(token).map_err(|e| AuthError::Invalid(plain(&e)))?;
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.leeway;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
+        // Configured issuer and audience are required, not only checked when present.
+        let mut required = vec!["exp", "sub"];
+        if self.issuer.is_some() {
+            required.push("iss");
+        }
+        if self.audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         if let Some(iss) = &self.issuer {
             validation.set_issuer(&[iss]);
         }
@@ -172,7 +182,7 @@ impl Auth {
                 Err(e) => {
                     last = match e.kind() {
                         jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                        _ => AuthError::Invalid(e.to_string()),
+                        _ => AuthError::Invalid(plain(&e)),
                     };
                     if matches!(last, AuthError::Expired) {
                         return Err(last);
@@ -217,6 +227,22 @@ impl Auth {
     }
 }
 
+/// A plain reason for a refused token (never the JWT library's own wording).
+fn plain(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::InvalidSignature => "bad signature".into(),
+        K::MissingRequiredClaim(c) => format!("the `{c}` claim is required"),
+        K::ExpiredSignature => "token expired".into(),
+        K::InvalidIssuer => "wrong issuer (`iss`)".into(),
+        K::InvalidAudience => "wrong audience (`aud`)".into(),
+        K::ImmatureSignature => "token not valid yet (`nbf` is in the future)".into(),
+        K::InvalidAlgorithm | K::MissingAlgorithm | K::InvalidAlgorithmName => "algorithm not accepted".into(),
+        K::Json(_) => "claims of the wrong type (`sub` and `iss` are strings, `exp` and `nbf` numbers)".into(),
+        _ => "not a well-formed JWT".into(),
+    }
+}
+
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -232,8 +258,10 @@ pub fn unix_now() -> u64 {
 mod tests {
     use super::*;
 
+    const SECRET: &str = "test-secret-0123456789-0123456789";
+
     fn auth() -> Auth {
-        Auth::new(&AuthConfig::default(), "test-secret-0123456789", &["api-key-123456".into()]).unwrap()
+        Auth::new(&AuthConfig::default(), SECRET, &["api-key-123456".into()]).unwrap()
     }
 
     #[test]
@@ -254,10 +282,10 @@ mod tests {
         let a = auth();
         assert!(matches!(a.verify(""), Err(AuthError::Missing)));
         assert!(matches!(a.verify("not.a.jwt"), Err(AuthError::Invalid(_))));
-        let other = Auth::new(&AuthConfig::default(), "another-secret-xyz", &[]).unwrap();
+        let other = Auth::new(&AuthConfig::default(), "another-secret-xyz-0123456789-abcdef", &[]).unwrap();
         let t = other.mint("alice", &[], Duration::from_secs(60), None).unwrap();
         assert!(matches!(a.verify(&t), Err(AuthError::Invalid(_))));
-        let enc = EncodingKey::from_secret(b"test-secret-0123456789");
+        let enc = EncodingKey::from_secret(SECRET.as_bytes());
         let expired = Claims {
             sub: "a".into(),
             exp: unix_now() - 3600,
@@ -278,5 +306,48 @@ mod tests {
         assert!(a.is_api_key("api-key-123456"));
         assert!(!a.is_api_key("api-key-12345"));
         assert!(!a.is_api_key(""));
+    }
+
+    fn sign(claims: serde_json::Value) -> String {
+        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+    }
+
+    #[test]
+    fn configured_issuer_and_audience_are_required() {
+        let cfg = AuthConfig { issuer: "https://id.example".into(), audience: "syncgate".into(), ..Default::default() };
+        let a = Auth::new(&cfg, SECRET, &[]).unwrap();
+        let exp = unix_now() + 60;
+        let both = sign(serde_json::json!({"sub": "a", "exp": exp, "iss": "https://id.example", "aud": "syncgate"}));
+        assert!(a.verify(&both).is_ok());
+        let no_iss = sign(serde_json::json!({"sub": "a", "exp": exp, "aud": "syncgate"}));
+        assert!(matches!(a.verify(&no_iss), Err(AuthError::Invalid(_))));
+        let msg = a.verify(&no_iss).unwrap_err().to_string();
+        assert_eq!(msg, "invalid token: the `iss` claim is required");
+        let no_aud = sign(serde_json::json!({"sub": "a", "exp": exp, "iss": "https://id.example"}));
+        assert!(matches!(a.verify(&no_aud), Err(AuthError::Invalid(_))));
+        let wrong = sign(serde_json::json!({"sub": "a", "exp": exp, "iss": "https://evil", "aud": "syncgate"}));
+        assert!(matches!(a.verify(&wrong), Err(AuthError::Invalid(_))));
+        // Minted tokens carry both, so they pass.
+        assert!(a.verify(&a.mint("a", &[], Duration::from_secs(60), None).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn not_before_is_honoured_with_the_leeway() {
+        let a = auth(); // leeway 5 s
+        let exp = unix_now() + 600;
+        let later = sign(serde_json::json!({"sub": "a", "exp": exp, "nbf": unix_now() + 300}));
+        assert!(matches!(a.verify(&later), Err(AuthError::Invalid(_))));
+        let within_leeway = sign(serde_json::json!({"sub": "a", "exp": exp, "nbf": unix_now() + 2}));
+        assert!(a.verify(&within_leeway).is_ok());
+        let past = sign(serde_json::json!({"sub": "a", "exp": exp, "nbf": unix_now() - 10}));
+        assert!(a.verify(&past).is_ok());
+    }
+
+    #[test]
+    fn short_hs256_secrets_are_refused() {
+        let e = Auth::new(&AuthConfig::default(), "a", &[]).err().expect("refused");
+        assert!(e.to_string().contains("at least 32"), "{e}");
+        assert!(Auth::new(&AuthConfig::default(), &"k".repeat(31), &[]).is_err());
+        assert!(Auth::new(&AuthConfig::default(), &"k".repeat(32), &[]).is_ok());
     }
 }

@@ -26,6 +26,8 @@ pub enum Code {
     IdempotencyConflict,
     ServiceUnavailable,
     Internal,
+    /// A request body that did not arrive within `server.body_timeout` (HTTP 408).
+    RequestTimeout,
 }
 
 impl Code {
@@ -43,6 +45,7 @@ impl Code {
             Code::IdempotencyConflict => "idempotency_conflict",
             Code::ServiceUnavailable => "service_unavailable",
             Code::Internal => "internal",
+            Code::RequestTimeout => "request_timeout",
         }
     }
 
@@ -59,6 +62,7 @@ impl Code {
             Code::RateLimitExceeded => StatusCode::TOO_MANY_REQUESTS,
             Code::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 }

@@ -27,7 +27,7 @@
 //! - [`meta`]: what a connection records (address, app version, the token's `meta`) and
 //!   the `where` filter of broadcasts.
 //! - [`auth`], [`limits`], [`metrics`], [`config`], [`error`], [`close`]: the cross-cutting
-//!   parts.
+//!   parts; [`names`]: the one rule for user ids, client ids and room names.
 
 pub mod admin;
 pub mod api;
@@ -41,6 +41,7 @@ pub mod hub;
 pub mod limits;
 pub mod meta;
 pub mod metrics;
+pub mod names;
 pub mod node;
 pub mod presence;
 pub mod protocol;

@@ -15,8 +15,10 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
+    /// The matched route template (`/api/v1/rooms/{room}/events`) or `unmatched`.
     pub route: String,
-    pub method: String,
+    /// A standard method name or `other`: static, so a caller's method cannot be a label.
+    pub method: &'static str,
     pub status: u16,
 }
 

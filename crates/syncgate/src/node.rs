@@ -135,13 +135,9 @@ impl Node {
         Ok(())
     }
 
-    /// Checks a user id, room name or client id.
+    /// Checks a user id, room name or client id (the rule lives in [`crate::names`]).
     pub fn check_name(&self, what: &str, name: &str) -> Result<()> {
-        let max = self.cfg.limits.max_name_bytes;
-        if name.is_empty() || name.len() > max || name.chars().any(char::is_control) {
-            return Err(Error::invalid(format!("{what} must be 1 to {max} bytes without control characters")));
-        }
-        Ok(())
+        crate::names::check(what, name, self.cfg.limits.max_name_bytes)
     }
 
     fn transient_id(&self) -> String {

@@ -1,7 +1,7 @@
 //! Running a node: building it from the config, the accept loop (hyper HTTP/1 with
 //! upgrades, so /ws and the API share one port), and graceful shutdown.
 //!
-//! Owns: start-up (data dir, development secrets, store, broker), the listener, and the
+//! Owns: start-up (data dir 0700, development secrets 0600, store, broker), the listener, and the
 //! shutdown sequence: stop accepting, mark not ready, close WebSockets with 1001 after
 //! flushing what is queued, finish in-flight HTTP requests, close the store.
 //!
@@ -45,6 +45,8 @@ pub enum ServerError {
     Auth(#[from] crate::auth::AuthError),
     #[error("redis: {0}")]
     Redis(String),
+    #[error("{0}")]
+    Insecure(String),
 }
 
 /// Development credentials, created under the data dir when the config has none.
@@ -65,36 +67,104 @@ fn random_token(bytes: usize) -> String {
 }
 
 /// Loads (or creates and announces) the development secrets. Returns (secrets, created).
+/// Refuses a secrets file that group or others can read: anyone who can read it can mint
+/// tokens for any user and call the server API.
 pub fn dev_secrets(data_dir: &Path) -> Result<(DevSecrets, bool), ServerError> {
     let path = data_dir.join("dev-secrets.json");
+    let dd = |source| ServerError::DataDir { path: data_dir.display().to_string(), source };
+    let save = |s: &DevSecrets| {
+        let text = serde_json::to_string_pretty(s).unwrap_or_default();
+        write_private(&path, text.as_bytes()).map_err(dd)
+    };
     if let Ok(text) = std::fs::read_to_string(&path) {
         if let Ok(s) = serde_json::from_str::<DevSecrets>(&text) {
+            check_private(&path)?;
             if !s.admin_key.is_empty() {
                 return Ok((s, false));
             }
+            // Written before the admin UI existed: add its key, keep the others.
             let s = DevSecrets { admin_key: format!("ak_dev_{}", random_token(16)), ..s };
-            return write_dev_secrets(data_dir, &path, s);
+            save(&s)?;
+            return Ok((s, true));
         }
     }
+    create_private_dir(data_dir).map_err(dd)?;
     let s = DevSecrets {
         jwt_secret: random_token(32),
         api_key: format!("sk_dev_{}", random_token(16)),
         admin_key: format!("ak_dev_{}", random_token(16)),
     };
-    write_dev_secrets(data_dir, &path, s)
+    save(&s)?;
+    Ok((s, true))
 }
 
-fn write_dev_secrets(data_dir: &Path, path: &Path, s: DevSecrets) -> Result<(DevSecrets, bool), ServerError> {
-    let dd = |source| ServerError::DataDir { path: data_dir.display().to_string(), source };
-    std::fs::create_dir_all(data_dir).map_err(dd)?;
-    let text = serde_json::to_string_pretty(&s).unwrap_or_default();
-    std::fs::write(path, text).map_err(dd)?;
+/// Creates `dir` (and its parents) readable by this user only (0700 on Unix). An existing
+/// directory keeps its mode.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
+/// Writes a file created readable by this user only (0600 on Unix), never world-readable
+/// even for an instant.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let mut f = o.open(path)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     }
-    Ok((s, true))
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Refuses a secrets file readable or writable by group or others.
+fn check_private(path: &Path) -> Result<(), ServerError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|source| ServerError::DataDir { path: path.display().to_string(), source })?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(ServerError::Insecure(format!(
+                "{} is accessible to other users (mode {:o}); it holds the development JWT secret and API key. Fix it with: chmod 600 {}",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            )));
+        }
+    }
+    let _ = path;
+    Ok(())
+}
+
+/// Creates the embedded store's file 0600 before the store opens it (an empty file is a
+/// new database), and tightens one that group or others can read.
+fn private_store_file(dir: &Path) -> std::io::Result<()> {
+    let path = dir.join(crate::store::embedded::FILE_NAME);
+    if !path.exists() {
+        write_private(&path, b"")?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "store file was readable by other users; setting it to 0600");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
 }
 
 /// Development secrets in use, and whether they were created just now.
@@ -133,7 +203,9 @@ pub fn instance_id(cfg: &Config) -> String {
 /// One node on the embedded store: everything in this process.
 fn single_node(cfg: &Config, hub: &Arc<Hub>) -> Result<Backends, ServerError> {
     let dir = cfg.server.data_dir.clone();
-    std::fs::create_dir_all(&dir).map_err(|source| ServerError::DataDir { path: dir.display().to_string(), source })?;
+    let dd = |source| ServerError::DataDir { path: dir.display().to_string(), source };
+    create_private_dir(&dir).map_err(dd)?;
+    private_store_file(&dir).map_err(dd)?;
     let store = EmbeddedStore::open(EmbeddedOptions { dir, fsync: cfg.store.fsync, max_batch: 1024 })?;
     Ok(Backends {
         store: Arc::new(store),

@@ -30,6 +30,7 @@ use crate::limits::FrameLimiter;
 use crate::metrics::KindLabels;
 use crate::node::{now_ms, Message, Node};
 use crate::protocol::{self, ClientOp};
+use crate::store::{EventId, StreamKey};
 
 /// The close a session asks for.
 pub type CloseRequest = Close;
@@ -220,7 +221,10 @@ impl Ops {
         if !self.node.hub.join(&self.conn, room, Some(StreamPos::resume_from(start.cursor))) {
             return Ok(vec![("room", json!(room)), ("already", json!(true))]);
         }
-        Ok(vec![("room", json!(room)), ("resumed", json!(start.resumed))])
+        // `position`: where this join started, valid as `since` on a later join (a client's
+        // first checkpoint for the room, so a rejoin after zero events loses nothing).
+        let position = EventId::format(self.node.epoch(), StreamKey::Room(room), start.cursor);
+        Ok(vec![("room", json!(room)), ("resumed", json!(start.resumed)), ("position", json!(position))])
     }
 
     fn leave(&self, room: &str) -> Reply {

@@ -21,7 +21,7 @@ async fn bad_or_missing_or_expired_tokens_get_401_before_upgrade() {
     let s = TestServer::with(|c| c.auth.leeway = Duration::ZERO).await;
     assert_eq!(refused(&s, DeviceOptions::new("")).await, (401, "unauthorized".into()));
     assert_eq!(refused(&s, DeviceOptions::new("not-a-jwt")).await, (401, "unauthorized".into()));
-    let other = syncgate::auth::Auth::new(&Default::default(), "some-other-secret-xyz", &[]).unwrap();
+    let other = syncgate::auth::Auth::new(&Default::default(), "some-other-secret-xyz-0123456789-abcdef", &[]).unwrap();
     let forged = other.mint("alice", &[], Duration::from_secs(60), None).unwrap();
     assert_eq!(refused(&s, DeviceOptions::new(forged)).await, (401, "unauthorized".into()));
     let short = s.node.auth.mint("alice", &[], Duration::ZERO, None).unwrap();

@@ -297,6 +297,37 @@ async fn cursor_read_touches_last_used(url: &str, prefix: &str) {
     assert_eq!(s.cursor("u", "c").await.unwrap(), Some(1));
 }
 
+async fn idempotency_claims_hold_a_key_until_answered_released_or_expired(url: &str, prefix: &str) {
+    let s = Arc::new(open(url, prefix).await);
+    let lease = Duration::from_secs(30);
+    // Concurrent claims of one key: exactly one wins, the others see its claim.
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move { s.idem_claim("c", 9, lease).await.unwrap() }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            None => won += 1,
+            Some(held) => assert_eq!((held.request_hash, held.status), (9, 0), "in flight"),
+        }
+    }
+    assert_eq!(won, 1, "one claim wins");
+    let answer = IdemRecord { request_hash: 9, status: 202, body: Bytes::from_static(b"{\"id\":\"e.1\"}") };
+    assert_eq!(s.idem_put("c", answer.clone()).await.unwrap(), None, "the answer replaces the claim");
+    assert_eq!(s.idem_claim("c", 9, lease).await.unwrap(), Some(answer.clone()));
+    s.idem_release("c").await.unwrap();
+    assert_eq!(s.idem_get("c").await.unwrap(), Some(answer), "release keeps an answer");
+    // Released: free at once; abandoned: free after the lease.
+    assert_eq!(s.idem_claim("f", 1, lease).await.unwrap(), None);
+    s.idem_release("f").await.unwrap();
+    assert_eq!(s.idem_claim("f", 1, Duration::from_millis(200)).await.unwrap(), None);
+    assert!(s.idem_claim("f", 1, lease).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.idem_claim("f", 1, lease).await.unwrap(), None, "the lease expired");
+}
+
 async fn idempotency_first_writer_wins_and_expires(url: &str, prefix: &str) {
     let s = open(url, prefix).await;
     let first = IdemRecord { request_hash: u64::MAX, status: 202, body: Bytes::from_static(b"{\"id\":\"e.1\"}") };
@@ -427,6 +458,7 @@ mod standalone {
         cursors_never_go_backwards_and_persist,
         cursor_read_touches_last_used,
         idempotency_first_writer_wins_and_expires,
+        idempotency_claims_hold_a_key_until_answered_released_or_expired,
         stats_count_messages_streams_age_and_cursors,
         close_then_everything_is_closed,
         epoch_is_kept_and_new_after_wipe,
@@ -456,6 +488,7 @@ async fn cluster_passes_the_same_checks() {
     cursors_never_go_backwards_and_persist(&url, &p("cursors")).await;
     cursor_read_touches_last_used(&url, &p("touch")).await;
     idempotency_first_writer_wins_and_expires(&url, &p("idem")).await;
+    idempotency_claims_hold_a_key_until_answered_released_or_expired(&url, &p("claim")).await;
     stats_count_messages_streams_age_and_cursors(&url, &p("stats")).await;
     close_then_everything_is_closed(&url, &p("close")).await;
     // The data really is spread: every master holds keys.

@@ -221,3 +221,47 @@ for _ in range(3):
     assert_eq!(stdout.matches("413 payload_too_large").count(), 3, "{stdout}");
     s.stop().await;
 }
+
+fn metric(text: &str, line_start: &str) -> u64 {
+    text.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn while_redis_is_down_the_user_limit_fails_closed_or_open_as_configured() {
+    let mut redis = RedisServer::start();
+    let closed = cluster_nodes(&redis.url(), 1, |_| {}).await;
+    let open = TestServer::with({
+        let url = redis.url();
+        move |c| {
+            c.redis.url = url;
+            c.server.instance_id = "open".into();
+            c.limits.presence_failure = syncgate::config::PresenceFailure::Open;
+        }
+    })
+    .await;
+    redis.kill();
+    let down = within(Duration::from_secs(15), || async { !ready(&closed[0].api).await && !ready(&open.api).await });
+    assert!(down.await.is_some(), "the nodes notice Redis is gone");
+    let opts = syncgate_client::DeviceOptions::new(closed[0].token("alice", &[]));
+    let Err(refused) = syncgate_client::Device::connect(&closed[0].base, opts).await else {
+        panic!("admitted although presence cannot be read");
+    };
+    assert_eq!(refused.http_status(), Some(503), "{refused}");
+    assert_eq!(refused.http_error_code(), Some("service_unavailable"), "{refused}");
+    // `open` lets the limit check pass; the upgrade then needs the store, down too here.
+    let opts = syncgate_client::DeviceOptions::new(open.token("alice", &[]));
+    let Err(later) = syncgate_client::Device::connect(&open.base, opts).await else {
+        panic!("admitted although the store is down");
+    };
+    assert!(later.to_string().contains("storage"), "refused by the store, not the limit: {later}");
+    // A broadcast cannot reach the other nodes: 503, and counted.
+    let r = closed[0].api.broadcast(json!({"type": "b", "data": 0})).await.unwrap();
+    assert_eq!(r.status, 503, "{}", r.text);
+    let m = closed[0].api.metrics().await.unwrap().text;
+    assert_eq!(metric(&m, "syncgate_dependency_failures_total{kind=\"presence_admission\"}"), 1, "{m}");
+    assert_eq!(metric(&m, "syncgate_dependency_failures_total{kind=\"broadcast\"}"), 1, "{m}");
+    let m = open.api.metrics().await.unwrap().text;
+    assert_eq!(metric(&m, "syncgate_dependency_failures_total{kind=\"presence_admission\"}"), 1, "{m}");
+    open.stop().await;
+    stop_all(closed).await;
+}

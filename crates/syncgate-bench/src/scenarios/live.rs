@@ -71,13 +71,13 @@ pub(super) async fn fanout(
     conns: usize,
     rate: Option<f64>,
     duration: Duration,
-    window: u64,
-    size: usize,
+    (window, size, deflate): (u64, usize, bool),
 ) -> Result<()> {
     let mut fleet = Fleet::spawn(Fleet::workers_for(conns), ctx.worker_deadline).await?;
     let mut spec = device_spec(ctx, servers, conns);
     if servers.kind == TargetKind::Syncgate {
         spec.room = Some(ROOM.to_string());
+        spec.deflate = deflate;
     }
     let ok = connect(&mut fleet, &spec, res).await?;
     let mut publisher = Publisher::connect(servers, size).await?;
@@ -151,8 +151,14 @@ pub(super) async fn fanout(
     res.fig("server_cpu_cores", used.cores());
     res.fig("cpu_us_per_delivery", used.cpu_us as f64 / received.max(1) as f64);
     res.fig("lost", m.tick.lost as f64);
+    res.fig("wire_bytes_per_delivery", m.wire_bytes as f64 / received.max(1) as f64);
     res.latency = Some(summary);
     res.show("messages published per second", format!("{:.1}", published as f64 / publish_time.as_secs_f64()));
+    let wire = m.wire_bytes as f64 / received.max(1) as f64;
+    res.show(
+        "bytes on the wire per delivery",
+        format!("{wire:.0}{}", if deflate { " (permessage-deflate)" } else { "" }),
+    );
     res.show("deliveries per second", thousands(received as f64 / wall.as_secs_f64()));
     res.show("server CPU per delivery", format!("{:.2} us", used.cpu_us as f64 / received.max(1) as f64));
     res.show("server CPU (load generator CPU)", format!("{:.2} ({:.2}) cores", used.cores(), gen_used.cores()));

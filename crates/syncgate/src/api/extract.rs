@@ -44,22 +44,36 @@ impl<T: DeserializeOwned> FromRequest<Arc<Node>> for JsonBody<T> {
                 return Err(too_large().into());
             }
         }
-        let mut body = req.into_body();
-        let mut buf = BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| Error::invalid(format!("could not read the request body: {e}")))?;
-            if let Some(data) = frame.data_ref() {
-                if buf.len() + data.len() > max {
-                    if drain_ok {
-                        drain(body, budget.saturating_sub((buf.len() + data.len()) as u64)).await;
+        // A body that trickles in must not hold the request (and its memory) for good.
+        let timeout = node.cfg.server.body_timeout;
+        let read = async {
+            let mut body = req.into_body();
+            let mut buf = BytesMut::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| Error::invalid(format!("could not read the request body: {e}")))?;
+                if let Some(data) = frame.data_ref() {
+                    if buf.len() + data.len() > max {
+                        if drain_ok {
+                            drain(body, budget.saturating_sub((buf.len() + data.len()) as u64)).await;
+                        }
+                        return Err(too_large());
                     }
-                    return Err(too_large().into());
+                    buf.extend_from_slice(data);
                 }
-                buf.extend_from_slice(data);
             }
-        }
-        let raw = buf.freeze();
-        let value = serde_json::from_slice(&raw).map_err(|e| Error::invalid(format!("invalid JSON body: {e}")))?;
+            Ok(buf.freeze())
+        };
+        let raw = match tokio::time::timeout(timeout, read).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(Error::new(
+                    Code::RequestTimeout,
+                    format!("the request body did not arrive within server.body_timeout ({}s)", timeout.as_secs_f64()),
+                )
+                .into())
+            }
+        };
+        let value = parse_json(&raw)?;
         Ok(JsonBody { value, raw })
     }
 }
@@ -88,17 +102,88 @@ async fn drain(mut body: axum::body::Body, budget: u64) {
     .await;
 }
 
-/// A query string, refused with the contract's JSON error when it does not parse.
+/// Parses a JSON body, with a plain message naming the field that is wrong (never the
+/// parser's internals such as Rust type names).
+pub fn parse_json<T: DeserializeOwned>(raw: &[u8]) -> Result<T, Error> {
+    let syntax = |e: &serde_json::Error| {
+        Error::invalid(format!("the body is not valid JSON (line {}, column {})", e.line(), e.column()))
+    };
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => Error::invalid(field_message(&path, &inner.to_string())),
+            _ => syntax(&inner),
+        }
+    })?;
+    de.end().map_err(|e| syntax(&e))?;
+    Ok(value)
+}
+
+/// Turns serde's description of a data error into a plain one.
+fn field_message(path: &str, serde_msg: &str) -> String {
+    let quoted = |m: &str| m.split('`').nth(1).map(str::to_string);
+    if serde_msg.starts_with("missing field") {
+        let field = quoted(serde_msg).unwrap_or_default();
+        return match path {
+            "." | "" => format!("missing field `{field}`"),
+            p => format!("missing field `{p}.{field}`"),
+        };
+    }
+    if serde_msg.starts_with("unknown field") {
+        let field = quoted(serde_msg).unwrap_or_default();
+        return format!("unknown field `{field}`");
+    }
+    if serde_msg.starts_with("duplicate field") {
+        return format!("field `{}` is given twice", quoted(serde_msg).unwrap_or_default());
+    }
+    match path {
+        "." | "" => "the body must be a JSON object".to_string(),
+        p => format!("field `{p}` has the wrong type or value"),
+    }
+}
+
+/// A path parameter, refused with the contract's JSON error (not axum's text) when it does
+/// not decode to UTF-8.
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state).await.map(|p| Path(p.0)).map_err(|_| {
+            Error::invalid("the URL path has a parameter that is not valid UTF-8 after percent-decoding").into()
+        })
+    }
+}
+
+/// A query string, refused with the contract's JSON error when it does not parse, or when
+/// a percent-encoded component is not UTF-8.
 pub struct Query<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::<T>::try_from_uri(&parts.uri)
-            .map(|q| Query(q.0))
-            .map_err(|e| Error::invalid(format!("invalid query string: {}", e.body_text())).into())
+        parse_query(parts.uri.query().unwrap_or("")).map(Query).map_err(Into::into)
     }
+}
+
+/// Parses a query string strictly (see [`crate::names::check_query`]).
+pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, Error> {
+    crate::names::check_query(query)?;
+    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = e.into_inner().to_string();
+        if msg.starts_with("missing field") || msg.starts_with("duplicate field") || path == "." || path.is_empty() {
+            let field = msg.split('`').nth(1).unwrap_or("?");
+            Error::invalid(format!("query parameter `{field}` is missing or given twice"))
+        } else {
+            Error::invalid(format!("query parameter `{path}` has the wrong type or value"))
+        }
+    })
 }
 
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
@@ -177,13 +262,8 @@ impl FromRequestParts<Arc<Node>> for OfflineCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, Self::Rejection> {
-        let query_user = parts
-            .uri
-            .query()
-            .and_then(|q| {
-                axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&parts.uri).ok().map(|v| (q, v.0))
-            })
-            .and_then(|(_, pairs)| pairs.into_iter().find(|(k, _)| k == "user_id").map(|(_, v)| v));
+        let pairs = crate::names::query_pairs(parts.uri.query().unwrap_or(""))?;
+        let query_user = pairs.into_iter().find(|(k, _)| k == "user_id").map(|(_, v)| v);
         let Some(credential) = presented_key(&parts.headers) else {
             return Err(Error::unauthorized("missing credentials: a user token or an API key").into());
         };
@@ -202,6 +282,8 @@ impl FromRequestParts<Arc<Node>> for OfflineCaller {
             return Ok(OfflineCaller { user, bound_client: None });
         }
         let claims = node.auth.verify(credential).map_err(|e| Error::unauthorized(e.to_string()))?;
+        // The same rule as at /ws: a `sub` that is not a valid user id is refused.
+        node.check_name("the token's sub (user id)", &claims.sub)?;
         if let Some(u) = query_user {
             if u != claims.sub {
                 return Err(Error::forbidden("a user token can only read its own user's messages").into());

@@ -14,6 +14,7 @@ pub mod extract;
 mod offline;
 mod publish;
 mod query;
+mod schemas;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,6 +32,7 @@ use utoipa::OpenApi;
 use crate::error::Error;
 use crate::metrics::HttpLabels;
 use crate::node::Node;
+use error::ErrorResponses;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -45,7 +47,7 @@ use crate::node::Node;
         crate::admin::assets::index, crate::admin::assets::asset,
     ),
     components(schemas(publish::UserEvent, publish::BatchEvent, publish::BroadcastEvent, publish::RoomEvent, publish::Priority, offline::AckBody, offline::AckBatchBody, admin::SignIn)),
-    modifiers(&SecurityAddon),
+    modifiers(&SecurityAddon, &ErrorResponses),
 )]
 pub struct ApiDoc;
 
@@ -115,9 +117,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/offline/count", get(offline::count))
         .route("/api/v1/users/{user_id}/connections", get(admin::connections))
         .route("/api/v1/users/{user_id}/stream", get(admin::stream))
-        .route("/api/v1/nodes", get(admin::nodes))
-        .layer(cors(&node.cfg.server.cors_origins));
-    // The admin session endpoints get no CORS: only the admin UI's own origin may use them.
+        .route("/api/v1/nodes", get(admin::nodes));
+    // The admin UI and its session. CORS (below) lets no other origin read a credentialed
+    // answer or send X-CSRF-Token, and the session cookie is SameSite=Strict.
     let admin = Router::new()
         .route("/api/v1/admin/session", get(admin::session).post(admin::sign_in).delete(admin::sign_out))
         .route("/admin", get(crate::admin::assets::index))
@@ -133,6 +135,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Outside the routes' method fallbacks, so a preflight (OPTIONS) to any route is
+        // answered by CORS instead of 405.
+        .layer(cors(&node.cfg.server.cors_origins))
+        .layer(middleware::from_fn(preflight_no_content))
         .layer(middleware::from_fn_with_state(node.clone(), observe))
         .layer(axum::Extension(sessions))
         .with_state(node)
@@ -146,7 +152,8 @@ fn cors(origins: &[String]) -> CorsLayer {
     };
     CorsLayer::new()
         .allow_origin(allow)
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .max_age(std::time::Duration::from_secs(600))
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
@@ -160,6 +167,18 @@ fn cors(origins: &[String]) -> CorsLayer {
             "x-ratelimit-limit".parse().unwrap_or(header::AUTHORIZATION),
             "x-ratelimit-remaining".parse().unwrap_or(header::AUTHORIZATION),
         ])
+}
+
+/// A CORS preflight (OPTIONS with Access-Control-Request-Method) is answered 204 No
+/// Content: the CORS layer answers it with an empty 200.
+async fn preflight_no_content(req: Request, next: Next) -> Response {
+    let preflight =
+        req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut resp = next.run(req).await;
+    if preflight && resp.status() == StatusCode::OK {
+        *resp.status_mut() = StatusCode::NO_CONTENT;
+    }
+    resp
 }
 
 /// Slot the auth extractors fill with the caller's rate-limit state, for response headers.
@@ -193,12 +212,36 @@ async fn observe(State(node): State<Arc<Node>>, mut req: Request, next: Next) ->
     }
     node.metrics
         .http_requests
-        .get_or_create(&HttpLabels { route: route.clone(), method: method.to_string(), status })
+        .get_or_create(&HttpLabels { route: route.clone(), method: method_label(&method), status })
         .inc();
     if route != "/ws" || status != 101 {
-        tracing::info!(request_id, method = %method, route, status, latency_us = start.elapsed().as_micros() as u64, "http");
+        tracing::info!(
+            request_id,
+            method = method_label(&method),
+            route,
+            status,
+            latency_us = start.elapsed().as_micros() as u64,
+            "http"
+        );
     }
     resp
+}
+
+/// The metrics label of a request method: the standard methods by name, any other (a caller
+/// can send any token as a method) folded into `other`, so callers cannot grow /metrics.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }
 
 async fn method_not_allowed() -> Response {
@@ -210,12 +253,12 @@ async fn not_found() -> Response {
     error::ApiError::from(Error::not_found("no such route")).into_response()
 }
 
-#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, description = "{\"status\":\"healthy\",\"instance_id\",\"timestamp\"}")))]
+#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, description = "{\"status\":\"healthy\",\"instance_id\",\"timestamp\"}", body = schemas::HealthAnswer)))]
 pub async fn health(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
     Json(json!({"status": "healthy", "instance_id": node.instance_id, "timestamp": crate::node::now_ms()}))
 }
 
-#[utoipa::path(get, path = "/ready", tag = "operations", responses((status = 200, description = "ready"), (status = 503, description = "not ready")))]
+#[utoipa::path(get, path = "/ready", tag = "operations", responses((status = 200, description = "ready", body = schemas::ReadyAnswer), (status = 503, description = "not ready", body = schemas::ReadyAnswer)))]
 pub async fn ready(State(node): State<Arc<Node>>) -> Response {
     let store_ok =
         tokio::time::timeout(std::time::Duration::from_secs(2), node.store.health()).await.is_ok_and(|r| r.is_ok());

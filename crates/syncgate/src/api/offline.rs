@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -11,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::ApiResult;
 use super::extract::{JsonBody, OfflineCaller, Query};
-use super::query::{events_json, page_limit};
+use super::query::{events_json, page_limit, EventJson};
 use crate::error::Error;
 use crate::node::Node;
 use crate::store::{EventId, StreamKey};
@@ -35,12 +36,12 @@ async fn known_cursor(node: &Node, user: &str, client_id: &str) -> Result<u64, E
 }
 
 #[utoipa::path(get, path = "/api/v1/offline/messages", tag = "offline", params(MessagesQuery),
-    responses((status = 200, description = "{\"events\":[..],\"next\"}"), (status = 400), (status = 401), (status = 403), (status = 404), (status = 429)))]
+    responses((status = 200, description = "{\"events\":[..],\"next\",\"more\",\"trimmed\"}", body = super::schemas::MessagesAnswer), (status = 400), (status = 401), (status = 403), (status = 404), (status = 429)))]
 pub async fn messages(
     State(node): State<Arc<Node>>,
     caller: OfflineCaller,
     Query(q): Query<MessagesQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let key = StreamKey::User(&caller.user);
     let limit = page_limit(&node, q.limit)?;
     if let Some(c) = &q.client_id {
@@ -59,7 +60,16 @@ pub async fn messages(
     let events = events_json(&node, key, "user", &page.events);
     let next = page.events.last().map(|e| EventId::format(node.epoch(), key, e.seq));
     let more = page.events.last().is_some_and(|e| e.seq < page.head);
-    Ok(Json(json!({"events": events, "next": next, "more": more, "trimmed": trimmed})))
+    // Serialized as a struct, not through `json!`, so each `data` stays byte-exact.
+    Ok(Json(MessagesPage { events, next, more, trimmed }).into_response())
+}
+
+#[derive(serde::Serialize)]
+struct MessagesPage<'a> {
+    events: Vec<EventJson<'a>>,
+    next: Option<String>,
+    more: bool,
+    trimmed: u64,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -83,7 +93,7 @@ async fn ack_to(node: &Node, user: &str, client_id: &str, seq: u64) -> ApiResult
 }
 
 #[utoipa::path(post, path = "/api/v1/offline/ack", tag = "offline", request_body = AckBody,
-    responses((status = 200, description = "{\"ok\":true,\"cursor\"}"), (status = 400), (status = 401), (status = 404)))]
+    responses((status = 200, description = "{\"ok\":true,\"cursor\"}", body = super::schemas::AckAnswer), (status = 400), (status = 401), (status = 404)))]
 pub async fn ack(
     State(node): State<Arc<Node>>,
     caller: OfflineCaller,
@@ -96,7 +106,7 @@ pub async fn ack(
 }
 
 #[utoipa::path(post, path = "/api/v1/offline/ack/batch", tag = "offline", request_body = AckBatchBody,
-    responses((status = 200, description = "{\"ok\":true,\"cursor\"}; acks are cumulative, the highest id wins"), (status = 400), (status = 401), (status = 404)))]
+    responses((status = 200, description = "{\"ok\":true,\"cursor\"}; acks are cumulative, the highest id wins", body = super::schemas::AckAnswer), (status = 400), (status = 401), (status = 404)))]
 pub async fn ack_batch(
     State(node): State<Arc<Node>>,
     caller: OfflineCaller,
@@ -125,7 +135,7 @@ pub struct CountQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/offline/count", tag = "offline", params(CountQuery),
-    responses((status = 200, description = "{\"count\"}"), (status = 401), (status = 404)))]
+    responses((status = 200, description = "{\"count\"}", body = super::schemas::CountAnswer), (status = 401), (status = 404)))]
 pub async fn count(
     State(node): State<Arc<Node>>,
     caller: OfflineCaller,

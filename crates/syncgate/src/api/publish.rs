@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use super::error::ApiResult;
-use super::extract::{ApiKey, JsonBody};
+use super::extract::{ApiKey, JsonBody, Path};
 use crate::error::{Code, Error};
 use crate::node::{Message, Node};
 use crate::store::{IdemRecord, Store};
@@ -144,7 +144,7 @@ where
         .ok()
         .filter(|k| !k.is_empty() && k.len() <= 255)
         .ok_or_else(|| Error::invalid("Idempotency-Key must be 1 to 255 visible ASCII characters"))?;
-    let scope = format!("{}:{}:{}", key.fingerprint, route, idem);
+    let scope = idempotency_scope(&key.fingerprint, route, idem);
     let hash = request_hash(route, raw);
     let echo = HeaderValue::from_str(idem).unwrap_or(HeaderValue::from_static(""));
     // Claimed in the store, so exactly one of concurrent same-key requests runs, on any node.
@@ -226,6 +226,13 @@ fn replay(rec: IdemRecord, hash: u64, echo: HeaderValue) -> ApiResult<Response> 
     Ok(resp)
 }
 
+/// The store key of an Idempotency-Key: caller, route and key, each length-prefixed, so no
+/// two different (route, key) pairs share a record (route `rooms/a:b` with key `K1` and
+/// route `rooms/a` with key `b:K1` joined with `:` would).
+fn idempotency_scope(fingerprint: &str, route: &str, key: &str) -> String {
+    format!("{}:{fingerprint}:{}:{route}:{}:{key}", fingerprint.len(), route.len(), key.len())
+}
+
 /// A stable hash of the request (route and body), kept with the key.
 fn request_hash(route: &str, raw: &[u8]) -> u64 {
     use sha1::{Digest, Sha1};
@@ -239,7 +246,7 @@ fn request_hash(route: &str, raw: &[u8]) -> u64 {
 
 #[utoipa::path(post, path = "/api/v1/events", tag = "publish", request_body = UserEvent,
     params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe publishing")),
-    responses((status = 202, description = "accepted; body {\"id\"}"), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429), (status = 503)))]
+    responses((status = 202, description = "accepted; body {\"id\"}", body = super::schemas::IdAnswer), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429), (status = 503)))]
 pub async fn events(
     State(node): State<Arc<Node>>,
     key: ApiKey,
@@ -259,7 +266,7 @@ pub async fn events(
 
 #[utoipa::path(post, path = "/api/v1/events/batch", tag = "publish", request_body = BatchEvent,
     params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe publishing")),
-    responses((status = 202, description = "accepted; body {\"ids\":{user_id:id}}"), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429), (status = 503)))]
+    responses((status = 202, description = "accepted; body {\"ids\":{user_id:id}}", body = super::schemas::IdsAnswer), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429), (status = 503)))]
 pub async fn batch(
     State(node): State<Arc<Node>>,
     key: ApiKey,
@@ -275,6 +282,19 @@ pub async fn batch(
         let mut users = b.user_ids.clone();
         users.sort();
         users.dedup();
+        // Each user's stream stores its own copy of data: cap what one request can write.
+        let max_bytes = node.cfg.limits.max_batch_bytes;
+        let total = b.data.get().len().saturating_mul(users.len());
+        if total > max_bytes {
+            return Err(Error::new(
+                Code::PayloadTooLarge,
+                format!(
+                    "this batch would store {total} bytes (data size x {} users); the limit is limits.max_batch_bytes = {max_bytes}: send fewer users per batch or a smaller data",
+                    users.len()
+                ),
+            )
+            .into());
+        }
         for u in &users {
             node.check_name("user_id", u)?;
         }
@@ -289,7 +309,7 @@ pub async fn batch(
 
 #[utoipa::path(post, path = "/api/v1/events/broadcast", tag = "publish", request_body = BroadcastEvent,
     params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe publishing")),
-    responses((status = 202, description = "accepted; body {\"id\"}"), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429), (status = 503)))]
+    responses((status = 202, description = "accepted; body {\"id\"}", body = super::schemas::IdAnswer), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429), (status = 503)))]
 pub async fn broadcast(
     State(node): State<Arc<Node>>,
     key: ApiKey,
@@ -318,7 +338,7 @@ pub async fn broadcast(
 
 #[utoipa::path(post, path = "/api/v1/rooms/{room}/events", tag = "publish", request_body = RoomEvent,
     params(("room" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe publishing")),
-    responses((status = 202, description = "accepted; body {\"id\"}"), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429), (status = 503)))]
+    responses((status = 202, description = "accepted; body {\"id\"}", body = super::schemas::IdAnswer), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429), (status = 503)))]
 pub async fn room_events(
     State(node): State<Arc<Node>>,
     key: ApiKey,
@@ -336,4 +356,16 @@ pub async fn room_events(
         Ok(json!({"id": id}))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::idempotency_scope;
+
+    #[test]
+    fn scopes_do_not_collide() {
+        assert_ne!(idempotency_scope("fp", "rooms/a:b", "K1"), idempotency_scope("fp", "rooms/a", "b:K1"));
+        assert_ne!(idempotency_scope("f:p", "r", "k"), idempotency_scope("f", "p:r", "k"));
+        assert_eq!(idempotency_scope("fp", "events", "k"), idempotency_scope("fp", "events", "k"));
+    }
 }

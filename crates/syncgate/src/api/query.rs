@@ -3,27 +3,59 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use utoipa::IntoParams;
 
 use super::error::ApiResult;
-use super::extract::{ApiKey, Query};
+use super::extract::{ApiKey, Path, Query};
 use crate::error::Error;
 use crate::node::Node;
 use crate::store::{EventId, StoredEvent, StreamKey};
 
-/// Renders stored events as the contract's event objects.
-pub fn events_json(node: &Node, key: StreamKey<'_>, label: &str, events: &[StoredEvent]) -> Vec<Value> {
+/// A stored event as the contract's event object, with `data` exactly as published.
+#[derive(serde::Serialize)]
+pub struct EventJson<'a> {
+    pub id: String,
+    pub stream: &'a str,
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    pub data: &'a RawValue,
+    pub ts: i64,
+}
+
+/// Renders stored events as the contract's event objects. `data` is the stored raw JSON,
+/// byte for byte (never re-serialized through a JSON value, which would change duplicate
+/// keys, big integers, long decimals, `-0` or lone surrogate escapes).
+pub fn events_json<'a>(
+    node: &Node,
+    key: StreamKey<'_>,
+    label: &'a str,
+    events: &'a [StoredEvent],
+) -> Vec<EventJson<'a>> {
     events
         .iter()
         .map(|e| {
-            let data: Value = serde_json::from_slice(&e.data).unwrap_or(Value::Null);
-            json!({"id": EventId::format(node.epoch(), key, e.seq), "stream": label, "type": e.kind, "data": data, "ts": e.ts})
+            // Stored data was validated as JSON at publish; anything else renders as null.
+            let data = std::str::from_utf8(&e.data).ok().and_then(|t| serde_json::from_str::<&RawValue>(t).ok());
+            EventJson {
+                id: EventId::format(node.epoch(), key, e.seq),
+                stream: label,
+                kind: &e.kind,
+                data: data.unwrap_or(RawValue::NULL),
+                ts: e.ts,
+            }
         })
         .collect()
+}
+
+#[derive(serde::Serialize)]
+struct EventsPage<'a> {
+    events: Vec<EventJson<'a>>,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -35,7 +67,7 @@ pub struct HistoryQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/rooms/{room}/presence", tag = "rooms", params(("room" = String, Path)),
-    responses((status = 200, description = "{\"room\",\"users\",\"connections\"}"), (status = 401)))]
+    responses((status = 200, description = "{\"room\",\"users\",\"connections\"}", body = super::schemas::PresenceAnswer), (status = 401)))]
 pub async fn presence(State(node): State<Arc<Node>>, _key: ApiKey, Path(room): Path<String>) -> ApiResult<Json<Value>> {
     node.check_name("room", &room)?;
     let p = node.presence.room(&room).await?;
@@ -43,13 +75,13 @@ pub async fn presence(State(node): State<Arc<Node>>, _key: ApiKey, Path(room): P
 }
 
 #[utoipa::path(get, path = "/api/v1/rooms/{room}/history", tag = "rooms", params(("room" = String, Path), HistoryQuery),
-    responses((status = 200, description = "{\"events\":[..]}"), (status = 400), (status = 401)))]
+    responses((status = 200, description = "{\"events\":[..]}", body = super::schemas::HistoryAnswer), (status = 400), (status = 401)))]
 pub async fn history(
     State(node): State<Arc<Node>>,
     _key: ApiKey,
     Path(room): Path<String>,
     Query(q): Query<HistoryQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     node.check_name("room", &room)?;
     let key = StreamKey::Room(&room);
     let after = match &q.since {
@@ -61,8 +93,9 @@ pub async fn history(
     if after > page.head {
         return Err(Error::invalid("since is ahead of the room's history").into());
     }
-    let events = events_json(&node, key, &format!("room:{room}"), &page.events);
-    Ok(Json(json!({"events": events})))
+    let label = format!("room:{room}");
+    let events = events_json(&node, key, &label, &page.events);
+    Ok(Json(EventsPage { events }).into_response())
 }
 
 pub fn page_limit(node: &Node, limit: Option<usize>) -> Result<usize, Error> {
@@ -75,7 +108,7 @@ pub fn page_limit(node: &Node, limit: Option<usize>) -> Result<usize, Error> {
 }
 
 #[utoipa::path(get, path = "/api/v1/users/{user_id}/online", tag = "users", params(("user_id" = String, Path)),
-    responses((status = 200, description = "{\"user_id\",\"online\",\"connections\"}"), (status = 401)))]
+    responses((status = 200, description = "{\"user_id\",\"online\",\"connections\"}", body = super::schemas::OnlineAnswer), (status = 401)))]
 pub async fn user_online(
     State(node): State<Arc<Node>>,
     _key: ApiKey,
@@ -93,7 +126,7 @@ pub struct DisconnectQuery {
 }
 
 #[utoipa::path(post, path = "/api/v1/users/{user_id}/disconnect", tag = "users", params(("user_id" = String, Path), DisconnectQuery),
-    responses((status = 200, description = "{\"disconnected\":n} (closed on this node; the other nodes close theirs)"), (status = 401), (status = 503, description = "the broker cannot reach the other nodes")))]
+    responses((status = 200, description = "{\"disconnected\":n} (closed on this node; the other nodes close theirs)", body = super::schemas::DisconnectAnswer), (status = 401), (status = 503, description = "the broker cannot reach the other nodes")))]
 pub async fn disconnect(
     State(node): State<Arc<Node>>,
     _key: ApiKey,
@@ -120,7 +153,7 @@ pub struct OnlineQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/online-users", tag = "users", params(OnlineQuery),
-    responses((status = 200, description = "{\"users\":[..],\"next_cursor\"}"), (status = 400), (status = 401)))]
+    responses((status = 200, description = "{\"users\":[..],\"next_cursor\"}", body = super::schemas::OnlineUsersAnswer), (status = 400), (status = 401)))]
 pub async fn online_users(
     State(node): State<Arc<Node>>,
     _key: ApiKey,
@@ -132,7 +165,7 @@ pub async fn online_users(
 }
 
 #[utoipa::path(get, path = "/api/v1/stats", tag = "stats",
-    responses((status = 200, description = "connections, users, rooms, messages in/out, instance_id, uptime"), (status = 401)))]
+    responses((status = 200, description = "connections, users, rooms, messages in/out, instance_id, uptime", body = super::schemas::StatsAnswer), (status = 401)))]
 pub async fn stats(State(node): State<Arc<Node>>, _key: ApiKey) -> ApiResult<Json<Value>> {
     let (connections, users, rooms) = node.hub.counts();
     let m = &node.metrics;
@@ -149,13 +182,13 @@ pub async fn stats(State(node): State<Arc<Node>>, _key: ApiKey) -> ApiResult<Jso
 }
 
 #[utoipa::path(get, path = "/api/v1/stats/pubsub", tag = "stats",
-    responses((status = 200, description = "published, received, dropped_own, failed, reconnects"), (status = 401)))]
+    responses((status = 200, description = "published, received, dropped_own, failed, reconnects", body = super::schemas::PubsubStatsAnswer), (status = 401)))]
 pub async fn pubsub_stats(State(node): State<Arc<Node>>, _key: ApiKey) -> ApiResult<Json<Value>> {
     Ok(Json(serde_json::to_value(node.broker.stats()).unwrap_or(Value::Null)))
 }
 
 #[utoipa::path(get, path = "/api/v1/offline/stats", tag = "offline",
-    responses((status = 200, description = "stored_messages, streams, oldest_age_ms, cursors"), (status = 401)))]
+    responses((status = 200, description = "stored_messages, streams, oldest_age_ms, cursors", body = super::schemas::OfflineStatsAnswer), (status = 401)))]
 pub async fn offline_stats(State(node): State<Arc<Node>>, _key: ApiKey) -> ApiResult<Json<Value>> {
     let s = node.store.stats().await?;
     Ok(Json(serde_json::to_value(s).unwrap_or(Value::Null)))

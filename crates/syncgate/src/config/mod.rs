@@ -61,6 +61,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Peers (CIDRs or addresses) whose `X-Forwarded-For` is believed for a connection's ip.
     pub trusted_proxies: Vec<String>,
+    /// How long a request body may take to arrive once its headers are in (then 408).
+    #[serde(with = "duration")]
+    pub body_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +75,7 @@ impl Default for ServerConfig {
             cors_origins: vec!["*".into()],
             shutdown_grace: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -129,6 +133,8 @@ pub struct Limits {
     pub max_name_bytes: usize,
     pub max_batch_users: usize,
     pub max_page: usize,
+    /// Largest `len(data) x len(user_ids)` of one batch publish, in bytes (then 413).
+    pub max_batch_bytes: usize,
     pub max_devices_per_user: usize,
     /// What the per-user connection limit does when presence cannot be read.
     pub presence_failure: PresenceFailure,
@@ -155,6 +161,7 @@ impl Default for Limits {
             max_name_bytes: 128,
             max_batch_users: 10_000,
             max_page: 1000,
+            max_batch_bytes: 64 << 20,
             max_devices_per_user: 50,
             presence_failure: PresenceFailure::Closed,
         }
@@ -429,6 +436,7 @@ impl Config {
             ("limits.max_name_bytes", l.max_name_bytes),
             ("limits.max_batch_users", l.max_batch_users),
             ("limits.max_page", l.max_page),
+            ("limits.max_batch_bytes", l.max_batch_bytes),
             ("limits.max_devices_per_user", l.max_devices_per_user),
             ("messages.max_type_bytes", self.messages.max_type_bytes),
         ] {
@@ -438,6 +446,9 @@ impl Config {
         }
         if l.max_frame_bytes < 128 {
             return key("limits.max_frame_bytes", "must be at least 128".into());
+        }
+        if self.server.body_timeout.is_zero() {
+            return key("server.body_timeout", "must be more than 0".into());
         }
         if self.heartbeat.interval.is_zero() {
             return key("heartbeat.interval", "must be more than 0".into());
@@ -458,6 +469,9 @@ impl Config {
             if k.pem.is_empty() == k.pem_file.is_none() {
                 return key(&format!("auth.jwt_public_keys[{i}]"), "give exactly one of `pem` or `pem_file`".into());
             }
+        }
+        if let Err(message) = check_jwt_secret(&self.auth.jwt_secret) {
+            return key("auth.jwt_secret", message);
         }
         if self.auth.api_keys.iter().any(|k| k.trim().len() < 8) {
             return key("auth.api_keys", "every API key must have at least 8 characters".into());
@@ -511,6 +525,21 @@ impl Config {
     pub fn default_yaml() -> &'static str {
         DEFAULT_YAML
     }
+}
+
+/// The shortest HS256 secret accepted, in bytes (RFC 7518 section 3.2: a key at least as
+/// long as the hash output, 256 bits).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// Refuses an HS256 secret too short to resist brute force. Empty means "no secret".
+pub fn check_jwt_secret(secret: &str) -> Result<(), String> {
+    if !secret.is_empty() && secret.len() < MIN_JWT_SECRET_BYTES {
+        return Err(format!(
+            "the HS256 secret has {} bytes; it needs at least {MIN_JWT_SECRET_BYTES} (generate one with `openssl rand -hex 32`)",
+            secret.len()
+        ));
+    }
+    Ok(())
 }
 
 fn parse_yaml(text: &str) -> Result<Value, ConfigError> {
@@ -606,7 +635,7 @@ mod tests {
                 ("SYNCGATE_API_KEY", "key-one-123, key-two-456"),
                 ("SYNCGATE_RATE_LIMITS__CLIENT_FRAMES", "5/s burst 7"),
                 ("SYNCGATE_INSTANCE_ID", "42"),
-                ("SYNCGATE_JWT_SECRET", "12345678901234567890"),
+                ("SYNCGATE_JWT_SECRET", "12345678901234567890123456789012"),
             ]),
         )
         .unwrap();
@@ -615,7 +644,7 @@ mod tests {
         assert_eq!(c.auth.api_keys, vec!["key-one-123", "key-two-456"]);
         assert_eq!(c.rate_limits.client_frames.0.unwrap().burst.get(), 7);
         assert_eq!(c.server.instance_id, "42");
-        assert_eq!(c.auth.jwt_secret, "12345678901234567890");
+        assert_eq!(c.auth.jwt_secret, "12345678901234567890123456789012");
     }
 
     #[test]
@@ -630,6 +659,8 @@ mod tests {
         assert!(e.contains("heartbeat.timeout"), "{e}");
         let e = Config::load_from(None, env(&[("SYNCGATE_LIMITS__MAX_FRAME_BYTES", "lots")])).unwrap_err().to_string();
         assert!(e.contains("limits.max_frame_bytes"), "{e}");
+        let e = Config::load_from(None, env(&[("SYNCGATE_JWT_SECRET", "a")])).unwrap_err().to_string();
+        assert!(e.contains("auth.jwt_secret") && e.contains("at least 32"), "{e}");
         let e = Config::load_from(None, env(&[("SYNCGATE_NOPE", "1")])).unwrap_err().to_string();
         assert!(e.contains("SYNCGATE_NOPE"), "{e}");
     }

@@ -3,7 +3,8 @@
 //!
 //! Owns: the key layout below, the Lua scripts that keep each stream's numbering atomic
 //! (`redis_scripts.rs`, with the decoding of their answers), the retention indexes and their
-//! sweep (`redis_sweep.rs`, with the `stats` figures). The connection to Redis is
+//! sweep (`redis_sweep.rs`, with the `stats` figures), idempotency claims and records
+//! (`redis_idem.rs`). The connection to Redis is
 //! `crate::redis_conn` (shared with `broker::redis` and `presence::redis`).
 //!
 //! Must never: answer an append before Redis acknowledged it, number two events of a stream
@@ -68,6 +69,8 @@ use super::{IdemRecord, NewEvent, Page, Retention, Store, StoreError, StoreResul
 use scripts::*;
 use sweep::flush_loop;
 
+#[path = "redis_idem.rs"]
+mod idem;
 #[path = "redis_scripts.rs"]
 mod scripts;
 #[path = "redis_sweep.rs"]
@@ -250,34 +253,6 @@ pub struct RedisStore {
 const NEVER_SWEPT: u64 = u64::MAX - 1;
 
 impl RedisStore {
-    /// Runs `IDEM_PUT`: stores `record` as created at `created`, expiring after `expire_ms`.
-    async fn idem_write(
-        &self,
-        key: &str,
-        record: IdemRecord,
-        created: i64,
-        expire_ms: i64,
-    ) -> StoreResult<Option<IdemRecord>> {
-        let inner = &self.inner;
-        let mut inv = inner.scripts.idem_put.key(inner.keys.idem(key));
-        inv.arg(now_ms())
-            .arg(inner.live.idem_ttl_ms.load(Ordering::Relaxed))
-            .arg(record.request_hash.to_string())
-            .arg(record.status)
-            .arg(record.body.as_ref())
-            .arg(created)
-            .arg(expire_ms.max(1));
-        let mut conn = inner.conn();
-        let v: Value = inner.run("idempotency", inv.invoke_async(&mut conn)).await?;
-        match v {
-            Value::Nil => Ok(None),
-            v => {
-                let a = into_array(v).ok_or_else(|| bad("idempotency"))?;
-                decode_idem(&a).map(Some).ok_or_else(|| bad("idempotency"))
-            }
-        }
-    }
-
     /// Connects (detecting a cluster with `RedisMode::Auto`), loads or creates the epoch.
     pub async fn connect(opts: RedisOptions) -> StoreResult<Self> {
         let setup = async {
@@ -595,44 +570,19 @@ impl Store for RedisStore {
     }
 
     async fn idem_get(&self, key: &str) -> StoreResult<Option<IdemRecord>> {
-        let inner = &self.inner;
-        let mut conn = inner.conn();
-        let cmd = redis::cmd("HMGET").arg(inner.keys.idem(key)).arg("c").arg("h").arg("s").arg("b").clone();
-        let v: Vec<Value> = inner.run("idempotency", cmd.query_async(&mut conn)).await?;
-        let [c, h, s, b] = <[Value; 4]>::try_from(v).map_err(|_| bad("idempotency"))?;
-        let Some(created) = opt_int(&c).ok_or_else(|| bad("idempotency"))? else {
-            return Ok(None);
-        };
-        if created.saturating_add(inner.live.idem_ttl_ms.load(Ordering::Relaxed)) <= now_ms() {
-            return Ok(None);
-        }
-        decode_idem(&[h, s, b]).map(Some).ok_or_else(|| bad("idempotency"))
+        self.get_idem(key).await
     }
 
     async fn idem_put(&self, key: &str, record: IdemRecord) -> StoreResult<Option<IdemRecord>> {
-        let ttl = self.inner.live.idem_ttl_ms.load(Ordering::Relaxed);
-        let now = now_ms();
-        self.idem_write(key, record, now, ttl).await
+        self.put_idem(key, record).await
     }
 
     async fn idem_claim(&self, key: &str, request_hash: u64, lease: Duration) -> StoreResult<Option<IdemRecord>> {
-        let ttl = self.inner.live.idem_ttl_ms.load(Ordering::Relaxed);
-        // Back-dated so that the record's ordinary expiry (created + ttl) ends the lease.
-        let created = now_ms().saturating_sub(ttl).saturating_add(ms(lease).max(1));
-        self.idem_write(
-            key,
-            IdemRecord { request_hash, status: 0, body: bytes::Bytes::new() },
-            created,
-            ms(lease).max(1),
-        )
-        .await
+        self.claim_idem(key, request_hash, lease).await
     }
 
     async fn idem_release(&self, key: &str) -> StoreResult<()> {
-        let inner = &self.inner;
-        let inv = inner.scripts.idem_release.key(inner.keys.idem(key));
-        let mut conn = inner.conn();
-        inner.run("idempotency", inv.invoke_async::<i64>(&mut conn)).await.map(|_| ())
+        self.release_idem(key).await
     }
 
     async fn stats(&self) -> StoreResult<StoreStats> {

@@ -108,7 +108,8 @@ async fn serve(io: &mut Io, session: &mut Session, node: &Arc<Node>) -> Option<C
     let conn = session.conn().clone();
     let mut handling: Option<Later> = None;
     let mut filling: Option<Filling> = None;
-    let mut close_deadline: Option<tokio::time::Instant> = None;
+    // Boxed, and only while a close is blocked: an idle connection's task holds no timer.
+    let mut close_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
     // The first catch-up read runs before anything is written: when the device reads its
     // welcome, the stream is live (or the replay is queued behind the welcome), so an event
     // published right after the welcome is delivered live, not by a second read.
@@ -148,7 +149,7 @@ async fn serve(io: &mut Io, session: &mut Session, node: &Arc<Node>) -> Option<C
             }
             // Blocked on a full socket: if the connection must close, bound the wait.
             if close_deadline.is_none() && conn.closing().is_some() {
-                close_deadline = Some(tokio::time::Instant::now() + CLOSE_WRITE_BOUND);
+                close_deadline = Some(Box::pin(tokio::time::sleep(CLOSE_WRITE_BOUND)));
             }
         }
         let want_write = !io.pending.is_empty();
@@ -180,7 +181,7 @@ async fn serve(io: &mut Io, session: &mut Session, node: &Arc<Node>) -> Option<C
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
-            _ = async { tokio::time::sleep_until(close_deadline.expect("guarded")).await }, if close_deadline.is_some() => {
+            () = async { close_deadline.as_mut().expect("guarded").await }, if close_deadline.is_some() => {
                 node.metrics.slow_consumer_closes.inc();
                 return None; // the peer does not read: drop the socket
             }

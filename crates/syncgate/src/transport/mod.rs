@@ -53,9 +53,9 @@ fn refuse(node: &Node, reason: &'static str, err: Error) -> Response {
 /// GET /ws
 pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-    let query = match axum::extract::Query::<WsQuery>::try_from_uri(req.uri()) {
-        Ok(q) => q.0,
-        Err(e) => return refuse(&node, "bad_request", Error::invalid(e.body_text())),
+    let query = match crate::api::extract::parse_query::<WsQuery>(req.uri().query().unwrap_or("")) {
+        Ok(q) => q,
+        Err(e) => return refuse(&node, "bad_request", e),
     };
     if node.is_shutting_down() {
         return refuse(&node, "shutting_down", Error::unavailable("this node is shutting down; reconnect to another"));
