@@ -22,4 +22,4 @@ source scripts/lib/ensure-chromium.sh
 
 cd crates/syncgate/tests/admin-ui
 npm ci --no-audit --no-fund --loglevel=error
-node --test --test-concurrency=1 admin-ui.test.mjs
+timeout 300 node --test --test-concurrency=1 admin-ui.test.mjs

@@ -232,6 +232,13 @@ impl Node {
         self.fan_out(Envelope { target, seq: None, event: None, except: None }).await
     }
 
+    /// Closes one connection of a user: `conn_id` on node `node` (as the connections API
+    /// lists them). Returns how many were closed here (0 when it is on another node).
+    pub async fn disconnect_conn(&self, user: &str, node: &str, conn_id: u64) -> Result<usize> {
+        let target = Target::DisconnectConn(user.into(), node.into(), conn_id);
+        self.fan_out(Envelope { target, seq: None, event: None, except: None }).await
+    }
+
     /// Closes every connection of a user, on every node. Returns the local count.
     pub async fn disconnect_user(&self, user: &str) -> Result<usize> {
         self.fan_out(Envelope::disconnect(user.into())).await
@@ -244,7 +251,7 @@ impl Node {
     /// message shows the gap; a 503 would make the caller retry and store it twice.
     async fn fan_out(&self, env: Envelope) -> Result<usize> {
         let kind = match (&env.target, env.seq) {
-            (Target::Disconnect(_) | Target::DisconnectDevice(..), _) => "disconnect",
+            (Target::Disconnect(_) | Target::DisconnectDevice(..) | Target::DisconnectConn(..), _) => "disconnect",
             (Target::All | Target::AllWhere(_), _) => "broadcast",
             (_, Some(_)) => "persisted",
             (_, None) => "transient",

@@ -271,6 +271,7 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(cfg.limits.max_connections, cfg.limits.max_connections_per_user, metrics.clone()));
         let instance = instance_id(&cfg);
+        hub.set_instance(&instance);
         let background = CancellationToken::new();
         let backends = if cfg.redis.url.is_empty() {
             single_node(&cfg, &hub)?

@@ -79,7 +79,7 @@ async fn meta_claim_over_1_kib_or_not_an_object_is_refused_at_upgrade() {
 }
 
 #[tokio::test]
-async fn disconnect_with_client_id_closes_only_that_device_with_4009() {
+async fn disconnect_one_device_or_one_connection_with_4009() {
     let s = TestServer::start().await;
     let mut phone = device(&s, "alice", "phone", json!({}), &[]).await;
     let mut tablet = device(&s, "alice", "tablet", json!({}), &[]).await;
@@ -88,6 +88,27 @@ async fn disconnect_with_client_id_closes_only_that_device_with_4009() {
     let err = phone.next_event(T).await.unwrap_err();
     assert_eq!(err.close_code(), Some(4009), "{err}");
     assert!(tablet.ping().await.is_ok(), "the other device stays");
+    // One connection by its id and node: two ephemeral connections, only the named one closes.
+    let tok = token_with_meta("bob", json!({}));
+    let (mut e1, w1) = Device::connect(&s.base, DeviceOptions::new(tok.clone())).await.unwrap();
+    let mut e2 = Device::connect(&s.base, DeviceOptions::new(tok)).await.unwrap().0;
+    let list = connections(&s, "bob").await;
+    assert_eq!(list.len(), 2);
+    let (first, node) = (list[0]["conn_id"].as_str().unwrap(), list[0]["node"].as_str().unwrap());
+    let path = format!("/api/v1/users/bob/disconnect?conn_id={first}&node={node}");
+    let r = s.api.request(Method::POST, &path, None, &[]).await.unwrap();
+    assert_eq!(r.body["disconnected"], 1, "{}", r.text);
+    let (closed, open) = if w1.conn_id == first { (&mut e1, &mut e2) } else { (&mut e2, &mut e1) };
+    assert_eq!(closed.next_event(T).await.unwrap_err().close_code(), Some(4009));
+    assert!(open.ping().await.is_ok());
+    // Another node's id closes nothing here; half a selector is refused.
+    let r = s.api.request(Method::POST, "/api/v1/users/bob/disconnect?conn_id=1&node=elsewhere", None, &[]).await;
+    assert_eq!(r.unwrap().body["disconnected"], 0);
+    for q in ["conn_id=1", "node=x", "client_id=a&conn_id=1&node=x"] {
+        let r = s.api.request(Method::POST, &format!("/api/v1/users/bob/disconnect?{q}"), None, &[]).await.unwrap();
+        assert_eq!(r.status, 400, "{q}: {}", r.text);
+    }
+    assert!(open.ping().await.is_ok());
     s.stop().await;
 }
 
@@ -183,5 +204,12 @@ async fn three_nodes_list_connections_and_filter_broadcasts_across_nodes() {
     assert!(gets(&mut c, "eu", T).await);
     assert_eq!(broadcast_where(&n[2], "all", json!({})).await, 202);
     assert!(gets(&mut b, "all", T).await, "the us device got no eu message before this one");
+    // One connection on node 1, disconnected through node 0 by its id and node.
+    let tablet = connections(&n[0], "alice").await.into_iter().find(|c| c["client_id"] == "tablet").unwrap();
+    let path = format!("/api/v1/users/alice/disconnect?conn_id={}&node=node-1", tablet["conn_id"].as_str().unwrap());
+    let r = n[0].api.request(Method::POST, &path, None, &[]).await.unwrap();
+    assert_eq!((r.status, r.body["disconnected"].as_u64()), (200, Some(0)), "closed on node 1, not here");
+    assert_eq!(b.next_event(T).await.unwrap_err().close_code(), Some(4009));
+    assert!(a.ping().await.is_ok(), "the phone on node 0 (same user) stays");
     stop_all(n).await;
 }

@@ -123,6 +123,10 @@ pub async fn user_online(
 pub struct DisconnectQuery {
     /// Close only this device (its client id); absent: every device of the user.
     pub client_id: Option<String>,
+    /// Close only this connection (a `conn_id` of the connections API; needs `node`).
+    pub conn_id: Option<u64>,
+    /// The node of `conn_id` (its `node` in the connections API).
+    pub node: Option<String>,
 }
 
 #[utoipa::path(post, path = "/api/v1/users/{user_id}/disconnect", tag = "users", params(("user_id" = String, Path), DisconnectQuery),
@@ -134,12 +138,17 @@ pub async fn disconnect(
     Query(q): Query<DisconnectQuery>,
 ) -> ApiResult<Json<Value>> {
     node.check_name("user_id", &user)?;
-    let n = match &q.client_id {
-        Some(c) => {
+    let n = match (&q.client_id, q.conn_id, &q.node) {
+        (Some(c), None, None) => {
             node.check_name("client_id", c)?;
             node.disconnect_device(&user, c).await?
         }
-        None => node.disconnect_user(&user).await?,
+        (None, Some(id), Some(at)) => {
+            node.check_name("node", at)?;
+            node.disconnect_conn(&user, at, id).await?
+        }
+        (None, None, None) => node.disconnect_user(&user).await?,
+        _ => return Err(Error::invalid("give client_id, or conn_id with node, or neither").into()),
     };
     Ok(Json(json!({"disconnected": n})))
 }

@@ -34,6 +34,8 @@ pub enum Target {
     Disconnect(Arc<str>),
     /// Close the connections of one device (user, client id) with 4009 (no event).
     DisconnectDevice(Arc<str>, Arc<str>),
+    /// Close one connection (user, node id, the connection's id on that node) with 4009.
+    DisconnectConn(Arc<str>, Arc<str>, u64),
 }
 
 /// One event on its way to the hubs.

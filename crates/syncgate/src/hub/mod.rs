@@ -45,6 +45,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     interest: OnceLock<InterestSink>,
     changes: OnceLock<ChangeSink>,
+    /// This node's id (for envelopes addressed to one node's connection).
+    instance: OnceLock<Arc<str>>,
 }
 
 /// A user's connections (their count, or the rooms of one) or a room's membership changed on
@@ -72,12 +74,18 @@ impl Hub {
             metrics,
             interest: OnceLock::new(),
             changes: OnceLock::new(),
+            instance: OnceLock::new(),
         }
     }
 
     /// Sets where interest changes go (the cluster broker). Can be set once.
     pub fn set_interest_sink(&self, sink: InterestSink) {
         let _ = self.interest.set(sink);
+    }
+
+    /// Sets this node's id (once, at start-up).
+    pub fn set_instance(&self, id: &str) {
+        let _ = self.instance.set(id.into());
     }
 
     /// Sets where every presence change goes (cluster presence). Can be set once.
@@ -339,6 +347,20 @@ impl Hub {
         n
     }
 
+    /// Closes connection `id` of `user` if `node` is this node. Returns how many (0 or 1).
+    pub fn disconnect_conn(&self, user: &str, node: &str, id: u64, reason: Close) -> usize {
+        if self.instance.get().map(|i| &**i) != Some(node) {
+            return 0;
+        }
+        match self.conns.get(&id) {
+            Some(c) if &*c.user == user => {
+                c.close(reason);
+                1
+            }
+            _ => 0,
+        }
+    }
+
     /// Closes every connection (shutdown).
     pub fn close_all(&self, reason: Close) {
         for c in self.conns.iter() {
@@ -421,6 +443,7 @@ impl Local for Hub {
             (Target::AllWhere(filter), Some(ev)) => self.deliver_all_where(ev, filter),
             (Target::Disconnect(user), _) => self.disconnect_user(user, close::KICKED),
             (Target::DisconnectDevice(user, client), _) => self.disconnect_device(user, client, close::KICKED),
+            (Target::DisconnectConn(user, node, id), _) => self.disconnect_conn(user, node, *id, close::KICKED),
             (_, None) => 0,
         }
     }

@@ -14,7 +14,7 @@ import { chromium } from "playwright-core";
 
 const BIN = process.env.SYNCGATE_BIN;
 const SHOTS = resolve(process.env.SCREENSHOT_DIR || "../../../../target/admin-screenshots");
-const SECRET = "browser-test-secret-0123456789";
+const SECRET = "browser-test-jwt-secret-0123456789abcdef";
 const API_KEY = "browser-test-api-key";
 const ADMIN_KEY = "browser-test-admin-key-0123456789";
 const DEADLINE = 15000;
@@ -61,6 +61,12 @@ async function shot(name) {
   console.log(`screenshot: ${path}`);
 }
 
+/** Opens a page from the navigation and waits until it is shown (its link is current). */
+async function go(link) {
+  await page.getByRole("link", { name: link, exact: true }).click();
+  await page.locator('nav a[aria-current="page"]', { hasText: link }).waitFor();
+}
+
 /** Opens a device WebSocket from the devices page; its close code lands in window.codes[name]. */
 async function connect(name, user, query, extra) {
   const url = `ws://127.0.0.1:${port}/ws?token=${token(user, extra)}&${query}`;
@@ -92,7 +98,12 @@ before(async () => {
     },
     stdio: ["ignore", "inherit", "inherit"],
   });
-  await until("the server", () => fetch(`${base}/ready`).then((r) => r.ok, () => false));
+  let exited = null;
+  server.on("exit", (code) => { exited = code; });
+  await until("the server", () => {
+    if (exited !== null) throw new Error(`syncgate exited with ${exited} before it was ready`);
+    return fetch(`${base}/ready`).then((r) => r.ok, () => false);
+  });
   browser = await chromium.launch({ executablePath: process.env.CHROMIUM_PATH, args: ["--no-sandbox"] });
   ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   page = await ctx.newPage();
@@ -130,22 +141,37 @@ test("sign-in refuses a wrong key and accepts the admin key", async () => {
 });
 
 test("overview shows the node's live figures and a chart", async () => {
-  await page.getByRole("link", { name: "Overview" }).click();
-  await until("3 connections on the overview", async () => (await page.locator("#ov-connections").textContent()) === "3");
-  assert.equal(await page.locator("#ov-users").textContent(), "2");
-  assert.equal(await page.locator("#ov-rooms").textContent(), "1");
+  await go("Overview");
+  const figures = () => Promise.all(["#ov-connections", "#ov-users", "#ov-rooms"].map((id) => page.locator(id).textContent()));
+  await until("3 connections, 2 users, 1 room on the overview", async () => (await figures()).join() === "3,2,1");
   await page.locator(".chart canvas").waitFor();
+  const nodes = page.getByRole("table", { name: "Nodes" });
+  await nodes.getByText("(this node)").waitFor();
+  assert.equal(await page.locator("#ov-nodes-count").textContent(), "1");
+  assert.equal(await nodes.locator("tbody tr").count(), 1);
+  assert.equal(await nodes.locator("tbody tr td").nth(1).textContent(), "3", "the node's connections");
   // Live: a publish moves the messages-out figure without a reload.
   await until("messages out per second above 0", async () => {
     await apiCall("POST", "/api/v1/events", { user_id: "bob", type: "tick", data: {}, persist: false });
     return Number((await page.locator("#ov-out").textContent()).replace(/,/g, "")) > 0;
   });
-  await page.waitForTimeout(1500);
+  // Steady traffic for a few seconds, so the chart (and the screenshot) show a live series.
+  let flowing = true;
+  const traffic = (async () => {
+    for (let i = 0; flowing; i++) {
+      const to = i % 3 === 0 ? "/api/v1/events/broadcast" : "/api/v1/events";
+      await apiCall("POST", to, { user_id: i % 3 === 0 ? undefined : "bob", type: "tick", data: { i }, persist: i % 3 === 0 ? undefined : false });
+      await new Promise((r) => setTimeout(r, 20 + 30 * Math.abs(Math.sin(i / 25))));
+    }
+  })();
+  await page.waitForTimeout(12000);
   await shot("overview");
+  flowing = false;
+  await traffic;
 });
 
 test("connections page shows metadata and Disconnect closes that device with 4009", async () => {
-  await page.getByRole("link", { name: "Connections" }).click();
+  await go("Connections");
   const search = page.getByRole("searchbox", { name: "User id" });
   await search.fill("alice");
   await search.press("Enter");
@@ -163,19 +189,27 @@ test("connections page shows metadata and Disconnect closes that device with 400
 });
 
 test("stream page shows head, devices with cursor and lag, and latest messages", async () => {
-  await page.getByRole("link", { name: "Streams" }).click();
+  await go("Streams");
   const search = page.getByRole("searchbox", { name: "User id" });
   await search.fill("alice");
   await search.press("Enter");
   const devicesTable = page.getByRole("table", { name: "Devices" });
   await devicesTable.getByText("tablet").waitFor();
-  await devicesTable.getByText("phone").waitFor();
+  // Cells: device, cursor, lag, connected. Neither device acked the three notes; the phone
+  // was disconnected by the previous test.
+  const row = async (device) => devicesTable.locator("tr", { hasText: device }).locator("td").allTextContents();
+  const tablet = await row("tablet");
+  assert.equal(tablet[2], "3", `tablet lag: ${tablet}`);
+  assert.equal(tablet[3], "yes (1)");
+  assert.match(tablet[1], /\./, "the cursor is an event id");
+  assert.equal((await row("phone"))[3], "no");
   await page.getByRole("table", { name: "Messages" }).getByText('{"n":3}').waitFor();
+  assert.equal(await page.locator(".card .value").first().textContent(), "3", "the head");
   await shot("stream");
 });
 
 test("rooms page shows presence and history", async () => {
-  await page.getByRole("link", { name: "Rooms" }).click();
+  await go("Rooms");
   const search = page.getByRole("searchbox", { name: "Room" });
   await search.fill("lobby");
   await search.press("Enter");
@@ -184,19 +218,8 @@ test("rooms page shows presence and history", async () => {
   await shot("rooms");
 });
 
-test("queue page shows the queue, or says plainly that it is not available", async () => {
-  await page.getByRole("link", { name: "Queue" }).click();
-  const stats = await apiCall("GET", "/api/v1/queue/stats");
-  if (stats.status === 404) {
-    await page.getByText("Queue not available").waitFor();
-  } else {
-    await page.getByRole("heading", { name: "Dead letters" }).waitFor();
-  }
-  await shot("queue");
-});
-
 test("publish console publishes to a user's stream", async () => {
-  await page.getByRole("link", { name: "Publish" }).click();
+  await go("Publish");
   await page.getByLabel("User id").fill("alice");
   await page.getByLabel("Type").fill("console.test");
   await page.getByRole("button", { name: "Publish" }).click();
@@ -205,6 +228,20 @@ test("publish console publishes to a user's stream", async () => {
   const got = await until("the event at the tablet",
     () => devices.evaluate(() => window.frames.tablet.find((f) => f.type === "console.test")));
   assert.equal(got.stream, "user");
+});
+
+test("publish console broadcasts with a where filter to matching devices only", async () => {
+  await page.getByLabel("Target").selectOption("broadcast");
+  await page.getByLabel("Type").fill("us.only");
+  await page.getByLabel("Where (JSON)").fill('{"region": "us"}');
+  await page.getByRole("button", { name: "Publish" }).click();
+  await page.getByRole("status").filter({ hasText: "Published (202)" }).waitFor();
+  await until("the broadcast at bob's laptop",
+    () => devices.evaluate(() => window.frames.laptop.find((f) => f.type === "us.only")));
+  // A marker broadcast to everyone, after it: the tablet (region eu) sees the marker only.
+  await apiCall("POST", "/api/v1/events/broadcast", { type: "marker", data: {} });
+  await until("the marker at the tablet", () => devices.evaluate(() => window.frames.tablet.find((f) => f.type === "marker")));
+  assert.equal(await devices.evaluate(() => window.frames.tablet.some((f) => f.type === "us.only")), false);
 });
 
 test("a state-changing request from another origin is refused", async () => {

@@ -68,21 +68,25 @@ function searchForm(id, label, placeholder, value, onsubmit) {
 
 function overview(root) {
   root.append(
-    header("Overview", "This node's live figures, refreshed every second."),
+    header("Overview", "Live figures, refreshed every second: the cards and the chart are this node's, the table lists every node."),
     el("div", { class: "cards" },
-      card("Connections", "ov-connections"), card("Users online", "ov-users"), card("Rooms", "ov-rooms"),
-      card("Messages in / s", "ov-in"), card("Messages out / s", "ov-out"), card("Queue depth", "ov-queue", " ")),
+      card("Nodes", "ov-nodes-count"), card("Connections", "ov-connections"), card("Users online", "ov-users"),
+      card("Rooms", "ov-rooms"), card("Messages in / s", "ov-in"), card("Messages out / s", "ov-out")),
     el("section", { class: "panel" }, el("h2", {}, "Messages per second"), el("div", { id: "chart", class: "chart" })),
     el("section", { class: "panel" }, el("h2", {}, "Nodes"), el("div", { id: "ov-nodes" })));
-  const N = 120;
+  const WINDOW = 60; // seconds shown
   const data = [[], [], []];
   const chartEl = document.getElementById("chart");
+  const line = (label, stroke, fill) => ({ label, stroke, fill, width: 2, points: { show: false } });
   const plot = new uPlot({
     width: Math.max(320, chartEl.clientWidth), height: 240,
-    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(5, max * 1.2)] } },
+    legend: { live: false },
+    scales: {
+      x: { time: true, range: () => { const t = Date.now() / 1000; return [t - WINDOW, t]; } },
+      y: { range: (u, min, max) => [0, Math.max(5, max * 1.2)] },
+    },
     axes: [{ stroke: "#57606a", grid: { stroke: "#eaeef2" } }, { stroke: "#57606a", grid: { stroke: "#eaeef2" } }],
-    series: [{}, { label: "in / s", stroke: "#1f6feb", width: 2, fill: "rgba(31,111,235,0.08)" },
-      { label: "out / s", stroke: "#1a7f37", width: 2 }],
+    series: [{}, line("messages in / s", "#1f6feb", "rgba(31,111,235,0.08)"), line("messages out / s", "#1a7f37")],
   }, data, chartEl);
   const ro = new ResizeObserver(() => plot.setSize({ width: Math.max(320, chartEl.clientWidth), height: 240 }));
   ro.observe(chartEl);
@@ -100,32 +104,22 @@ function overview(root) {
       set("ov-in", num(rin));
       set("ov-out", num(rout));
       data[0].push(now); data[1].push(rin); data[2].push(rout);
-      if (data[0].length > N) data.forEach((d) => d.shift());
+      while (data[0].length && data[0][0] < now - WINDOW) data.forEach((d) => d.shift());
       plot.setData(data);
     }
     last = { t: now, in: s.messages_in, out: s.messages_out };
-    const p = await api("GET", "/api/v1/stats/pubsub");
-    const mode = p.ok ? p.data.mode : "?";
-    document.getElementById("ov-nodes").replaceChildren(table(
-      ["Node", "Mode", "Uptime", "Connections", "Slow consumers closed"],
-      [el("tr", {}, el("td", {}, s.instance_id), el("td", {}, mode === "memory" ? "single node (embedded)" : `cluster (${mode})`),
-        el("td", {}, duration(s.uptime_s)), el("td", {}, num(s.connections)), el("td", {}, num(s.slow_consumer_closes)))],
+    const n = await api("GET", "/api/v1/nodes");
+    const box = document.getElementById("ov-nodes");
+    if (!n.ok) return box.replaceChildren(errorBox(n));
+    set("ov-nodes-count", num(n.data.nodes.length));
+    box.replaceChildren(table(
+      ["Node", "Connections", "Users", "Rooms", "Messages in", "Messages out", "Uptime"],
+      n.data.nodes.map((x) => el("tr", {},
+        el("td", {}, x.instance_id, x.instance_id === s.instance_id ? el("span", { class: "muted" }, " (this node)") : null),
+        el("td", {}, num(x.connections)), el("td", {}, num(x.users)), el("td", {}, num(x.rooms)),
+        el("td", {}, num(x.messages_in)), el("td", {}, num(x.messages_out)), el("td", {}, duration(x.uptime_s)))),
       "Nodes"));
-    const q = await api("GET", "/api/v1/queue/stats");
-    if (q.ok) {
-      set("ov-queue", num(queueDepth(q.data)));
-      set("ov-queue-hint", "jobs waiting in the outbound queue");
-    } else {
-      set("ov-queue", "n/a");
-      set("ov-queue-hint", "queue not available on this node");
-    }
   });
-}
-
-function queueDepth(s) {
-  if (typeof s.depth === "number") return s.depth;
-  if (s.depth && typeof s.depth === "object") return Object.values(s.depth).reduce((a, b) => a + (Number(b) || 0), 0);
-  return 0;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -164,7 +158,7 @@ function connections(root, [user]) {
         type: "button", class: "danger", "aria-label": `Disconnect ${c.client_id || c.conn_id}`,
         onclick: async (e) => {
           e.target.disabled = true;
-          const q = c.client_id ? `?client_id=${enc(c.client_id)}` : "";
+          const q = `?conn_id=${enc(c.conn_id)}&node=${enc(c.node)}`;
           const res = await api("POST", `/api/v1/users/${enc(user)}/disconnect${q}`);
           e.target.textContent = res.ok ? "Disconnected" : "Failed";
         },
@@ -193,9 +187,10 @@ function stream(root, [user]) {
     body.replaceChildren(
       el("div", { class: "cards" }, kv("Head", num(s.head)), kv("Oldest kept", s.head ? num(s.first) : "–"), kv("Devices", num(s.devices.length))),
       el("section", { class: "panel" }, el("h2", {}, "Devices"), s.devices.length
-        ? table(["Device", "Cursor", "Lag", "Connected here"], s.devices.map((d) => el("tr", {},
+        ? table(["Device", "Cursor", "Lag", "Connected"], s.devices.map((d) => el("tr", {},
           el("td", {}, d.client_id), el("td", {}, el("code", {}, d.cursor)),
-          el("td", { class: d.lag ? "warn" : "" }, num(d.lag)), el("td", {}, d.connected ? "yes" : "no"))), "Devices")
+          el("td", { class: d.lag ? "warn" : "" }, num(d.lag)),
+          el("td", {}, d.connected ? `yes (${d.connected})` : "no"))), "Devices")
         : empty("No device has a cursor yet: connect with ?client_id= to get one.")),
       el("section", { class: "panel" }, el("h2", {}, "Latest messages"), s.events.length
         ? events(s.events) : empty("The stream is empty. Publish to this user from the Publish page.")));
@@ -234,56 +229,6 @@ function rooms(root, [room]) {
       el("section", { class: "panel" }, el("h2", {}, "History"), hist.length ? events(hist)
         : empty("No stored messages. Persisted room publishes are kept here.")));
   });
-}
-
-// ---------------------------------------------------------------------------------------
-// Queue
-
-function queue(root) {
-  root.append(header("Queue", "The outbound queue (webhooks, push): depths, circuits, dead letters."), el("div", { id: "queue-body" }));
-  const body = document.getElementById("queue-body");
-  every(2000, async () => {
-    const s = await api("GET", "/api/v1/queue/stats");
-    if (s.status === 404) {
-      return body.replaceChildren(empty("Queue not available: this node's build has no outbound queue API (GET /api/v1/queue/stats answers 404)."));
-    }
-    if (!s.ok) return body.replaceChildren(errorBox(s));
-    const d = await api("GET", "/api/v1/queue/dead?limit=50");
-    const jobs = d.ok ? d.data.jobs : [];
-    const figures = Object.entries(flatten(s.data)).filter(([, v]) => typeof v === "number");
-    const circuits = s.data.circuits || s.data.endpoints || {};
-    const circuitRows = (Array.isArray(circuits) ? circuits : Object.entries(circuits).map(([k, v]) => ({ endpoint: k, ...(typeof v === "object" ? v : { state: v }) })))
-      .map((c) => el("tr", {}, el("td", {}, c.endpoint || c.name || "–"), el("td", {}, el("span", { class: `state ${c.state}` }, c.state || "–")),
-        el("td", {}, num(c.failures ?? c.consecutive_failures))));
-    body.replaceChildren(
-      el("div", { class: "cards" }, figures.map(([k, v]) => kv(k.replaceAll("_", " ").replaceAll(".", " · "), num(v)))),
-      el("section", { class: "panel" }, el("h2", {}, "Circuits"), circuitRows.length
-        ? table(["Endpoint", "State", "Failures"], circuitRows, "Circuits") : empty("No endpoint configured (webhooks.endpoints).")),
-      el("section", { class: "panel" }, el("div", { class: "panel-head" }, el("h2", {}, "Dead letters"),
-        jobs.length ? el("button", { type: "button", onclick: async () => { await api("POST", "/api/v1/queue/dead/retry"); } }, "Retry all") : null),
-      jobs.length ? table(["Job", "Kind", "Endpoint", "Attempts", "Last error", "Failed", ""], jobs.map((j) => el("tr", {},
-        el("td", {}, el("code", {}, j.id)), el("td", {}, j.kind), el("td", {}, j.endpoint || "–"), el("td", {}, num(j.attempts)),
-        el("td", { class: "ua", title: j.last_error || "" }, j.last_error || "–"), el("td", {}, ago(j.failed_at)),
-        el("td", { class: "actions" },
-          el("button", { type: "button", "aria-label": `Retry ${j.id}`, onclick: (e) => act(e, "POST", `/api/v1/queue/dead/${enc(j.id)}/retry`) }, "Retry"),
-          el("button", { type: "button", class: "danger", "aria-label": `Delete ${j.id}`, onclick: (e) => act(e, "DELETE", `/api/v1/queue/dead/${enc(j.id)}`) }, "Delete")))), "Dead letters")
-        : empty("No dead letters. Jobs land here after queue.max_attempts failed attempts or a permanent 4xx.")));
-  });
-}
-
-async function act(e, method, path) {
-  e.target.disabled = true;
-  const r = await api(method, path);
-  e.target.textContent = r.ok ? "Done" : "Failed";
-}
-
-function flatten(o, prefix = "", out = {}) {
-  for (const [k, v] of Object.entries(o || {})) {
-    if (k === "circuits" || k === "endpoints") continue;
-    if (v && typeof v === "object" && !Array.isArray(v)) flatten(v, `${prefix}${k}.`, out);
-    else out[`${prefix}${k}`] = v;
-  }
-  return out;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -331,4 +276,4 @@ function publish(root) {
   toggle("user");
 }
 
-export const pages = { overview, connections, stream, rooms, queue, publish };
+export const pages = { overview, connections, stream, rooms, publish };
