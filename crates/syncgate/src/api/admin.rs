@@ -34,7 +34,7 @@ fn session_json(node: &Node, s: &admin::Session) -> Value {
 }
 
 #[utoipa::path(post, path = "/api/v1/admin/session", tag = "admin", request_body = SignIn,
-    responses((status = 200, description = "{\"csrf_token\",\"expires_at\",\"instance_id\"} and the session cookie"),
+    responses((status = 200, description = "the session, and the session cookie", body = super::schemas::SessionAnswer),
         (status = 401, description = "wrong admin key"), (status = 403, description = "cross-origin sign-in")))]
 pub async fn sign_in(
     State(node): State<Arc<Node>>,
@@ -60,7 +60,7 @@ pub async fn sign_in(
 }
 
 #[utoipa::path(get, path = "/api/v1/admin/session", tag = "admin",
-    responses((status = 200, description = "{\"csrf_token\",\"expires_at\",\"instance_id\"}"), (status = 401, description = "not signed in")))]
+    responses((status = 200, description = "the current session", body = super::schemas::SessionAnswer), (status = 401, description = "not signed in")))]
 pub async fn session(
     State(node): State<Arc<Node>>,
     Extension(sessions): Extension<Arc<Sessions>>,
@@ -78,7 +78,7 @@ pub async fn session(
 }
 
 #[utoipa::path(delete, path = "/api/v1/admin/session", tag = "admin",
-    responses((status = 200, description = "signed out"), (status = 401), (status = 403, description = "missing CSRF token")))]
+    responses((status = 200, description = "signed out", body = super::schemas::SignedOutAnswer), (status = 401), (status = 403, description = "missing CSRF token")))]
 pub async fn sign_out(
     Extension(sessions): Extension<Arc<Sessions>>,
     method: axum::http::Method,
@@ -96,7 +96,7 @@ pub async fn sign_out(
 }
 
 #[utoipa::path(get, path = "/api/v1/users/{user_id}/connections", tag = "users", params(("user_id" = String, Path)),
-    responses((status = 200, description = "{\"connections\":[{\"conn_id\",\"user_id\",\"client_id\",\"node\",\"ip\",\"user_agent\",\"app_version\",\"connected_at\",\"rooms\",\"meta\"}]}"),
+    responses((status = 200, description = "{\"connections\":[{\"conn_id\",\"user_id\",\"client_id\",\"node\",\"ip\",\"user_agent\",\"app_version\",\"connected_at\",\"rooms\",\"meta\"}]}", body = super::schemas::ConnectionsAnswer),
         (status = 400), (status = 401)))]
 pub async fn connections(
     State(node): State<Arc<Node>>,
@@ -109,7 +109,7 @@ pub async fn connections(
 }
 
 #[utoipa::path(get, path = "/api/v1/nodes", tag = "stats",
-    responses((status = 200, description = "{\"nodes\":[{\"instance_id\",\"connections\",\"users\",\"rooms\",\"messages_in\",\"messages_out\",\"uptime_s\",\"updated_at\"}]}: every live node, in id order (in cluster mode the other nodes' figures are up to about a second old)"),
+    responses((status = 200, description = "{\"nodes\":[{\"instance_id\",\"connections\",\"users\",\"rooms\",\"messages_in\",\"messages_out\",\"uptime_s\",\"updated_at\"}]}: every live node, in id order (in cluster mode the other nodes' figures are up to about a second old)", body = super::schemas::NodesAnswer),
         (status = 401), (status = 503)))]
 pub async fn nodes(State(node): State<Arc<Node>>, _key: ApiKey) -> ApiResult<Json<Value>> {
     let me = crate::presence::NodeFigures::of(&node.hub, &node.instance_id);
@@ -127,7 +127,7 @@ pub struct StreamQuery {
 const MAX_DEVICES_SHOWN: usize = 200;
 
 #[utoipa::path(get, path = "/api/v1/users/{user_id}/stream", tag = "users", params(("user_id" = String, Path), StreamQuery),
-    responses((status = 200, description = "{\"user_id\",\"head\",\"first\",\"devices\":[{\"client_id\",\"cursor\",\"cursor_seq\",\"lag\",\"connected\"}] (connected: open connections of the device on any node),\"events\":[latest first]}"),
+    responses((status = 200, description = "{\"user_id\",\"head\",\"first\",\"devices\":[{\"client_id\",\"cursor\",\"cursor_seq\",\"lag\",\"connected\"}] (connected: open connections of the device on any node),\"events\":[latest first]}", body = super::schemas::StreamAnswer),
         (status = 400), (status = 401)))]
 pub async fn stream(
     State(node): State<Arc<Node>>,
