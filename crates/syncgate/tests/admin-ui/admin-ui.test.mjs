@@ -20,6 +20,7 @@ const ADMIN_KEY = "browser-test-admin-key-0123456789";
 const DEADLINE = 15000;
 
 let server, base, port, dataDir, browser, ctx, page, devices;
+const requested = [];
 
 function freePort() {
   return new Promise((ok, fail) => {
@@ -107,6 +108,7 @@ before(async () => {
   browser = await chromium.launch({ executablePath: process.env.CHROMIUM_PATH, args: ["--no-sandbox"] });
   ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   page = await ctx.newPage();
+  page.on("request", (r) => requested.push(r.url()));
   devices = await ctx.newPage();
   await devices.goto(`${base}/health`);
   await connect("phone", "alice", "client_id=phone&app_version=2.4.1", { meta: { region: "eu", plan: "pro" } });
@@ -246,11 +248,17 @@ test("publish console broadcasts with a where filter to matching devices only", 
 
 test("a state-changing request from another origin is refused", async () => {
   // 1. With the session cookie but from a foreign Origin and without the CSRF token.
+  // With the session cookie and even the right CSRF token, but from a foreign Origin; and
+  // from this origin without the token.
   const cookie = (await ctx.cookies()).find((c) => c.name === "sg_admin");
-  const forged = await fetch(`${base}/api/v1/users/alice/disconnect`, {
-    method: "POST", headers: { Cookie: `sg_admin=${cookie.value}`, Origin: "http://evil.example" },
+  const csrf = await page.evaluate(async () => (await (await fetch("/api/v1/admin/session")).json()).csrf_token);
+  assert.ok(csrf);
+  const post = (headers) => fetch(`${base}/api/v1/users/alice/disconnect`, {
+    method: "POST", headers: { Cookie: `sg_admin=${cookie.value}`, ...headers },
   });
-  assert.equal(forged.status, 403);
+  assert.equal((await post({ Origin: "http://evil.example", "X-CSRF-Token": csrf })).status, 403);
+  assert.equal((await post({ Origin: base })).status, 403, "no CSRF token");
+  assert.equal((await post({ Origin: base, "X-CSRF-Token": "not-the-token" })).status, 403);
   // 2. A page on another origin (localhost is another site than 127.0.0.1) posting with credentials.
   const other = await ctx.newPage();
   await other.goto(`http://localhost:${port}/health`);
@@ -265,4 +273,13 @@ test("a state-changing request from another origin is refused", async () => {
   assert.equal(await devices.evaluate(() => window.sockets.tablet.readyState), 1, "the device is still connected");
   const online = await apiCall("GET", "/api/v1/users/alice/online");
   assert.equal(online.data.connections, 1);
+});
+
+test("every request the admin page made went to this host", () => {
+  assert.ok(requested.length > 20, `only ${requested.length} requests seen`);
+  const elsewhere = requested.filter((u) => !u.startsWith(`${base}/`));
+  assert.deepEqual(elsewhere, []);
+  for (const asset of ["app.js", "pages.js", "ui.js", "uplot.esm.js", "style.css"]) {
+    assert.ok(requested.includes(`${base}/admin/assets/${asset}`), `${asset} served by the node`);
+  }
 });
