@@ -76,7 +76,6 @@ impl ConnMeta {
                 return Err(format!("app_version must be 1 to {max_name_bytes} bytes without control characters"));
             }
         }
-        let trusted: Vec<Net> = trusted_proxies.iter().filter_map(|p| parse_net(p)).collect();
         let user_agent = header("user-agent").map(|ua| {
             let mut end = ua.len().min(MAX_USER_AGENT);
             while !ua.is_char_boundary(end) {
@@ -86,7 +85,7 @@ impl ConnMeta {
         });
         Ok(ConnMeta {
             node: node.to_string(),
-            ip: client_ip(peer, header("x-forwarded-for"), &trusted),
+            ip: request_ip(trusted_proxies, headers, peer),
             user_agent,
             app_version,
             connected_at: crate::node::now_ms(),
@@ -106,6 +105,12 @@ pub fn parse_net(s: &str) -> Option<Net> {
         return Some(Net(n.trunc()));
     }
     s.parse::<IpAddr>().ok().map(|a| Net(ipnet::IpNet::from(a)))
+}
+
+/// The address of the client behind a request: see `client_ip`.
+pub fn request_ip(trusted_proxies: &[String], headers: &axum::http::HeaderMap, peer: Option<SocketAddr>) -> Option<IpAddr> {
+    let trusted: Vec<Net> = trusted_proxies.iter().filter_map(|p| parse_net(p)).collect();
+    client_ip(peer, headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).map(str::trim), &trusted)
 }
 
 /// The client's address: the peer's, or, when the peer is a trusted proxy, the right-most

@@ -901,7 +901,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description rate_limit_exceeded (with Retry-After) */
+            /** @description rate_limits.admin_sign_in exceeded for this address */
             429: {
                 headers: {
                     [name: string]: unknown;

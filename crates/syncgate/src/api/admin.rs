@@ -5,9 +5,10 @@
 //! Must never: start a session without a valid admin key, or answer a sign-in from another
 //! origin.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -35,14 +36,22 @@ fn session_json(node: &Node, s: &admin::Session) -> Value {
 
 #[utoipa::path(post, path = "/api/v1/admin/session", tag = "admin", request_body = SignIn,
     responses((status = 200, description = "the session, and the session cookie", body = super::schemas::SessionAnswer),
-        (status = 401, description = "wrong admin key"), (status = 403, description = "cross-origin sign-in")))]
+        (status = 401, description = "wrong admin key"), (status = 403, description = "cross-origin sign-in"),
+        (status = 429, description = "rate_limits.admin_sign_in exceeded for this address")))]
 pub async fn sign_in(
     State(node): State<Arc<Node>>,
     Extension(sessions): Extension<Arc<Sessions>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: axum::http::HeaderMap,
     body: JsonBody<SignIn>,
 ) -> ApiResult<Response> {
     admin::check_origin(&headers)?;
+    if let Some(ip) = crate::meta::request_ip(&node.cfg.server.trusted_proxies, &headers, peer.map(|p| p.0 .0)) {
+        node.limits
+            .admin_sign_in
+            .check(&ip, &node.metrics)
+            .map_err(|r| ApiError::rate_limited(r, "too many sign-in attempts from this address"))?;
+    }
     if !node.auth.has_admin_keys() {
         return Err(Error::unauthorized("the admin UI is disabled: set admin.keys").into());
     }

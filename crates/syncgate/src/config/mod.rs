@@ -177,6 +177,8 @@ pub struct RateLimits {
     pub client_frames_strikes: u32,
     pub api_per_user: RateSetting,
     pub api_per_key: RateSetting,
+    /// Admin UI sign-in attempts per client address.
+    pub admin_sign_in: RateSetting,
 }
 
 impl Default for RateLimits {
@@ -188,6 +190,7 @@ impl Default for RateLimits {
             client_frames_strikes: 20,
             api_per_user: RateSetting::new(100, Duration::from_secs(60), 100),
             api_per_key: RateSetting::off(),
+            admin_sign_in: RateSetting::new(10, Duration::from_secs(60), 10),
         }
     }
 }
