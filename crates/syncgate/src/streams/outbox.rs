@@ -18,8 +18,13 @@
 //! - control items (replies, errors, pongs, heartbeat pings) have `headroom` extra slots
 //!   above `limit`, so an answer queued during a replay or a burst never closes a reader.
 //!
+//! Direct writes: when nothing is queued and the connection's task is not writing, an item
+//! is written straight into the socket from the delivery path (a non-blocking write through
+//! the transport's [`Direct`]), so a delivery to a connection that keeps up costs one system
+//! call and no task wake-up. What the socket does not take is queued, in order, for the task.
+//!
 //! Must never: hold more than `limit + headroom` items, or block: everything here runs under
-//! a short mutex from delivery paths.
+//! a short mutex from delivery paths (a direct write is a non-blocking system call).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,6 +50,8 @@ pub enum Outgoing {
     Ping,
     /// The answer to a client's WebSocket ping, with its payload.
     Pong(Bytes),
+    /// The rest of an item a direct write wrote only in part, already in wire form.
+    Raw(Bytes),
 }
 
 impl Outgoing {
@@ -53,8 +60,32 @@ impl Outgoing {
     }
 }
 
+/// What a direct write did.
+#[derive(Debug)]
+pub enum Sent {
+    /// The whole item is in the socket.
+    All,
+    /// The socket took part of it: these bytes are left to write, first.
+    Part(Bytes),
+    /// Nothing was written (the socket is full, or failed: the task finds out).
+    Nothing,
+}
+
+/// A connection's socket as the delivery paths see it (implemented by the transport, which
+/// encodes the item in the connection's wire format).
+pub trait Direct: Send + Sync {
+    /// Writes `item` without blocking, as far as the socket takes it.
+    fn try_send(&self, item: &Outgoing) -> Sent;
+}
+
 pub(crate) struct Outbox {
     pub items: VecDeque<Outgoing>,
+    /// Set while the connection's task holds bytes it has not written yet: direct writes
+    /// wait (queue) until it is done, so bytes never interleave.
+    pub busy: bool,
+    /// The socket, for direct writes; None before the transport sets it and after the task
+    /// stops writing (closing), so the socket is never written by two parties.
+    pub direct: Option<Box<dyn Direct>>,
     pub close: Option<Close>,
     pub user: StreamPos,
     pub rooms: Vec<(Arc<str>, Option<StreamPos>)>,
@@ -90,6 +121,8 @@ pub struct Conn {
 /// What `offer` did with an item.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Offer {
+    /// Written into the socket at once.
+    Sent,
     Queued,
     Skipped,
     /// The queue was full: the connection is now closing with 4008.
@@ -114,7 +147,14 @@ impl Conn {
             last_seen: AtomicU64::new(0),
             limit,
             any_behind: AtomicBool::new(user_pos.behind),
-            out: Mutex::new(Outbox { items: VecDeque::new(), close: None, user: user_pos, rooms: Vec::new() }),
+            out: Mutex::new(Outbox {
+                items: VecDeque::new(),
+                busy: false,
+                direct: None,
+                close: None,
+                user: user_pos,
+                rooms: Vec::new(),
+            }),
             notify: Notify::new(),
             meta: std::sync::OnceLock::new(),
         }
@@ -130,13 +170,41 @@ impl Conn {
         self
     }
 
+    /// Gives delivery paths the socket for direct writes (the transport, once the
+    /// connection's task runs).
+    pub fn set_direct(&self, direct: Box<dyn Direct>) {
+        self.out.lock().direct = Some(direct);
+    }
+
+    /// Ends direct writes: from now on only the connection's task writes (it is closing).
+    pub fn stop_direct(&self) {
+        self.out.lock().direct = None;
+    }
+
+    /// The connection's task has written everything it took: direct writes may go again.
+    pub fn write_done(&self) {
+        self.out.lock().busy = false;
+    }
+
     /// Queues an item that is not part of a sequenced stream (a reply, a transient event).
     pub fn push(&self, item: Outgoing) -> Offer {
+        self.push_with(item, true)
+    }
+
+    /// `push`, writing directly into the socket only if `direct` allows it.
+    pub fn push_with(&self, item: Outgoing, direct: bool) -> Offer {
         let mut out = self.out.lock();
-        let r = push_locked(&mut out, self.limit, item);
+        let r = push_locked(&mut out, self.limit, item, direct);
         drop(out);
-        self.notify.notify_one();
+        self.wake(&r);
         r
+    }
+
+    /// Wakes the connection's task when there is something new for it.
+    fn wake(&self, r: &Offer) {
+        if *r != Offer::Sent {
+            self.notify.notify_one();
+        }
     }
 
     /// Queues a reply (a serialized protocol message for this connection only).
@@ -145,8 +213,9 @@ impl Conn {
     }
 
     /// Offers event `seq` of a stream, applying the delivery rule of this module. `silent`
-    /// advances the position without queuing the event (the publisher's own message).
-    pub fn offer(&self, stream: &StreamRef, seq: u64, event: &Arc<Event>, silent: bool) -> Offer {
+    /// advances the position without queuing the event (the publisher's own message);
+    /// `direct` allows writing it straight into the socket.
+    pub fn offer(&self, stream: &StreamRef, seq: u64, event: &Arc<Event>, silent: bool, direct: bool) -> Offer {
         let mut out = self.out.lock();
         if out.close.is_some() {
             return Offer::Skipped;
@@ -159,8 +228,8 @@ impl Conn {
                 // Joined without a position: live only, in arrival order.
                 Some((_, None)) if silent => return Offer::Skipped,
                 Some((_, None)) => {
-                    let r = push_locked(out, self.limit, Outgoing::Event(event.clone()));
-                    self.notify.notify_one();
+                    let r = push_locked(out, self.limit, Outgoing::Event(event.clone()), direct);
+                    self.wake(&r);
                     return r;
                 }
                 None => return Offer::Skipped,
@@ -180,8 +249,8 @@ impl Conn {
         if silent {
             return Offer::Skipped;
         }
-        let r = push_locked(out, self.limit, Outgoing::Event(event.clone()));
-        self.notify.notify_one();
+        let r = push_locked(out, self.limit, Outgoing::Event(event.clone()), direct);
+        self.wake(&r);
         r
     }
 
@@ -210,7 +279,7 @@ impl Conn {
         let mut out = self.out.lock();
         if out.close.is_none() {
             if !reason.flushes_queue() {
-                out.items.clear();
+                drop_queue(&mut out.items);
             }
             out.close = Some(reason);
         }
@@ -238,6 +307,9 @@ impl Conn {
         let mut out = self.out.lock();
         let n = out.items.len().min(max);
         into.extend(out.items.drain(..n));
+        if n > 0 {
+            out.busy = true; // until the task has written them (`write_done`)
+        }
         if out.items.is_empty() && out.items.capacity() > 0 {
             out.items = VecDeque::new(); // an idle connection keeps no queue memory
         }
@@ -294,6 +366,9 @@ impl Conn {
         let (first, head) = page;
         let mut guard = self.out.lock();
         let out = &mut *guard;
+        if out.close.is_some() {
+            return 0; // closing: nothing more is queued
+        }
         let pos = match stream {
             StreamRef::User => &mut out.user,
             StreamRef::Room(name) => match out.rooms.iter_mut().find(|(n, _)| n == name) {
@@ -366,13 +441,32 @@ impl Conn {
     }
 }
 
-fn push_locked(out: &mut Outbox, limit: usize, item: Outgoing) -> Offer {
+/// Drops what is queued, except the rest of a frame a direct write began (the close frame
+/// that follows must start on a frame boundary).
+fn drop_queue(items: &mut VecDeque<Outgoing>) {
+    let keep = usize::from(matches!(items.front(), Some(Outgoing::Raw(_))));
+    items.truncate(keep);
+}
+
+fn push_locked(out: &mut Outbox, limit: usize, item: Outgoing, direct: bool) -> Offer {
     if out.close.is_some() {
         return Offer::Skipped;
     }
+    if direct && out.items.is_empty() && !out.busy {
+        if let Some(direct) = &out.direct {
+            match direct.try_send(&item) {
+                Sent::All => return Offer::Sent,
+                Sent::Part(rest) => {
+                    out.items.push_back(Outgoing::Raw(rest));
+                    return Offer::Queued;
+                }
+                Sent::Nothing => {}
+            }
+        }
+    }
     let cap = if item.is_control() { limit + headroom(limit) } else { limit };
     if out.items.len() >= cap {
-        out.items.clear();
+        drop_queue(&mut out.items);
         out.close = Some(close::SLOW);
         return Offer::Overflow;
     }
@@ -412,6 +506,7 @@ mod tests {
                 Outgoing::Reply(_) => "reply".into(),
                 Outgoing::Ping => "ping".into(),
                 Outgoing::Pong(_) => "pong".into(),
+                Outgoing::Raw(_) => "raw".into(),
             })
             .collect()
     }
@@ -423,15 +518,15 @@ mod tests {
     #[test]
     fn in_order_duplicates_and_gaps() {
         let c = conn(10, 5);
-        assert_eq!(c.offer(&StreamRef::User, 6, &f(6), false), Offer::Queued);
-        assert_eq!(c.offer(&StreamRef::User, 6, &f(6), false), Offer::Skipped);
-        assert_eq!(c.offer(&StreamRef::User, 8, &f(8), false), Offer::Skipped);
+        assert_eq!(c.offer(&StreamRef::User, 6, &f(6), false, true), Offer::Queued);
+        assert_eq!(c.offer(&StreamRef::User, 6, &f(6), false, true), Offer::Skipped);
+        assert_eq!(c.offer(&StreamRef::User, 8, &f(8), false, true), Offer::Skipped);
         assert_eq!(c.next_fill(), Some((StreamRef::User, 6, 4)));
         // A live 7 arriving while behind is not queued: the fill will bring it.
-        assert_eq!(c.offer(&StreamRef::User, 7, &f(7), false), Offer::Skipped);
+        assert_eq!(c.offer(&StreamRef::User, 7, &f(7), false, true), Offer::Skipped);
         c.apply_fill(&StreamRef::User, 6, (1, 8), vec![(7, f(7)), (8, f(8))], true);
         assert_eq!(c.next_fill(), None);
-        assert_eq!(c.offer(&StreamRef::User, 9, &f(9), false), Offer::Queued);
+        assert_eq!(c.offer(&StreamRef::User, 9, &f(9), false, true), Offer::Queued);
         assert_eq!(drain(&c), ids(&[6, 7, 8, 9]));
     }
 
@@ -439,7 +534,7 @@ mod tests {
     fn fill_that_misses_a_concurrent_event_stays_behind() {
         let c = Conn::new(1, "u".into(), None, u64::MAX, 10, StreamPos::resume_from(0));
         // Event 3 is offered while the catch-up read (which saw 1..2) is in flight.
-        c.offer(&StreamRef::User, 3, &f(3), false);
+        c.offer(&StreamRef::User, 3, &f(3), false, true);
         c.apply_fill(&StreamRef::User, 0, (1, 2), vec![(1, f(1)), (2, f(2))], true);
         assert_eq!(c.next_fill(), Some((StreamRef::User, 2, 3)));
         c.apply_fill(&StreamRef::User, 2, (1, 3), vec![(3, f(3))], true);
@@ -451,11 +546,11 @@ mod tests {
     fn holes_left_by_expired_messages_are_skipped_not_waited_for() {
         let c = Conn::new(1, "u".into(), None, u64::MAX, 10, StreamPos::resume_from(0));
         // 2 expired (own ttl); 5 was offered live but expired before the read.
-        c.offer(&StreamRef::User, 5, &f(5), false);
+        c.offer(&StreamRef::User, 5, &f(5), false, true);
         let trimmed = c.apply_fill(&StreamRef::User, 0, (1, 5), vec![(1, f(1)), (3, f(3)), (4, f(4))], true);
         assert_eq!(trimmed, 2);
         assert_eq!(c.next_fill(), None, "no endless catch-up");
-        assert_eq!(c.offer(&StreamRef::User, 6, &f(6), false), Offer::Queued);
+        assert_eq!(c.offer(&StreamRef::User, 6, &f(6), false, true), Offer::Queued);
         assert_eq!(drain(&c), ids(&[1, 3, 4, 6]));
     }
 
@@ -532,14 +627,83 @@ mod tests {
         assert_eq!(got.len(), 1000);
     }
 
+    /// A socket that takes `room` more bytes, counting each item as `item_len` bytes.
+    struct Socket {
+        room: Mutex<usize>,
+        item_len: usize,
+        written: Mutex<Vec<String>>,
+    }
+
+    impl Direct for Arc<Socket> {
+        fn try_send(&self, item: &Outgoing) -> Sent {
+            let mut room = self.room.lock();
+            let name = match item {
+                Outgoing::Event(e) => e.id.to_string(),
+                _ => "other".into(),
+            };
+            if *room == 0 {
+                return Sent::Nothing;
+            }
+            let n = self.item_len.min(*room);
+            *room -= n;
+            self.written.lock().push(name);
+            if n == self.item_len {
+                Sent::All
+            } else {
+                Sent::Part(Bytes::from(vec![b'r'; self.item_len - n]))
+            }
+        }
+    }
+
+    #[test]
+    fn direct_writes_keep_order_with_partial_writes_and_the_task() {
+        let c = conn(8, 0);
+        let sock = Arc::new(Socket { room: Mutex::new(25), item_len: 10, written: Mutex::new(vec![]) });
+        c.set_direct(Box::new(sock.clone()));
+        // 1 and 2 go straight into the socket; 3 only in part (its rest is queued first);
+        // 4 and 5 are queued behind it, not written around it.
+        assert_eq!(c.offer(&StreamRef::User, 1, &f(1), false, true), Offer::Sent);
+        assert_eq!(c.offer(&StreamRef::User, 2, &f(2), false, true), Offer::Sent);
+        assert_eq!(c.offer(&StreamRef::User, 3, &f(3), false, true), Offer::Queued);
+        *sock.room.lock() = 1000;
+        assert_eq!(c.offer(&StreamRef::User, 4, &f(4), false, true), Offer::Queued);
+        assert_eq!(c.push(Outgoing::Event(f(50))), Offer::Queued, "a transient event too");
+        assert_eq!(*sock.written.lock(), ids(&[1, 2, 3]));
+        // The task takes the queue: until it has written it, nothing goes direct.
+        let mut taken = Vec::new();
+        c.take(&mut taken, 10);
+        assert!(matches!(taken[0], Outgoing::Raw(ref r) if r.len() == 5));
+        assert_eq!(taken.len(), 3);
+        assert_eq!(c.offer(&StreamRef::User, 5, &f(5), false, true), Offer::Queued);
+        c.write_done();
+        assert_eq!(drain(&c), ids(&[5]));
+        c.write_done();
+        assert_eq!(c.offer(&StreamRef::User, 6, &f(6), false, true), Offer::Sent);
+        // Once the task stops direct writes (closing), everything is queued for it.
+        c.stop_direct();
+        assert_eq!(c.offer(&StreamRef::User, 7, &f(7), false, true), Offer::Queued);
+        assert_eq!(*sock.written.lock(), ids(&[1, 2, 3, 6]));
+    }
+
+    #[test]
+    fn a_close_that_drops_the_queue_keeps_the_rest_of_a_begun_frame() {
+        let c = conn(8, 0);
+        let sock = Arc::new(Socket { room: Mutex::new(4), item_len: 10, written: Mutex::new(vec![]) });
+        c.set_direct(Box::new(sock));
+        assert_eq!(c.offer(&StreamRef::User, 1, &f(1), false, true), Offer::Queued);
+        assert_eq!(c.offer(&StreamRef::User, 2, &f(2), false, true), Offer::Queued);
+        c.close(close::SLOW);
+        assert_eq!(drain(&c), vec!["raw".to_string()], "the frame is completed, the rest dropped");
+    }
+
     #[test]
     fn live_events_past_the_limit_close_with_4008_but_control_items_fit_above_it() {
         let c = conn(4, 0);
         for i in 1..=4 {
-            assert_eq!(c.offer(&StreamRef::User, i, &f(i), false), Offer::Queued);
+            assert_eq!(c.offer(&StreamRef::User, i, &f(i), false, true), Offer::Queued);
         }
         assert_eq!(c.push(Outgoing::Ping), Offer::Queued, "a ping fits in the headroom");
-        assert_eq!(c.offer(&StreamRef::User, 5, &f(5), false), Offer::Overflow);
+        assert_eq!(c.offer(&StreamRef::User, 5, &f(5), false, true), Offer::Overflow);
         assert_eq!(c.closing(), Some(close::SLOW));
         assert!(drain(&c).is_empty(), "a slow reader's queue is dropped");
     }

@@ -13,6 +13,11 @@
 //! frames are handled one at a time, in order; while one is being handled, the socket is not
 //! read (TCP pushes back on the client).
 //!
+//! When nothing is queued and this task holds nothing unwritten, delivery paths (a user's
+//! stream, small fan-outs, replies) write into the socket themselves (`Socket`, the outbox's `Direct`): a device that keeps up gets each
+//! event with one system call and this task is not woken. The task takes over (and direct
+//! writes wait) whenever the socket is full or items are queued, and for good once it closes.
+//!
 //! Events are turned into bytes here, at write time, in the encoding this connection
 //! negotiated; each event caches each encoding, so it is encoded once for all recipients.
 //!
@@ -34,6 +39,7 @@ use super::deflate;
 use crate::close::{self, Close};
 use crate::event::Encoding;
 use crate::hub::{Conn, Outgoing};
+use crate::streams::outbox::{Direct, Sent};
 use crate::node::Node;
 use crate::protocol;
 use crate::session::{Handled, Later, Session};
@@ -57,7 +63,8 @@ pub struct Connection {
 
 /// The socket side: the stream, the decoder, and what is being written.
 struct Io {
-    stream: TcpStream,
+    /// Shared with the outbox's direct writer (`Socket`) while the connection is open.
+    stream: Arc<TcpStream>,
     decoder: Decoder,
     /// Frames taken from the outbox and not fully written yet; `offset` into the first.
     pending: Vec<Bytes>,
@@ -79,12 +86,15 @@ impl Connection {
         if !leftover.is_empty() {
             decoder.feed(&leftover);
         }
+        let stream = Arc::new(stream);
         Connection { io: Io { stream, decoder, pending: Vec::new(), offset: 0, max_frame, deflate }, session }
     }
 
     pub async fn run(mut self, hub: Arc<crate::hub::Hub>, node: Arc<Node>) {
         let conn = self.session.conn().clone();
+        conn.set_direct(Box::new(Socket { stream: self.io.stream.clone(), deflate: self.io.deflate }));
         let end = serve(&mut self.io, &mut self.session, &node).await;
+        conn.stop_direct();
         if let Some(c) = end {
             Box::pin(self.io.finish(&conn, c)).await;
         }
@@ -145,6 +155,7 @@ async fn serve(io: &mut Io, session: &mut Session, node: &Arc<Node>) -> Option<C
                 Err(_) => return None,
             }
             if io.pending.is_empty() {
+                conn.write_done();
                 continue; // look for more queued items before sleeping
             }
             // Blocked on a full socket: if the connection must close, bound the wait.
@@ -225,8 +236,9 @@ impl Io {
                         Some(c) => codec::close_frame(c, ""),
                         None => codec::encode(codec::OP_CLOSE, &[]),
                     };
+                    session.conn().stop_direct();
                     if Box::pin(self.write_all_now(&frame)).await.is_ok() {
-                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.stream).await;
+                        self.shutdown_write();
                     }
                     return Input::Gone;
                 }
@@ -240,7 +252,7 @@ impl Io {
         let mut items = Vec::new();
         let close = conn.take(&mut items, MAX_IOV);
         let deflate = self.deflate.as_ref();
-        self.pending.extend(items.into_iter().map(|i| wire(i, deflate)));
+        self.pending.extend(items.iter().map(|i| wire(i, deflate)));
         if self.pending.is_empty() {
             close
         } else {
@@ -319,27 +331,32 @@ impl Io {
         Ok(())
     }
 
+    /// Half-closes the socket: the peer reads EOF after what was written.
+    fn shutdown_write(&self) {
+        let _ = socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write);
+    }
+
     /// Sends what is still queued (unless the close drops it) and a close frame, shuts the
     /// write side down, then reads until the client's Close frame (or EOF, or `CLOSE_WAIT`)
     /// and closes TCP at once (RFC 6455 section 7.1.1). Data frames that arrive meanwhile
     /// are dropped; after a protocol violation the input cannot be framed any more, so it is
     /// only drained until EOF.
     async fn finish(&mut self, conn: &Conn, c: Close) {
-        // Items queued before the close (e.g. the error frames that led to it) go first.
-        if c.flushes_queue() {
-            loop {
-                let before = self.pending.len();
-                self.take(conn);
-                if self.pending.len() == before {
-                    break;
-                }
+        // Items queued before the close (e.g. the error frames that led to it) go first. A
+        // close that drops the queue left in it at most the rest of a frame a direct write
+        // began, which must be completed before the close frame.
+        loop {
+            let before = self.pending.len();
+            self.take(conn);
+            if self.pending.len() == before {
+                break;
             }
         }
         let frame = codec::close_frame(c.code, c.reason);
         if self.write_all_now(&frame).await.is_err() {
             return;
         }
-        let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.stream).await;
+        self.shutdown_write();
         let mut framed = c.code != close::PROTOCOL && c.code != close::INVALID_DATA;
         let _ = tokio::time::timeout(CLOSE_WAIT, async {
             let mut buf = [0u8; 1024];
@@ -371,15 +388,33 @@ impl Io {
 /// The bytes of one queued item on a connection (`deflate`: it negotiated permessage-deflate
 /// with these settings, which are the node's, so the deflated form of an event is the same
 /// for every such connection and is cached in the event).
-fn wire(item: Outgoing, deflate: Option<&deflate::Settings>) -> Bytes {
+fn wire(item: &Outgoing, deflate: Option<&deflate::Settings>) -> Bytes {
     match (item, deflate) {
         (Outgoing::Event(ev), None) => ev.encoded(Encoding::WsText, |e| codec::text(&protocol::event(e))),
         (Outgoing::Event(ev), Some(s)) => {
             ev.encoded(Encoding::WsDeflate, |e| deflate::text_frame(&protocol::event(e), s))
         }
-        (Outgoing::Reply(msg), Some(s)) => deflate::text_frame(&msg, s),
-        (Outgoing::Reply(msg), None) => codec::text(&msg),
+        (Outgoing::Reply(msg), Some(s)) => deflate::text_frame(msg, s),
+        (Outgoing::Reply(msg), None) => codec::text(msg),
         (Outgoing::Ping, _) => codec::ping_frame(),
-        (Outgoing::Pong(p), _) => codec::encode(codec::OP_PONG, &p),
+        (Outgoing::Pong(p), _) => codec::encode(codec::OP_PONG, p),
+        (Outgoing::Raw(b), _) => b.clone(),
+    }
+}
+
+/// The socket as delivery paths write it directly (see the module docs).
+struct Socket {
+    stream: Arc<TcpStream>,
+    deflate: Option<deflate::Settings>,
+}
+
+impl Direct for Socket {
+    fn try_send(&self, item: &Outgoing) -> Sent {
+        let bytes = wire(item, self.deflate.as_ref());
+        match self.stream.try_write(&bytes) {
+            Ok(n) if n == bytes.len() => Sent::All,
+            Ok(n) => Sent::Part(bytes.slice(n..)),
+            Err(_) => Sent::Nothing,
+        }
     }
 }
