@@ -285,20 +285,22 @@ impl Hub {
     /// Delivers an event to every local connection whose metadata passes `filter` (parsed once
     /// per message; matching allocates nothing).
     pub fn deliver_all_where(&self, ev: &Arc<Event>, filter: &crate::meta::Where) -> usize {
-        let n = self
-            .conns
-            .iter()
-            .filter(|c| c.meta.get().is_some_and(|m| filter.matches(m)))
-            .map(|c| self.count_offer(c.push(Outgoing::Event(ev.clone()))))
-            .sum();
-        self.metrics.messages_out.inc_by(n as u64);
-        n
+        self.deliver_to_all(ev, Some(filter))
     }
 
     /// Delivers an event to every local connection.
     pub fn deliver_all(&self, ev: &Arc<Event>) -> usize {
+        self.deliver_to_all(ev, None)
+    }
+
+    fn deliver_to_all(&self, ev: &Arc<Event>, filter: Option<&crate::meta::Where>) -> usize {
         let direct = self.conns.len() < LARGE_FANOUT;
-        let n = self.conns.iter().map(|c| self.count_offer(c.push_with(Outgoing::Event(ev.clone()), direct))).sum();
+        let n = self
+            .conns
+            .iter()
+            .filter(|c| filter.is_none_or(|f| c.meta.get().is_some_and(|m| f.matches(m))))
+            .map(|c| self.count_offer(c.push_with(Outgoing::Event(ev.clone()), direct)))
+            .sum();
         self.metrics.messages_out.inc_by(n as u64);
         n
     }
