@@ -265,7 +265,6 @@ impl Hub {
         n
     }
 
-
     /// Delivers a room event to the room's local members, except connection `except`.
     pub fn deliver_room(&self, room: &str, seq: Option<u64>, ev: &Arc<Event>, except: Option<u64>) -> usize {
         let Some(members) = self.rooms.get(room) else {

@@ -39,10 +39,10 @@ use super::deflate;
 use crate::close::{self, Close};
 use crate::event::Encoding;
 use crate::hub::{Conn, Outgoing};
-use crate::streams::outbox::{Direct, Sent};
 use crate::node::Node;
 use crate::protocol;
 use crate::session::{Handled, Later, Session};
+use crate::streams::outbox::{Direct, Sent};
 
 /// Frames written in one system call at most.
 const MAX_IOV: usize = 64;
