@@ -108,7 +108,11 @@ pub fn parse_net(s: &str) -> Option<Net> {
 }
 
 /// The address of the client behind a request: see `client_ip`.
-pub fn request_ip(trusted_proxies: &[String], headers: &axum::http::HeaderMap, peer: Option<SocketAddr>) -> Option<IpAddr> {
+pub fn request_ip(
+    trusted_proxies: &[String],
+    headers: &axum::http::HeaderMap,
+    peer: Option<SocketAddr>,
+) -> Option<IpAddr> {
     let trusted: Vec<Net> = trusted_proxies.iter().filter_map(|p| parse_net(p)).collect();
     client_ip(peer, headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).map(str::trim), &trusted)
 }
