@@ -24,6 +24,7 @@ mod suite;
 mod sys;
 mod target;
 mod token;
+mod webhooks;
 mod worker;
 
 use std::path::PathBuf;
@@ -51,6 +52,8 @@ enum Cmd {
     Suite(SuiteArgs),
     /// Run one scenario with the given sizes and print its figures as JSON.
     Run(RunArgs),
+    /// Webhook deliveries per second, and the publish latency webhooks add (JSON).
+    Webhooks(WebhooksArgs),
     /// (internal) A worker process of the generator, driven over stdin/stdout.
     #[command(hide = true)]
     Worker {
@@ -107,6 +110,21 @@ struct SuiteArgs {
     /// File name (without extension); default: today's date (UTC).
     #[arg(long)]
     name: Option<String>,
+}
+
+#[derive(Args)]
+struct WebhooksArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Webhooks queued, then drained, for the deliveries-per-second figure.
+    #[arg(long, default_value_t = 20_000)]
+    events: u64,
+    /// Timed publishes per latency run.
+    #[arg(long, default_value_t = 3000)]
+    samples: u64,
+    /// Timed publishes per second, and the rate of each background load.
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -192,6 +210,13 @@ fn main() -> ExitCode {
         match cli.command {
             Cmd::Suite(a) => run_suite(a).await,
             Cmd::Run(a) => run_one(a).await,
+            Cmd::Webhooks(a) => {
+                let ctx = ctx(&a.common, false)?;
+                let o = webhooks::Options { events: a.events, samples: a.samples, rate: a.rate };
+                let r = webhooks::run(&ctx.progs, o).await?;
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                Ok(true)
+            }
             Cmd::Worker { .. } => unreachable!(),
         }
     });

@@ -25,7 +25,8 @@ pub enum StreamName {
 }
 
 /// Message priority (contract: `high | normal | low`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Priority {
     High,
     #[default]

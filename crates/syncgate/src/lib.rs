@@ -26,6 +26,12 @@
 //!   embedded redb for one node).
 //! - [`meta`]: what a connection records (address, app version, the token's `meta`) and
 //!   the `where` filter of broadcasts.
+//! - [`push`]: push registrations and providers (Web Push, FCM, APNs) for devices that
+//!   are not connected.
+//! - [`queue`]: the durable outbound job queue (webhooks, push sends, delayed publishes),
+//!   its workers, retries, circuit breakers and dead letters (`Queue` trait; embedded, Redis).
+//! - [`delayed`]: publishes with `delay_s` / `deliver_at`, run as queue jobs.
+//! - [`webhooks`]: the gateway's events to the app (Standard Webhooks), the connect proxy.
 //! - [`auth`], [`limits`], [`metrics`], [`config`], [`error`], [`close`]: the cross-cutting
 //!   parts; [`names`]: the one rule for user ids, client ids and room names.
 
@@ -35,6 +41,7 @@ pub mod auth;
 pub mod broker;
 pub mod close;
 pub mod config;
+pub mod delayed;
 pub mod error;
 pub mod event;
 pub mod hub;
@@ -45,9 +52,12 @@ pub mod names;
 pub mod node;
 pub mod presence;
 pub mod protocol;
+pub mod push;
+pub mod queue;
 pub mod redis_conn;
 pub mod server;
 pub mod session;
 pub mod store;
 pub mod streams;
 pub mod transport;
+pub mod webhooks;

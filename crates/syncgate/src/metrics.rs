@@ -47,9 +47,11 @@ pub struct Metrics {
     pub client_errors: Family<KindLabels, Counter>,
     pub replayed: Counter,
     pub trimmed: Counter<u64, AtomicU64>,
+    pub queue: std::sync::Arc<crate::queue::metrics::QueueMetrics>,
     /// Requests answered 503 (or let through, by `limits.presence_failure`) because the
     /// broker or presence could not serve, by path.
     pub dependency_failures: Family<KindLabels, Counter>,
+    pub push: std::sync::Arc<crate::push::metrics::PushMetrics>,
 }
 
 impl Metrics {
@@ -74,7 +76,9 @@ impl Metrics {
             client_errors: Family::default(),
             replayed: Counter::default(),
             trimmed: Counter::default(),
+            queue: Default::default(),
             dependency_failures: Family::default(),
+            push: Default::default(),
             registry: Registry::default(),
         };
         registry.register("websocket_connections", "Open WebSocket connections", m.connections.clone());
@@ -110,11 +114,13 @@ impl Metrics {
             "Messages a resuming connection missed because retention removed them",
             m.trimmed.clone(),
         );
+        m.queue.register(&mut registry);
         registry.register(
             "dependency_failures",
             "Publishes, disconnects and admission checks the broker or presence could not serve, by path",
             m.dependency_failures.clone(),
         );
+        m.push.register(&mut registry);
         Metrics { registry, ..m }
     }
 

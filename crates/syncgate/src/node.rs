@@ -37,6 +37,11 @@ pub struct Node {
     pub streams: Streams,
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn Presence>,
+    /// The outbound queue's workers (webhooks, push sends, delayed publishes).
+    pub workers: Arc<crate::queue::Workers>,
+    /// Webhook events; the hooks below call it.
+    pub events: Arc<crate::webhooks::Events>,
+    pub push: Arc<crate::push::Push>,
     pub auth: Auth,
     pub limits: Limiters,
     pub metrics: Arc<Metrics>,
@@ -52,6 +57,10 @@ pub struct Backends {
     pub store: Arc<dyn Store>,
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn Presence>,
+    pub queue: Arc<dyn crate::queue::Queue>,
+    pub online: Arc<dyn crate::webhooks::online::OnlineMarks>,
+    /// Push registrations (on the same backend) and providers.
+    pub push: Arc<crate::push::Push>,
 }
 
 /// What to publish.
@@ -80,8 +89,11 @@ impl Node {
         metrics: Arc<Metrics>,
     ) -> Self {
         let limits = Limiters::new(&cfg.rate_limits);
-        let Backends { store, broker, presence } = backends;
+        let Backends { store, broker, presence, queue, online, push } = backends;
         let streams = Streams::new(store.clone(), cfg.limits.max_devices_per_user, metrics.clone());
+        let workers = crate::queue::Workers::new(queue, &cfg.queue, metrics.queue.clone());
+        let events =
+            Arc::new(crate::webhooks::Events::new(&cfg, &instance_id, workers.clone(), presence.clone(), online));
         Node {
             cfg,
             instance_id,
@@ -90,6 +102,9 @@ impl Node {
             streams,
             broker,
             presence,
+            workers,
+            events,
+            push,
             auth,
             limits,
             metrics,
@@ -168,6 +183,7 @@ impl Node {
                 self.fan_out(Envelope::new(target, Some(seq), event(id.clone()), msg.except)).await.ok();
                 ids.push(id);
             }
+            self.events.persisted_to_users(users, &ids, &msg, ts);
         } else {
             // One live-only event for all: the same id, encoded once for every recipient.
             let id = self.transient_id();

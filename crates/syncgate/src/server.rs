@@ -30,8 +30,11 @@ use crate::metrics::Metrics;
 use crate::node::{Backends, Node};
 use crate::presence::local::LocalPresence;
 use crate::presence::redis::RedisPresence;
+use crate::queue::embedded::{EmbeddedQueue, EmbeddedQueueOptions};
+use crate::queue::redis::RedisQueue;
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use crate::store::redis::{RedisOptions, RedisStore};
+use crate::webhooks::online::{LocalMarks, RedisMarks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -45,6 +48,10 @@ pub enum ServerError {
     Auth(#[from] crate::auth::AuthError),
     #[error("redis: {0}")]
     Redis(String),
+    #[error("outbound queue: {0}")]
+    Queue(String),
+    #[error("{0}")]
+    Push(#[from] crate::push::PushError),
     #[error("{0}")]
     Insecure(String),
 }
@@ -148,10 +155,10 @@ fn check_private(path: &Path) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Creates the embedded store's file 0600 before the store opens it (an empty file is a
-/// new database), and tightens one that group or others can read.
-fn private_store_file(dir: &Path) -> std::io::Result<()> {
-    let path = dir.join(crate::store::embedded::FILE_NAME);
+/// Creates an embedded database file 0600 before it is opened (an empty file is a new
+/// database), and tightens one that group or others can read.
+fn private_store_file(dir: &Path, name: &str) -> std::io::Result<()> {
+    let path = dir.join(name);
     if !path.exists() {
         write_private(&path, b"")?;
     }
@@ -201,16 +208,27 @@ pub fn instance_id(cfg: &Config) -> String {
 }
 
 /// One node on the embedded store: everything in this process.
-fn single_node(cfg: &Config, hub: &Arc<Hub>) -> Result<Backends, ServerError> {
+fn single_node(cfg: &Config, hub: &Arc<Hub>, metrics: &Metrics) -> Result<Backends, ServerError> {
     let dir = cfg.server.data_dir.clone();
     let dd = |source| ServerError::DataDir { path: dir.display().to_string(), source };
     create_private_dir(&dir).map_err(dd)?;
-    private_store_file(&dir).map_err(dd)?;
-    let store = EmbeddedStore::open(EmbeddedOptions { dir, fsync: cfg.store.fsync, max_batch: 1024 })?;
+    for name in
+        [crate::store::embedded::FILE_NAME, crate::queue::embedded::FILE_NAME, crate::push::devices_embedded::FILE_NAME]
+    {
+        private_store_file(&dir, name).map_err(dd)?;
+    }
+    let q = &cfg.queue;
+    let qopts = EmbeddedQueueOptions { max_jobs: q.max_jobs, max_dead: q.max_dead, fsync: cfg.store.fsync };
+    let queue = EmbeddedQueue::open(&dir, qopts).map_err(|e| ServerError::Queue(e.to_string()))?;
+    let store = EmbeddedStore::open(EmbeddedOptions { dir: dir.clone(), fsync: cfg.store.fsync, max_batch: 1024 })?;
+    let devices = Arc::new(crate::push::devices_embedded::EmbeddedDevices::open(&dir)?);
     Ok(Backends {
+        push: Arc::new(crate::push::Push::new(&cfg.push, devices, metrics.push.clone())?),
         store: Arc::new(store),
         broker: Arc::new(MemoryBroker::new(hub.clone())),
         presence: Arc::new(LocalPresence::new(hub.clone())),
+        queue: Arc::new(queue),
+        online: Arc::new(LocalMarks::default()),
     })
 }
 
@@ -220,6 +238,7 @@ async fn cluster(
     hub: &Arc<Hub>,
     instance: &str,
     stop: &CancellationToken,
+    metrics: &Metrics,
 ) -> Result<Backends, ServerError> {
     let r = &cfg.redis;
     let redis_err = |e: &dyn std::fmt::Display| ServerError::Redis(e.to_string());
@@ -250,7 +269,18 @@ async fn cluster(
     let presence = Arc::new(RedisPresence::new(store.connection(), &r.key_prefix, instance));
     presence.spawn(hub.clone(), r.presence_ttl, stop.clone());
     tracing::info!(cluster = store.is_cluster(), sharded_pubsub = broker.is_sharded(), "cluster mode on Redis");
-    Ok(Backends { store: Arc::new(store), broker: Arc::new(broker), presence })
+    let queue = RedisQueue::new(store.connection(), &r.key_prefix, cfg.queue.max_jobs, cfg.queue.max_dead);
+    let online = RedisMarks::new(store.connection(), &r.key_prefix);
+    let devices = Arc::new(crate::push::devices_redis::RedisDevices::new(store.connection(), &r.key_prefix));
+    let push = Arc::new(crate::push::Push::new(&cfg.push, devices, metrics.push.clone())?);
+    Ok(Backends {
+        store: Arc::new(store),
+        broker: Arc::new(broker),
+        presence,
+        queue: Arc::new(queue),
+        online: Arc::new(online),
+        push,
+    })
 }
 
 /// A bound, ready-to-run node.
@@ -274,14 +304,17 @@ impl Server {
         hub.set_instance(&instance);
         let background = CancellationToken::new();
         let backends = if cfg.redis.url.is_empty() {
-            single_node(&cfg, &hub)?
+            single_node(&cfg, &hub, &metrics)?
         } else {
-            cluster(&cfg, &hub, &instance, &background).await?
+            cluster(&cfg, &hub, &instance, &background, &metrics).await?
         };
         let listener = TcpListener::bind(&cfg.server.listen)
             .await
             .map_err(|source| ServerError::Listen { addr: cfg.server.listen.clone(), source })?;
         let node = Arc::new(Node::new(cfg.clone(), instance, hub, backends, auth, metrics));
+        crate::webhooks::install(&node);
+        crate::delayed::install(&node);
+        crate::push::runner::install(&node);
         Ok(Server { node, listener, background, dev })
     }
 
@@ -294,6 +327,8 @@ impl Server {
         let Server { node, listener, background, .. } = self;
         let shutdown = CancellationToken::new();
         node.spawn_housekeeping(shutdown.clone());
+        let queue_stop = CancellationToken::new();
+        let workers = node.workers.spawn(queue_stop.clone(), node.cfg.server.shutdown_grace);
         let router = crate::api::router(node.clone());
         let tracker = TaskTracker::new();
         let http_stop = CancellationToken::new();
@@ -350,6 +385,11 @@ impl Server {
             tracing::warn!(left = node.hub.counts().0, "shutdown grace time over; dropping the rest");
         }
         shutdown.cancel();
+        queue_stop.cancel();
+        let _ = workers.await;
+        if let Err(e) = node.workers.queue().close().await {
+            tracing::warn!(error = %e, "closing the outbound queue failed");
+        }
         background.cancel();
         node.store.close().await?;
         tracing::info!("shutdown complete");

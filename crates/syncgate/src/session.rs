@@ -244,6 +244,7 @@ impl Ops {
 
     async fn publish(&self, kind: &str, data: Bytes, room: Option<&str>) -> Reply {
         self.node.check_type(kind)?;
+        let raw = data.clone();
         let msg =
             Message { kind, data, persist: true, ttl: None, priority: Default::default(), except: Some(self.conn.id) };
         let id = match room {
@@ -261,6 +262,8 @@ impl Ops {
             }
         };
         self.node.count_in("client", 1);
+        let client = self.conn.client_id.as_deref();
+        self.node.events.client_published(&self.conn.user, client, kind, room, &id, &raw);
         Ok(vec![("id", json!(id))])
     }
 }

@@ -6,21 +6,10 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
-use common::proc::{free_port, Proc, BIN};
-use common::{API_KEY, SECRET, T};
+use common::proc::{free_port, token, Proc, BIN};
+use common::{API_KEY, T};
 use serde_json::json;
 use syncgate_client::{Api, Device, DeviceOptions};
-
-fn token(user: &str) -> String {
-    let out = Command::new(BIN)
-        .args(["token", "--user", user, "--rooms", "a,b:*", "--ttl", "10m"])
-        .env("SYNCGATE_JWT_SECRET", SECRET)
-        .env("SYNCGATE_API_KEY", API_KEY)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 #[test]
 fn cli_config_check_default_and_version() {

@@ -264,12 +264,32 @@ impl FromRequestParts<Arc<Node>> for OfflineCaller {
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, Self::Rejection> {
         let pairs = crate::names::query_pairs(parts.uri.query().unwrap_or(""))?;
         let query_user = pairs.into_iter().find(|(k, _)| k == "user_id").map(|(_, v)| v);
-        let Some(credential) = presented_key(&parts.headers) else {
+        OfflineCaller::authenticate(node, &parts.headers, &parts.extensions, query_user)
+    }
+}
+
+impl OfflineCaller {
+    /// Authenticates a device (user JWT) or a backend (API key) acting for `named_user`
+    /// (from the query string, or a body's `user_id`); a user token may only name its own
+    /// user.
+    pub fn authenticate(
+        node: &Node,
+        headers: &HeaderMap,
+        extensions: &axum::http::Extensions,
+        named_user: Option<String>,
+    ) -> Result<Self, ApiError> {
+        let report = |allowed: Option<Allowed>| {
+            if let (Some(a), Some(slot)) = (allowed, extensions.get::<RateSlot>()) {
+                *slot.0.lock() = Some(a);
+            }
+        };
+        let query_user = named_user;
+        let Some(credential) = presented_key(headers) else {
             return Err(Error::unauthorized("missing credentials: a user token or an API key").into());
         };
         if node.auth.is_api_key(credential) {
             let Some(user) = query_user else {
-                return Err(Error::invalid("an API key caller must name the user with ?user_id=").into());
+                return Err(Error::invalid("an API key caller must name the user with user_id").into());
             };
             node.check_name("user_id", &user)?;
             let fp = fingerprint(credential);
@@ -278,7 +298,7 @@ impl FromRequestParts<Arc<Node>> for OfflineCaller {
                 .api_key
                 .check(&Arc::from(fp.as_str()), &node.metrics)
                 .map_err(|r| ApiError::rate_limited(r, "too many requests for this API key"))?;
-            report(parts, allowed);
+            report(allowed);
             return Ok(OfflineCaller { user, bound_client: None });
         }
         let claims = node.auth.verify(credential).map_err(|e| Error::unauthorized(e.to_string()))?;
@@ -294,7 +314,7 @@ impl FromRequestParts<Arc<Node>> for OfflineCaller {
             .api_user
             .check(&Arc::from(claims.sub.as_str()), &node.metrics)
             .map_err(|r| ApiError::rate_limited(r, "too many requests for this user"))?;
-        report(parts, allowed);
+        report(allowed);
         Ok(OfflineCaller { user: claims.sub, bound_client: claims.client_id })
     }
 }

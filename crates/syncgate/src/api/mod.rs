@@ -13,7 +13,9 @@ pub mod error;
 pub mod extract;
 mod offline;
 mod publish;
+mod push;
 mod query;
+mod queue;
 mod schemas;
 
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -42,11 +44,13 @@ use error::ErrorResponses;
         query::presence, query::history, query::user_online, query::disconnect, query::online_users,
         query::stats, query::pubsub_stats, query::offline_stats,
         offline::messages, offline::ack, offline::ack_batch, offline::count,
+        queue::stats, queue::dead, queue::retry_one, queue::retry_all, queue::delete,
+        push::register, push::list, push::unregister,
         health, ready, metrics, openapi_json,
         admin::sign_in, admin::session, admin::sign_out, admin::connections, admin::stream, admin::nodes,
         crate::admin::assets::index, crate::admin::assets::asset,
     ),
-    components(schemas(publish::UserEvent, publish::BatchEvent, publish::BroadcastEvent, publish::RoomEvent, publish::Priority, offline::AckBody, offline::AckBatchBody, admin::SignIn)),
+    components(schemas(publish::UserEvent, publish::BatchEvent, publish::BroadcastEvent, publish::RoomEvent, publish::Priority, offline::AckBody, offline::AckBatchBody, push::RegisterBody, crate::push::Provider, crate::push::Subscription, crate::push::SubscriptionKeys, admin::SignIn)),
     modifiers(&SecurityAddon, &ErrorResponses),
 )]
 pub struct ApiDoc;
@@ -83,6 +87,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/offline/ack"),
     ("post", "/api/v1/offline/ack/batch"),
     ("get", "/api/v1/offline/count"),
+    ("get", "/api/v1/queue/stats"),
+    ("get", "/api/v1/queue/dead"),
+    ("post", "/api/v1/queue/dead/{id}/retry"),
+    ("post", "/api/v1/queue/dead/retry"),
+    ("delete", "/api/v1/queue/dead/{id}"),
+    ("post", "/api/v1/push/devices"),
+    ("get", "/api/v1/push/devices"),
+    ("delete", "/api/v1/push/devices/{client_id}"),
     ("get", "/health"),
     ("get", "/ready"),
     ("get", "/metrics"),
@@ -115,6 +127,13 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/offline/ack", post(offline::ack))
         .route("/api/v1/offline/ack/batch", post(offline::ack_batch))
         .route("/api/v1/offline/count", get(offline::count))
+        .route("/api/v1/queue/stats", get(queue::stats))
+        .route("/api/v1/queue/dead", get(queue::dead))
+        .route("/api/v1/queue/dead/retry", post(queue::retry_all))
+        .route("/api/v1/queue/dead/{id}/retry", post(queue::retry_one))
+        .route("/api/v1/queue/dead/{id}", delete(queue::delete))
+        .route("/api/v1/push/devices", post(push::register).get(push::list))
+        .route("/api/v1/push/devices/{client_id}", delete(push::unregister))
         .route("/api/v1/users/{user_id}/connections", get(admin::connections))
         .route("/api/v1/users/{user_id}/stream", get(admin::stream))
         .route("/api/v1/nodes", get(admin::nodes));

@@ -48,6 +48,10 @@ pub struct UserEvent {
     pub ttl_s: Option<u64>,
     /// Carried in the live event frame; delivery order is per stream whatever the priority.
     pub priority: Option<Priority>,
+    /// Publish this many seconds from now, through the outbound queue (answered with a job id).
+    pub delay_s: Option<u64>,
+    /// Publish at this unix time in ms, through the outbound queue (answered with a job id).
+    pub deliver_at: Option<i64>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -62,6 +66,10 @@ pub struct BatchEvent {
     pub ttl_s: Option<u64>,
     /// Carried in the live event frame; delivery order is per stream whatever the priority.
     pub priority: Option<Priority>,
+    /// As on POST /api/v1/events.
+    pub delay_s: Option<u64>,
+    /// As on POST /api/v1/events.
+    pub deliver_at: Option<i64>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -95,6 +103,10 @@ pub struct RoomEvent {
     pub ttl_s: Option<u64>,
     /// Carried in the live event frame; delivery order is per stream whatever the priority.
     pub priority: Option<Priority>,
+    /// As on POST /api/v1/events.
+    pub delay_s: Option<u64>,
+    /// As on POST /api/v1/events.
+    pub deliver_at: Option<i64>,
 }
 
 fn message<'a>(
@@ -121,6 +133,54 @@ fn message<'a>(
         },
         except: None,
     })
+}
+
+/// When a delayed publish is due (unix ms), or `None` to publish now (no delay, or a
+/// `deliver_at` already past).
+fn deliver_time(node: &Node, delay_s: Option<u64>, deliver_at: Option<i64>) -> Result<Option<i64>, Error> {
+    let max = node.cfg.queue.max_delay;
+    let now = crate::queue::now_ms();
+    let at = match (delay_s, deliver_at) {
+        (Some(_), Some(_)) => return Err(Error::invalid("give delay_s or deliver_at, not both")),
+        (None, None) | (Some(0), None) => return Ok(None),
+        (Some(d), None) => now.saturating_add(i64::try_from(d.saturating_mul(1000)).unwrap_or(i64::MAX)),
+        (None, Some(at)) if at <= now => return Ok(None),
+        (None, Some(at)) => at,
+    };
+    if at - now > max.as_millis() as i64 {
+        return Err(Error::invalid(format!("a publish may be delayed by at most {}", humantime::format_duration(max))));
+    }
+    Ok(Some(at))
+}
+
+fn later(
+    user_ids: Vec<String>,
+    room: Option<String>,
+    msg: &Message<'_>,
+    data: &RawValue,
+    ttl_s: Option<u64>,
+) -> crate::delayed::DelayedPublish {
+    crate::delayed::DelayedPublish {
+        user_ids,
+        room,
+        kind: msg.kind.to_string(),
+        data: data.to_owned(),
+        persist: msg.persist,
+        ttl_s,
+        priority: Some(msg.priority.as_str().to_string()),
+    }
+}
+
+/// Queues a delayed publish: 202 `{"job_id","deliver_at"}`.
+async fn schedule(node: &Node, p: crate::delayed::DelayedPublish, at: i64) -> ApiResult<serde_json::Value> {
+    let prio =
+        p.priority.as_deref().and_then(crate::queue::Priority::of_publish).unwrap_or(crate::queue::Priority::Normal);
+    let payload = serde_json::to_vec(&p).map_err(|e| Error::internal(e.to_string()))?;
+    let job = crate::queue::NewJob::new(crate::queue::JobKind::Publish, crate::delayed::ENDPOINT, payload)
+        .priority(prio)
+        .not_before(at);
+    let id = node.workers.enqueue(job).await.map_err(Error::from)?;
+    Ok(json!({"job_id": id, "deliver_at": at}))
 }
 
 /// Runs `publish` under the request's Idempotency-Key, if it has one.
@@ -246,7 +306,7 @@ fn request_hash(route: &str, raw: &[u8]) -> u64 {
 
 #[utoipa::path(post, path = "/api/v1/events", tag = "publish", request_body = UserEvent,
     params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe publishing")),
-    responses((status = 202, description = "accepted; body {\"id\"}", body = super::schemas::IdAnswer), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429), (status = 503)))]
+    responses((status = 202, description = "accepted; body {\"id\"}, or {\"job_id\",\"deliver_at\"} for a delayed publish", body = super::schemas::PublishAnswer), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429), (status = 503)))]
 pub async fn events(
     State(node): State<Arc<Node>>,
     key: ApiKey,
@@ -257,6 +317,10 @@ pub async fn events(
     idempotent(&node, &key, &headers, "events", &body.raw, async {
         node.check_name("user_id", &b.user_id)?;
         let msg = message(&node, &b.kind, &b.data, b.persist, b.ttl_s, b.priority)?;
+        if let Some(at) = deliver_time(&node, b.delay_s, b.deliver_at)? {
+            let later = later(vec![b.user_id.clone()], None, &msg, &b.data, b.ttl_s);
+            return schedule(&node, later, at).await;
+        }
         let ids = node.publish_users(std::slice::from_ref(&b.user_id), msg).await?;
         node.count_in("api", 1);
         Ok(json!({"id": ids.into_iter().next()}))
@@ -266,7 +330,7 @@ pub async fn events(
 
 #[utoipa::path(post, path = "/api/v1/events/batch", tag = "publish", request_body = BatchEvent,
     params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe publishing")),
-    responses((status = 202, description = "accepted; body {\"ids\":{user_id:id}}", body = super::schemas::IdsAnswer), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429), (status = 503)))]
+    responses((status = 202, description = "accepted; body {\"ids\":{user_id:id}}, or {\"job_id\",\"deliver_at\"} for a delayed publish", body = super::schemas::BatchAnswer), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429), (status = 503)))]
 pub async fn batch(
     State(node): State<Arc<Node>>,
     key: ApiKey,
@@ -299,6 +363,10 @@ pub async fn batch(
             node.check_name("user_id", u)?;
         }
         let msg = message(&node, &b.kind, &b.data, b.persist, b.ttl_s, b.priority)?;
+        if let Some(at) = deliver_time(&node, b.delay_s, b.deliver_at)? {
+            let later = later(users.clone(), None, &msg, &b.data, b.ttl_s);
+            return schedule(&node, later, at).await;
+        }
         let ids = node.publish_users(&users, msg).await?;
         node.count_in("api", users.len() as u64);
         let map: BTreeMap<&String, String> = users.iter().zip(ids).collect();
@@ -338,7 +406,7 @@ pub async fn broadcast(
 
 #[utoipa::path(post, path = "/api/v1/rooms/{room}/events", tag = "publish", request_body = RoomEvent,
     params(("room" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe publishing")),
-    responses((status = 202, description = "accepted; body {\"id\"}", body = super::schemas::IdAnswer), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429), (status = 503)))]
+    responses((status = 202, description = "accepted; body {\"id\"}, or {\"job_id\",\"deliver_at\"} for a delayed publish", body = super::schemas::PublishAnswer), (status = 400), (status = 401), (status = 409), (status = 413), (status = 429), (status = 503)))]
 pub async fn room_events(
     State(node): State<Arc<Node>>,
     key: ApiKey,
@@ -351,6 +419,10 @@ pub async fn room_events(
     idempotent(&node, &key, &headers, &route, &body.raw, async {
         node.check_name("room", &room)?;
         let msg = message(&node, &b.kind, &b.data, b.persist, b.ttl_s, b.priority)?;
+        if let Some(at) = deliver_time(&node, b.delay_s, b.deliver_at)? {
+            let later = later(Vec::new(), Some(room.clone()), &msg, &b.data, b.ttl_s);
+            return schedule(&node, later, at).await;
+        }
         let id = node.publish_room(&room, msg).await?;
         node.count_in("api", 1);
         Ok(json!({"id": id}))

@@ -143,6 +143,126 @@ pub struct ReadyAnswer {
     reason: Option<String>,
 }
 
+/// `{"id"}`, or for a delayed publish (`delay_s` / `deliver_at`) `{"job_id","deliver_at"}`.
+#[derive(ToSchema)]
+pub struct PublishAnswer {
+    id: Option<String>,
+    /// The queue job that publishes later (delayed publishes only).
+    job_id: Option<String>,
+    /// Unix milliseconds (delayed publishes only).
+    deliver_at: Option<i64>,
+}
+
+/// `{"ids":{user_id:id}}`, or for a delayed publish `{"job_id","deliver_at"}`.
+#[derive(ToSchema)]
+pub struct BatchAnswer {
+    ids: Option<BTreeMap<String, String>>,
+    job_id: Option<String>,
+    deliver_at: Option<i64>,
+}
+
+#[derive(ToSchema)]
+pub struct QueueDepth {
+    express: u64,
+    urgent: u64,
+    normal: u64,
+}
+
+#[derive(ToSchema)]
+pub struct Circuit {
+    endpoint: String,
+    /// `closed`, `open` or `half_open`.
+    state: String,
+    /// Consecutive failed attempts.
+    failures: u64,
+}
+
+#[derive(ToSchema)]
+pub struct QueueStatsAnswer {
+    /// Jobs due now, per priority.
+    depth: QueueDepth,
+    /// Jobs due later (delays, retry backoff).
+    delayed: u64,
+    /// Jobs leased to a worker.
+    in_flight: u64,
+    dead: u64,
+    /// Age of the oldest live job, 0 when none.
+    oldest_age_ms: i64,
+    max_jobs: u64,
+    /// Endpoints with failures since their last success, on the answering node.
+    circuits: Vec<Circuit>,
+}
+
+#[derive(ToSchema)]
+pub struct DeadLetter {
+    id: String,
+    /// `webhook`, `push`, `publish` or `undelivered`.
+    kind: String,
+    endpoint: String,
+    /// `express`, `urgent` or `normal`.
+    priority: String,
+    attempts: u64,
+    last_error: Option<String>,
+    /// Unix milliseconds.
+    created_at: i64,
+    /// Unix milliseconds.
+    failed_at: i64,
+    /// The job's payload (JSON).
+    #[schema(value_type = serde_json::Value)]
+    payload: (),
+}
+
+#[derive(ToSchema)]
+pub struct DeadAnswer {
+    /// Newest failure first.
+    jobs: Vec<DeadLetter>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub struct RetriedAnswer {
+    retried: u64,
+}
+
+#[derive(ToSchema)]
+pub struct DeletedAnswer {
+    deleted: u64,
+}
+
+#[derive(ToSchema)]
+pub struct RegisteredAnswer {
+    ok: bool,
+    client_id: String,
+    /// `webpush`, `fcm` or `apns`.
+    provider: String,
+    /// Client ids dropped to stay within `push.max_devices_per_user`.
+    replaced: Vec<String>,
+}
+
+#[derive(ToSchema)]
+pub struct PushDevice {
+    client_id: String,
+    provider: String,
+    /// FCM or APNs token; null for Web Push.
+    token: Option<String>,
+    /// `{"endpoint"}` for Web Push; null otherwise.
+    #[schema(value_type = Option<serde_json::Value>)]
+    subscription: (),
+    /// Unix milliseconds.
+    updated_at: i64,
+}
+
+#[derive(ToSchema)]
+pub struct DevicesAnswer {
+    devices: Vec<PushDevice>,
+}
+
+#[derive(ToSchema)]
+pub struct OkAnswer {
+    ok: bool,
+}
+
 /// One open connection and what it recorded at the upgrade.
 #[derive(ToSchema)]
 pub struct Connection {

@@ -6,6 +6,8 @@
 //!
 //! Must never: read configuration anywhere else, or start anything.
 
+mod outbound;
+mod push;
 mod rate;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +16,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 
+pub use outbound::{ConnectProxy, OnError, PushConfig, QueueConfig, WebhookEndpoint, WebhooksConfig, WEBHOOK_EVENTS};
+pub use push::{PushApns, PushFcm, PushProviders, PushWebPush, PushWebhook};
 pub use rate::{duration, Rate, RateSetting};
 
 use crate::store::embedded::FsyncPolicy;
@@ -46,6 +50,9 @@ pub struct Config {
     pub store: StoreConfig,
     pub redis: RedisConfig,
     pub log: LogConfig,
+    pub webhooks: WebhooksConfig,
+    pub queue: QueueConfig,
+    pub push: PushConfig,
     pub compression: CompressionConfig,
     pub admin: AdminConfig,
 }
@@ -385,6 +392,7 @@ const LIST_KEYS: &[(&str, &str)] = &[
     ("rooms", "client_publish"),
     ("admin", "keys"),
     ("server", "trusted_proxies"),
+    ("webhooks", "client_message_types"),
 ];
 
 impl Config {
@@ -521,6 +529,8 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return key("log.level", format!("{e}"));
         }
+        self.validate_outbound()?;
+        self.validate_push()?;
         Ok(())
     }
 

@@ -94,11 +94,13 @@ impl Connection {
         let conn = self.session.conn().clone();
         conn.set_direct(Box::new(Socket { stream: self.io.stream.clone(), deflate: self.io.deflate }));
         let end = serve(&mut self.io, &mut self.session, &node).await;
+        let code = end.as_ref().map(|c| c.code);
         conn.stop_direct();
         if let Some(c) = end {
             Box::pin(self.io.finish(&conn, c)).await;
         }
         hub.remove(&conn);
+        node.events.disconnected(conn.id, code);
     }
 }
 

@@ -62,7 +62,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
     }
     // 1. Authentication.
     let token = query.token.clone().filter(|t| !t.is_empty()).or_else(|| bearer(req.headers())).unwrap_or_default();
-    let claims = match node.auth.verify(&token) {
+    let mut claims = match node.auth.verify(&token) {
         Ok(c) => c,
         Err(e) => {
             let msg = match e {
@@ -108,6 +108,14 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
             return refuse(&node, "bad_request", e);
         }
     }
+    // 3b. The app's connect proxy, when configured: it may refuse, or add rooms and meta.
+    let proxy_meta =
+        match crate::webhooks::proxy::check(&node, req.headers(), req.uri(), peer, &mut claims, client_id.as_deref())
+            .await
+        {
+            Ok(meta) => meta,
+            Err(e) => return refuse(&node, "connect_proxy", e),
+        };
     // 4. Admission limits that need no state change.
     if !node.hub.has_room() {
         return refuse(&node, "node_full", Error::unavailable("this node has reached its connection limit"));
@@ -181,6 +189,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
         node.hub.remove(&conn);
         return ApiError::from(Error::internal("connection cannot be upgraded")).into_response();
     };
+    let info = crate::webhooks::ConnInfo::of(&node, &conn, req.uri(), req.headers(), peer, proxy_meta);
     let session = Session::new(node.clone(), conn.clone(), claims);
     let fut = async move {
         let stream = match on_upgrade.await {
@@ -195,6 +204,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
             return;
         };
         let _ = stream.set_nodelay(true);
+        node.events.connected(info);
         let deflate = deflate.map(|_| deflate::Settings {
             min_bytes: node.cfg.compression.min_bytes,
             level: node.cfg.compression.level,

@@ -12,6 +12,18 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A client token from the binary's `token` command (rooms `a` and `b:*`, ten minutes).
+pub fn token(user: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["token", "--user", user, "--rooms", "a,b:*", "--ttl", "10m"])
+        .env("SYNCGATE_JWT_SECRET", SECRET)
+        .env("SYNCGATE_API_KEY", API_KEY)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 pub struct Proc {
     pub child: Child,
     pub base: String,
