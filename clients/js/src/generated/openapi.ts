@@ -210,6 +210,118 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/push/devices": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["list"];
+        put?: never;
+        post: operations["register"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/push/devices/{client_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        delete: operations["unregister"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/queue/dead": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["dead"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/queue/dead/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        delete: operations["delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/queue/dead/{id}/retry": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["retry_one"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/queue/dead/retry": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["retry_all"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/queue/stats": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["queue_stats"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/rooms/{room}/events": {
         parameters: {
             query?: never;
@@ -435,8 +547,27 @@ export interface components {
             client_id: string;
             id: string;
         };
+        /** @description `{"ids":{user_id:id}}`, or for a delayed publish `{"job_id","deliver_at"}`. */
+        BatchAnswer: {
+            /** Format: int64 */
+            deliver_at?: number | null;
+            ids?: {
+                [key: string]: string;
+            } | null;
+            job_id?: string | null;
+        };
         BatchEvent: {
             data: Record<string, never>;
+            /**
+             * Format: int64
+             * @description As on POST /api/v1/events.
+             */
+            delay_s?: number | null;
+            /**
+             * Format: int64
+             * @description As on POST /api/v1/events.
+             */
+            deliver_at?: number | null;
             persist?: boolean | null;
             priority?: null | components["schemas"]["Priority"];
             /** Format: int64 */
@@ -453,6 +584,16 @@ export interface components {
              *     or one of the listed values: `{"region": ["eu", "us"], "plan": "pro"}`.
              */
             where?: Record<string, never> | null;
+        };
+        Circuit: {
+            endpoint: string;
+            /**
+             * Format: int64
+             * @description Consecutive failed attempts.
+             */
+            failures: number;
+            /** @description `closed`, `open` or `half_open`. */
+            state: string;
         };
         /** @description One open connection and what it recorded at the upgrade. */
         Connection: {
@@ -483,6 +624,42 @@ export interface components {
         CountAnswer: {
             /** Format: int64 */
             count: number;
+        };
+        DeadAnswer: {
+            /** @description Newest failure first. */
+            jobs: components["schemas"]["DeadLetter"][];
+            /** @description Pass as `cursor` for the next page; null on the last page. */
+            next_cursor?: string | null;
+        };
+        DeadLetter: {
+            /** Format: int64 */
+            attempts: number;
+            /**
+             * Format: int64
+             * @description Unix milliseconds.
+             */
+            created_at: number;
+            endpoint: string;
+            /**
+             * Format: int64
+             * @description Unix milliseconds.
+             */
+            failed_at: number;
+            id: string;
+            /** @description `webhook`, `push`, `publish` or `undelivered`. */
+            kind: string;
+            last_error?: string | null;
+            /** @description The job's payload (JSON). */
+            payload: unknown;
+            /** @description `express`, `urgent` or `normal`. */
+            priority: string;
+        };
+        DeletedAnswer: {
+            /** Format: int64 */
+            deleted: number;
+        };
+        DevicesAnswer: {
+            devices: components["schemas"]["PushDevice"][];
         };
         DisconnectAnswer: {
             /**
@@ -530,12 +707,6 @@ export interface components {
         /** @description `{"id"}`: the id of the published message (a stream id, or `EPOCH.tN` when live only). */
         IdAnswer: {
             id: string;
-        };
-        /** @description `{"ids":{user_id:id}}`: one id per (distinct) user. */
-        IdsAnswer: {
-            ids: {
-                [key: string]: string;
-            };
         };
         MessagesAnswer: {
             events: components["schemas"]["Event"][];
@@ -587,6 +758,9 @@ export interface components {
             /** Format: int64 */
             streams: number;
         };
+        OkAnswer: {
+            ok: boolean;
+        };
         OnlineAnswer: {
             /** Format: int64 */
             connections: number;
@@ -610,6 +784,22 @@ export interface components {
          * @enum {string}
          */
         Priority: "low" | "normal" | "high";
+        /**
+         * @description The push services a device can register with.
+         * @enum {string}
+         */
+        Provider: "webpush" | "fcm" | "apns";
+        /** @description `{"id"}`, or for a delayed publish (`delay_s` / `deliver_at`) `{"job_id","deliver_at"}`. */
+        PublishAnswer: {
+            /**
+             * Format: int64
+             * @description Unix milliseconds (delayed publishes only).
+             */
+            deliver_at?: number | null;
+            id?: string | null;
+            /** @description The queue job that publishes later (delayed publishes only). */
+            job_id?: string | null;
+        };
         PubsubStatsAnswer: {
             /** Format: int64 */
             dropped_own: number;
@@ -624,6 +814,52 @@ export interface components {
             /** Format: int64 */
             reconnects: number;
         };
+        PushDevice: {
+            client_id: string;
+            provider: string;
+            /** @description `{"endpoint"}` for Web Push; null otherwise. */
+            subscription?: unknown;
+            /** @description FCM or APNs token; null for Web Push. */
+            token?: string | null;
+            /**
+             * Format: int64
+             * @description Unix milliseconds.
+             */
+            updated_at: number;
+        };
+        QueueDepth: {
+            /** Format: int64 */
+            express: number;
+            /** Format: int64 */
+            normal: number;
+            /** Format: int64 */
+            urgent: number;
+        };
+        QueueStatsAnswer: {
+            /** @description Endpoints with failures since their last success, on the answering node. */
+            circuits: components["schemas"]["Circuit"][];
+            /** Format: int64 */
+            dead: number;
+            /**
+             * Format: int64
+             * @description Jobs due later (delays, retry backoff).
+             */
+            delayed: number;
+            /** @description Jobs due now, per priority. */
+            depth: components["schemas"]["QueueDepth"];
+            /**
+             * Format: int64
+             * @description Jobs leased to a worker.
+             */
+            in_flight: number;
+            /** Format: int64 */
+            max_jobs: number;
+            /**
+             * Format: int64
+             * @description Age of the oldest live job, 0 when none.
+             */
+            oldest_age_ms: number;
+        };
         ReadyAnswer: {
             instance_id: string;
             /** @description Why not ready (503 only). */
@@ -631,8 +867,40 @@ export interface components {
             /** @description `ready`, or `not_ready` (503). */
             status: string;
         };
+        RegisterBody: {
+            /** @description The device (the same client id it connects with). */
+            client_id: string;
+            provider: components["schemas"]["Provider"];
+            subscription?: null | components["schemas"]["Subscription"];
+            /** @description FCM registration token or APNs device token (hex). */
+            token?: string | null;
+            /** @description With an API key: the user the device belongs to (read before the body is parsed). */
+            user_id?: string | null;
+        };
+        RegisteredAnswer: {
+            client_id: string;
+            ok: boolean;
+            /** @description `webpush`, `fcm` or `apns`. */
+            provider: string;
+            /** @description Client ids dropped to stay within `push.max_devices_per_user`. */
+            replaced: string[];
+        };
+        RetriedAnswer: {
+            /** Format: int64 */
+            retried: number;
+        };
         RoomEvent: {
             data: Record<string, never>;
+            /**
+             * Format: int64
+             * @description As on POST /api/v1/events.
+             */
+            delay_s?: number | null;
+            /**
+             * Format: int64
+             * @description As on POST /api/v1/events.
+             */
+            deliver_at?: number | null;
             /** @description Keep in the room's history (default true). */
             persist?: boolean | null;
             priority?: null | components["schemas"]["Priority"];
@@ -707,9 +975,30 @@ export interface components {
              */
             lag: number;
         };
+        /** @description A browser's `PushSubscription` (`subscription.toJSON()`). */
+        Subscription: {
+            endpoint: string;
+            keys: components["schemas"]["SubscriptionKeys"];
+        };
+        SubscriptionKeys: {
+            /** @description The 16-byte authentication secret, base64url. */
+            auth: string;
+            /** @description The user agent's P-256 public key, uncompressed point, base64url. */
+            p256dh: string;
+        };
         UserEvent: {
             /** @description Any JSON value. */
             data: Record<string, never>;
+            /**
+             * Format: int64
+             * @description Publish this many seconds from now, through the outbound queue (answered with a job id).
+             */
+            delay_s?: number | null;
+            /**
+             * Format: int64
+             * @description Publish at this unix time in ms, through the outbound queue (answered with a job id).
+             */
+            deliver_at?: number | null;
             /** @description Keep in the user's durable stream (default true); false = live only. */
             persist?: boolean | null;
             priority?: null | components["schemas"]["Priority"];
@@ -1002,13 +1291,13 @@ export interface operations {
             };
         };
         responses: {
-            /** @description accepted; body {"id"} */
+            /** @description accepted; body {"id"}, or {"job_id","deliver_at"} for a delayed publish */
             202: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["IdAnswer"];
+                    "application/json": components["schemas"]["PublishAnswer"];
                 };
             };
             /** @description 400 */
@@ -1092,13 +1381,13 @@ export interface operations {
             };
         };
         responses: {
-            /** @description accepted; body {"ids":{user_id:id}} */
+            /** @description accepted; body {"ids":{user_id:id}}, or {"job_id","deliver_at"} for a delayed publish */
             202: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["IdsAnswer"];
+                    "application/json": components["schemas"]["BatchAnswer"];
                 };
             };
             /** @description 400 */
@@ -1754,6 +2043,551 @@ export interface operations {
             };
         };
     };
+    list: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description With an API key: the user. */
+                user_id: string | null;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description {"devices":[{"client_id","provider","token","subscription":{"endpoint"},"updated_at"}]} */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DevicesAnswer"];
+                };
+            };
+            /** @description 400 */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description 401 */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description 403 */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description 429 */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description service_unavailable: storage or broker unreachable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    register: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RegisterBody"];
+            };
+        };
+        responses: {
+            /** @description {"ok":true,"client_id","provider","replaced":[client ids dropped to stay within push.max_devices_per_user]} */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RegisteredAnswer"];
+                };
+            };
+            /** @description 400 */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description 401 */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description 403 */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description request_timeout: the body did not arrive within server.body_timeout */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description payload_too_large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description 429 */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description 503 */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    unregister: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                client_id: string;
+                /** @description With an API key: the user. */
+                user_id: string | null;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description {"ok":true} */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OkAnswer"];
+                };
+            };
+            /** @description invalid_request: a bad path, query or body */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description 401 */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description 403 */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description 404 */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description rate_limit_exceeded (with Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description service_unavailable: storage or broker unreachable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    dead: {
+        parameters: {
+            query?: {
+                /** @description `next_cursor` of the previous page. */
+                cursor?: string | null;
+                /** @description At most this many (default 100, at most limits.max_page). */
+                limit?: number | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description {"jobs":[{"id","kind","endpoint","priority","attempts","last_error","created_at","failed_at","payload"}],"next_cursor"}, newest failure first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeadAnswer"];
+                };
+            };
+            /** @description 400 */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description 401 */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description rate_limit_exceeded (with Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description service_unavailable: storage or broker unreachable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description {"deleted":1} */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeletedAnswer"];
+                };
+            };
+            /** @description invalid_request: a bad path, query or body */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description 401 */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description 404 */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description rate_limit_exceeded (with Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description service_unavailable: storage or broker unreachable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    retry_one: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description {"retried":1}; queued again, due now, with fresh attempts */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RetriedAnswer"];
+                };
+            };
+            /** @description invalid_request: a bad path, query or body */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description 401 */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description 404 */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description rate_limit_exceeded (with Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description 503 */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    retry_all: {
+        parameters: {
+            query?: {
+                /** @description Only jobs for this endpoint. */
+                endpoint?: string | null;
+                /** @description Only jobs of this kind (webhook, push, publish, undelivered). */
+                kind?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description {"retried":n} */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RetriedAnswer"];
+                };
+            };
+            /** @description 400 */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description 401 */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description rate_limit_exceeded (with Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description 503 */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    queue_stats: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description {"depth":{"express","urgent","normal"},"delayed","in_flight","dead","oldest_age_ms","max_jobs","circuits":[{"endpoint","state","failures"}]} */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QueueStatsAnswer"];
+                };
+            };
+            /** @description invalid_request: a bad path, query or body */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description 401 */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description rate_limit_exceeded (with Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description 503 */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     room_events: {
         parameters: {
             query?: never;
@@ -1772,13 +2606,13 @@ export interface operations {
             };
         };
         responses: {
-            /** @description accepted; body {"id"} */
+            /** @description accepted; body {"id"}, or {"job_id","deliver_at"} for a delayed publish */
             202: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["IdAnswer"];
+                    "application/json": components["schemas"]["PublishAnswer"];
                 };
             };
             /** @description 400 */

@@ -15,6 +15,7 @@ const FILES: &[(&str, &str, &[u8])] = &[
     ("app.js", "text/javascript; charset=utf-8", include_bytes!("ui/app.js")),
     ("pages.js", "text/javascript; charset=utf-8", include_bytes!("ui/pages.js")),
     ("ui.js", "text/javascript; charset=utf-8", include_bytes!("ui/ui.js")),
+    ("queue.js", "text/javascript; charset=utf-8", include_bytes!("ui/queue.js")),
     ("style.css", "text/css; charset=utf-8", include_bytes!("ui/style.css")),
     ("uplot.esm.js", "text/javascript; charset=utf-8", include_bytes!("ui/uplot.esm.js")),
     ("uplot.min.css", "text/css; charset=utf-8", include_bytes!("ui/uplot.min.css")),

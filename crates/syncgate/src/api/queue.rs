@@ -32,7 +32,7 @@ impl From<QueueError> for Error {
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/queue/stats", tag = "queue",
+#[utoipa::path(get, path = "/api/v1/queue/stats", tag = "queue", operation_id = "queue_stats",
     responses((status = 200, description = "{\"depth\":{\"express\",\"urgent\",\"normal\"},\"delayed\",\"in_flight\",\"dead\",\"oldest_age_ms\",\"max_jobs\",\"circuits\":[{\"endpoint\",\"state\",\"failures\"}]}", body = super::schemas::QueueStatsAnswer), (status = 401), (status = 503)))]
 pub async fn stats(State(node): State<Arc<Node>>, _key: ApiKey) -> ApiResult<Json<Value>> {
     let s = node.workers.queue().stats().await?;

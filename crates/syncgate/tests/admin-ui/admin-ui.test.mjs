@@ -6,7 +6,8 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
-import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { createServer as createHttpServer } from "node:http";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -21,6 +22,9 @@ const DEADLINE = 15000;
 
 let server, base, port, dataDir, browser, ctx, page, devices;
 const requested = [];
+// The webhook endpoint: refuses with `status` (400: permanent, so jobs are dead-lettered at
+// once) and records the bodies it accepted.
+const hook = { status: 400, received: [], server: null };
 
 function freePort() {
   return new Promise((ok, fail) => {
@@ -91,7 +95,21 @@ before(async () => {
   port = await freePort();
   base = `http://127.0.0.1:${port}`;
   dataDir = mkdtempSync(join(tmpdir(), "sg-admin-ui-"));
-  server = spawn(BIN, ["serve"], {
+  hook.server = createHttpServer((req, res) => {
+    let body = "";
+    req.on("data", (c) => { body += c; });
+    req.on("end", () => {
+      if (hook.status === 200) hook.received.push(JSON.parse(body));
+      res.writeHead(hook.status).end();
+    });
+  });
+  await new Promise((ok) => hook.server.listen(0, "127.0.0.1", ok));
+  const config = join(dataDir, "syncgate.yaml");
+  writeFileSync(config, [
+    "webhooks:", "  endpoints:", "    - name: app", `      url: http://127.0.0.1:${hook.server.address().port}/hooks`,
+    `      secret: whsec_${Buffer.alloc(32, 7).toString("base64")}`, "      events: [connect, disconnect]", "",
+  ].join("\n"));
+  server = spawn(BIN, ["serve", "--config", config], {
     env: {
       ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("SYNCGATE_"))), SYNCGATE_LISTEN: `127.0.0.1:${port}`, SYNCGATE_DATA_DIR: dataDir, SYNCGATE_JWT_SECRET: SECRET,
       SYNCGATE_API_KEY: API_KEY, SYNCGATE_ADMIN__KEYS: ADMIN_KEY, SYNCGATE_LOG: "warn",
@@ -121,6 +139,7 @@ before(async () => {
 
 after(async () => {
   await browser?.close();
+  hook.server?.close();
   server?.kill("SIGTERM");
   if (dataDir) rmSync(dataDir, { recursive: true, force: true });
 });
@@ -218,6 +237,39 @@ test("rooms page shows presence and history", async () => {
   await page.getByRole("link", { name: "bob" }).waitFor();
   await page.getByRole("table", { name: "Messages" }).getByText("hi all").waitFor();
   await shot("rooms");
+});
+
+test("queue page shows depths and circuits, and Retry on a dead letter delivers it", async () => {
+  // The connect webhooks of the devices were refused with 400 (permanent): dead letters.
+  const dead = await until("dead letters", async () => {
+    const r = await apiCall("GET", "/api/v1/queue/dead?limit=50");
+    return r.data?.jobs?.length >= 2 ? r.data.jobs : null;
+  });
+  await go("Queue");
+  const table = page.getByRole("table", { name: "Dead letters" });
+  await table.getByText(dead[0].id).waitFor();
+  // A permanent 4xx is the job's fault, not the endpoint's: no circuit opened for it.
+  await page.getByRole("heading", { name: "Circuits" }).waitFor();
+  assert.equal(await page.locator(".card", { hasText: "Dead letters" }).locator(".value").textContent(), String(dead.length));
+  await shot("queue");
+  hook.status = 200;
+  const target = dead[0];
+  await page.getByRole("button", { name: `Retry ${target.id}` }).click();
+  const got = await until("the retried webhook at the endpoint", () => hook.received.find((b) => b.id === target.id));
+  assert.equal(got.type, target.payload.type);
+  await until("the job gone from the dead letters", async () => (await table.getByText(target.id).count()) === 0);
+  // Delete one; Retry all sends the rest.
+  const other = dead[1];
+  await page.getByRole("button", { name: `Delete ${other.id}` }).click();
+  await until("the deleted job gone", async () => (await table.getByText(other.id).count()) === 0);
+  const left = (await apiCall("GET", "/api/v1/queue/dead?limit=50")).data.jobs;
+  assert.ok(!left.some((j) => j.id === other.id));
+  if (left.length) {
+    await page.getByRole("button", { name: "Retry all" }).click();
+    await page.getByRole("status").filter({ hasText: `Queued ${left.length} again` }).waitFor();
+    await until("every retried job delivered", () => left.every((j) => hook.received.some((b) => b.id === j.id)));
+  }
+  assert.ok(!hook.received.some((b) => b.id === other.id), "a deleted dead letter is not sent");
 });
 
 test("publish console publishes to a user's stream", async () => {

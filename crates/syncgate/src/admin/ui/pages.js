@@ -2,6 +2,7 @@
 // `every()`; all data comes from the HTTP API (see docs/admin.md for which route feeds what).
 import uPlot from "./uplot.esm.js";
 import { api, every, el } from "./app.js";
+import { queue } from "./queue.js";
 import { ago, card, duration, empty, errorBox, events, header, json, kv, num, searchForm, set, table } from "./ui.js";
 
 const enc = encodeURIComponent;
@@ -14,7 +15,8 @@ function overview(root) {
     header("Overview", "Live figures, refreshed every second: the cards and the chart are this node's, the table lists every node."),
     el("div", { class: "cards" },
       card("Nodes", "ov-nodes-count"), card("Connections", "ov-connections"), card("Users online", "ov-users"),
-      card("Rooms", "ov-rooms"), card("Messages in / s", "ov-in"), card("Messages out / s", "ov-out")),
+      card("Rooms", "ov-rooms"), card("Messages in / s", "ov-in"), card("Messages out / s", "ov-out"),
+      card("Queue depth", "ov-queue", " ")),
     el("section", { class: "panel" }, el("h2", {}, "Messages per second"), el("div", { id: "chart", class: "chart" })),
     el("section", { class: "panel" }, el("h2", {}, "Nodes"), el("div", { id: "ov-nodes" })));
   const WINDOW = 60; // seconds shown
@@ -51,6 +53,12 @@ function overview(root) {
       plot.setData(data);
     }
     last = { t: now, in: s.messages_in, out: s.messages_out };
+    const q = await api("GET", "/api/v1/queue/stats");
+    if (q.ok) {
+      const d = q.data.depth;
+      set("ov-queue", num(d.express + d.urgent + d.normal));
+      set("ov-queue-hint", `${num(q.data.delayed)} delayed · ${num(q.data.dead)} dead`);
+    }
     const n = await api("GET", "/api/v1/nodes");
     const box = document.getElementById("ov-nodes");
     if (!n.ok) return box.replaceChildren(errorBox(n));
@@ -209,4 +217,4 @@ function publish(root) {
   toggle("user");
 }
 
-export const pages = { overview, connections, stream, rooms, publish };
+export const pages = { overview, connections, stream, rooms, queue, publish };
