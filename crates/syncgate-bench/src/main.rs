@@ -134,6 +134,7 @@ enum ScenarioName {
     Direct,
     PublishApi,
     Resume,
+    Batch,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -155,7 +156,7 @@ struct RunArgs {
     common: Common,
     #[arg(long, value_enum, default_value = "syncgate")]
     target: TargetArg,
-    /// Connections (idle, fanout), users (direct), devices (resume), clients (publish-api).
+    /// Connections (idle, fanout), users (direct, batch), devices (resume), clients (publish-api).
     #[arg(long, short = 'n', default_value_t = 1000)]
     conns: usize,
     /// Messages per second (fanout, direct); fanout without it: saturation.
@@ -167,6 +168,9 @@ struct RunArgs {
     /// Saturation fanout: messages not yet received by everyone, at most.
     #[arg(long, default_value_t = 64)]
     window: u64,
+    /// Batch publishes timed at each size (batch).
+    #[arg(long, default_value_t = 10)]
+    rounds: usize,
     /// Messages each device misses (resume).
     #[arg(long, default_value_t = 20)]
     missed: u64,
@@ -339,6 +343,7 @@ async fn run_one(a: RunArgs) -> Result<bool> {
             persist: !a.transient,
         },
         ScenarioName::Resume => Scenario::Resume { devices: n, missed: a.missed, msg_bytes: a.msg_bytes },
+        ScenarioName::Batch => Scenario::Batch { users: n, rounds: a.rounds, msg_bytes: a.msg_bytes },
     };
     if target == TargetKind::NodeWs && !scenario.node_can_run() {
         bail!("the Node baseline only runs idle, fanout and publish-api");

@@ -12,7 +12,7 @@
 //!
 //! This file owns the shared plumbing (scenario and result types, `run`, the publisher,
 //! formatting); the scenarios themselves live in `live` (idle, fanout, direct) and
-//! `publish` (publish-api, resume).
+//! `publish` (publish-api, resume, batch).
 
 mod live;
 mod publish;
@@ -30,7 +30,7 @@ use crate::proto::{ConnectSpec, TargetKind};
 use crate::sys::{unix_ns, CpuMeter};
 use crate::target::{Fsync, Programs, ServerSet, Topology, API_KEY, JWT_SECRET};
 use live::{direct, fanout, idle};
-use publish::{publish_api, resume};
+use publish::{batch_api, publish_api, resume};
 
 /// Room of the fanout runs.
 pub const ROOM: &str = "bench";
@@ -55,6 +55,9 @@ pub enum Scenario {
     PublishApi { clients: usize, users: usize, duration_s: f64, warmup_s: f64, msg_bytes: usize, persist: bool },
     /// `devices` devices miss `missed` messages each, then reconnect all at once.
     Resume { devices: usize, missed: u64, msg_bytes: usize },
+    /// `rounds` batch publishes to `users` users (nobody connected), one after the other,
+    /// then as many to `users / 10` (to show whether the cost is linear in users).
+    Batch { users: usize, rounds: usize, msg_bytes: usize },
 }
 
 impl Scenario {
@@ -65,6 +68,7 @@ impl Scenario {
             Scenario::Direct { .. } => "direct",
             Scenario::PublishApi { .. } => "publish-api",
             Scenario::Resume { .. } => "resume",
+            Scenario::Batch { .. } => "batch",
         }
     }
 
@@ -200,6 +204,9 @@ pub async fn run(ctx: &Ctx, spec: &RunSpec) -> RunResult {
         Scenario::Resume { devices, missed, msg_bytes } => {
             resume(ctx, spec, &servers, &mut res, *devices, *missed, *msg_bytes).await
         }
+        Scenario::Batch { users, rounds, msg_bytes } => {
+            batch_api(&servers, &mut res, *users, *rounds, *msg_bytes).await
+        }
     };
     if let Err(e) = r {
         res.ok = false;
@@ -230,7 +237,9 @@ fn secs(s: f64) -> Duration {
 /// Server settings a scenario needs beyond the common ones (see `target::Proc::syncgate`).
 fn extra_env(spec: &RunSpec) -> Vec<(String, String)> {
     let mut env = Vec::new();
-    if let Scenario::Direct { users, .. } | Scenario::Resume { devices: users, .. } = spec.scenario {
+    if let Scenario::Direct { users, .. } | Scenario::Resume { devices: users, .. } | Scenario::Batch { users, .. } =
+        spec.scenario
+    {
         // Room for one batch publish to every device of the resume run.
         env.push(("SYNCGATE_LIMITS__MAX_BATCH_USERS".to_string(), users.max(10_000).to_string()));
     }

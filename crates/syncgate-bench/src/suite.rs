@@ -141,6 +141,19 @@ pub fn plan(o: &Options) -> Vec<RunSpec> {
         Fsync::Never,
         Scenario::Resume { devices: resume_n, missed, msg_bytes: MSG },
     ));
+    let (batch_n, batch_rounds) = if full { (10_000, 10) } else { (20, 2) };
+    let batch = Scenario::Batch { users: batch_n, rounds: batch_rounds, msg_bytes: MSG };
+    runs.push(spec(
+        "batch",
+        format!(
+            "batch: {batch_rounds} batch publishes of {MSG} B to {} offline users each, one at a time, \
+             then to a tenth of them (fsync always)",
+            crate::scenarios::fmt_count(batch_n as f64)
+        ),
+        sg,
+        Fsync::Always,
+        batch.clone(),
+    ));
     if o.cluster {
         // The same scenarios over 3 nodes and a Redis (cluster mode, SYNCGATE_REDIS_URL).
         // Devices are spread over the nodes, publishes go to node 1, server CPU and RSS are
@@ -184,6 +197,14 @@ pub fn plan(o: &Options) -> Vec<RunSpec> {
             ),
             Scenario::Resume { devices: resume_n, missed, msg_bytes: MSG },
         );
+        add(
+            "cluster-batch",
+            format!(
+                "cluster batch: 3 nodes + Redis, {batch_rounds} batch publishes to {} offline users each, then to a tenth",
+                crate::scenarios::fmt_count(batch_n as f64)
+            ),
+            batch,
+        );
     }
     runs
 }
@@ -200,6 +221,18 @@ pub struct Check {
     pub met: Option<bool>,
 }
 
+impl Check {
+    fn new(run: &str, row: &str, target: &str, value: Option<f64>, unit: &str, met: &dyn Fn(f64) -> bool) -> Self {
+        Check {
+            run: run.into(),
+            row: row.into(),
+            target: target.into(),
+            measured: value.map(|v| format!("{v:.2} {unit}")).unwrap_or_else(|| "not measured".into()),
+            met: value.map(met),
+        }
+    }
+}
+
 fn find<'a>(results: &'a [RunResult], id: &str, target: TargetKind) -> Option<&'a RunResult> {
     results.iter().find(|r| r.id == id && r.target == target && r.error.is_none())
 }
@@ -209,13 +242,7 @@ pub fn checks(results: &[RunResult]) -> Vec<Check> {
     let sg = |id| find(results, id, TargetKind::Syncgate);
     let mut out = Vec::new();
     let mut check = |run: &str, row: &str, target: &str, value: Option<f64>, unit: &str, met: &dyn Fn(f64) -> bool| {
-        out.push(Check {
-            run: run.into(),
-            row: row.into(),
-            target: target.into(),
-            measured: value.map(|v| format!("{v:.2} {unit}")).unwrap_or_else(|| "not measured".into()),
-            met: value.map(met),
-        });
+        out.push(Check::new(run, row, target, value, unit, met));
     };
     let idle_kib = sg("idle").and_then(|r| r.figure("rss_per_conn_bytes")).map(|b| b / 1024.0);
     check("idle", "server RSS per connection", "<= 4 KiB", idle_kib, "KiB", &|v| v <= 4.0);
@@ -259,5 +286,34 @@ pub fn checks(results: &[RunResult]) -> Vec<Check> {
         "/s",
         &|v| v >= 30_000.0,
     );
+    store_checks(results, &mut out);
     out
+}
+
+/// The store and publish-path targets of issue 14.
+fn store_checks(results: &[RunResult], out: &mut Vec<Check>) {
+    let sg = |id| find(results, id, TargetKind::Syncgate);
+    let mut check = |run: &str, row: &str, target: &str, value: Option<f64>, unit: &str, met: &dyn Fn(f64) -> bool| {
+        out.push(Check::new(run, row, target, value, unit, met));
+    };
+    let rate = |id| sg(id).and_then(|r| r.figure("publishes_per_s"));
+    let per_s = "publishes per second";
+    check("publish-api-durable", per_s, ">= 40,000/s", rate("publish-api-durable"), "/s", &|v| v >= 40_000.0);
+    let durable_p99 = sg("publish-api-durable").and_then(|r| r.latency).map(|l| l.p99_ms);
+    let lat_row = "request latency p50 / p95 / p99 / max";
+    check("publish-api-durable", lat_row, "p99 <= 5 ms", durable_p99, "ms", &|v| v <= 5.0);
+    check("publish-api", per_s, ">= 50,000/s (issue 14)", rate("publish-api"), "/s", &|v| v >= 50_000.0);
+    check("publish-api-transient", per_s, ">= 80,000/s", rate("publish-api-transient"), "/s", &|v| v >= 80_000.0);
+    let replayed = sg("resume").and_then(|r| r.figure("replayed_per_s"));
+    check("resume", "messages replayed per second", ">= 200,000/s", replayed, "/s", &|v| v >= 200_000.0);
+    for (id, limit) in [("batch", 60.0), ("cluster-batch", 150.0)] {
+        let r = sg(id);
+        let users = r.and_then(|r| r.figure("batch_full_users")).unwrap_or(0.0);
+        let row = format!("one batch publish to {} users: p50 / max", crate::scenarios::fmt_count(users));
+        let p50 = r.and_then(|r| r.figure("batch_full_p50_ms"));
+        check(id, &row, &format!("p50 <= {limit:.0} ms"), p50, "ms", &|v| v <= limit);
+    }
+    let growth = sg("cluster-batch").and_then(|r| r.figure("batch_growth"));
+    let row = "growth from a tenth of the users to all (10 = linear)";
+    check("cluster-batch", row, "linear (<= 12x)", growth, "x", &|v| v <= 12.0);
 }

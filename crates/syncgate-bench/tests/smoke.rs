@@ -58,6 +58,7 @@ fn every_scenario_delivers_at_smoke_size() {
         "publish-api-durable",
         "publish-api-transient",
         "resume",
+        "batch",
     ] {
         assert!(ids.contains(&want), "run {want} missing from {ids:?}");
     }
@@ -76,6 +77,14 @@ fn every_scenario_delivers_at_smoke_size() {
             "resume" | "cluster-resume" => {
                 assert_eq!(f["replayed"], 100.0, "{id}: {f}");
                 assert_eq!(f["resumed_announced"], 100.0, "{id}: {f}");
+            }
+            "batch" | "cluster-batch" => {
+                // One untimed batch, then 2 timed ones to all 20 users and 2 to 2 of them.
+                assert_eq!(
+                    (&f["accepted"], &f["batch_full_users"], &f["batch_tenth_users"]),
+                    (&5.0.into(), &20.0.into(), &2.0.into()),
+                    "{id}: {f}"
+                );
             }
             _ => assert!(f["accepted"].as_f64().unwrap() >= 1.0, "{id}: {f}"),
         }

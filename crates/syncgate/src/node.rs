@@ -177,22 +177,25 @@ impl Node {
                 })
                 .collect();
             let seqs = self.store.append_user(events).await?;
+            let mut envs = Vec::with_capacity(users.len());
             for (user, seq) in users.iter().zip(seqs) {
                 let id = EventId::format(self.epoch(), StreamKey::User(user), seq);
                 let target = Target::User(user.as_str().into());
-                self.fan_out(Envelope::new(target, Some(seq), event(id.clone()), msg.except)).await.ok();
+                envs.push(Envelope::new(target, Some(seq), event(id.clone()), msg.except));
                 ids.push(id);
             }
+            self.fan_out_many("persisted", envs).await.ok();
             self.events.persisted_to_users(users, &ids, &msg, ts);
         } else {
             // One live-only event for all: the same id, encoded once for every recipient.
             let id = self.transient_id();
             let ev = event(id.clone());
-            for user in users {
-                let target = Target::User(user.as_str().into());
-                self.fan_out(Envelope::new(target, None, ev.clone(), msg.except)).await?;
-                ids.push(id.clone());
-            }
+            let envs = users
+                .iter()
+                .map(|user| Envelope::new(Target::User(user.as_str().into()), None, ev.clone(), msg.except))
+                .collect();
+            self.fan_out_many("transient", envs).await?;
+            ids.resize(users.len(), id);
         }
         Ok(ids)
     }
@@ -273,6 +276,15 @@ impl Node {
             (_, None) => "transient",
         };
         self.broker.publish(env).await.map_err(|e| {
+            tracing::warn!(error = %e, kind, "broker publish failed");
+            self.metrics.dependency_failures.get_or_create(&KindLabels { kind }).inc();
+            e.into()
+        })
+    }
+
+    /// [`Node::fan_out`] for the envelopes of one batch publish, all of one `kind`.
+    async fn fan_out_many(&self, kind: &'static str, envs: Vec<Envelope>) -> Result<usize> {
+        self.broker.publish_many(envs).await.map_err(|e| {
             tracing::warn!(error = %e, kind, "broker publish failed");
             self.metrics.dependency_failures.get_or_create(&KindLabels { kind }).inc();
             e.into()

@@ -1,6 +1,6 @@
 //! The publish-path scenarios: `publish-api` (keep-alive HTTP clients publishing back to
-//! back, nobody connected) and `resume` (offline devices reconnecting at once and replaying
-//! what they missed from the store).
+//! back, nobody connected), `resume` (offline devices reconnecting at once and replaying
+//! what they missed from the store) and `batch` (one batch publish to many users at a time).
 
 use std::time::{Duration, Instant};
 
@@ -203,5 +203,56 @@ pub(super) async fn resume(
     }
     fleet.disconnect().await?;
     fleet.shutdown().await;
+    Ok(())
+}
+
+/// Times `rounds` batch publishes to `users` users, one after the other on one connection,
+/// then as many to a tenth of them.
+pub(super) async fn batch_api(
+    servers: &ServerSet,
+    res: &mut RunResult,
+    users: usize,
+    rounds: usize,
+    size: usize,
+) -> Result<()> {
+    if servers.kind != TargetKind::Syncgate {
+        bail!("batch publishes: syncgate only");
+    }
+    let mut p = Publisher::connect(servers, size).await?;
+    // Warm-up: every user's stream exists before the timed rounds (its first append differs).
+    p.batch(0..users, 0).await?;
+    let small = (users / 10).max(1);
+    let cpu = CpuMeter::start(&servers.pids())?;
+    let redis_cpu = servers.redis_meter();
+    let mut times = Vec::new();
+    for (n, label) in [(users, "full"), (small, "tenth")] {
+        let mut lat = Latency::default();
+        for k in 0..rounds.max(1) {
+            let start = Instant::now();
+            p.batch(0..n, 1 + k as u64).await?;
+            lat.record_us(start.elapsed().as_micros() as u64);
+        }
+        let s = lat.summary();
+        res.fig(&format!("batch_{label}_users"), n as f64);
+        res.fig(&format!("batch_{label}_p50_ms"), s.p50_ms);
+        res.fig(&format!("batch_{label}_max_ms"), s.max_ms);
+        times.push((n, s));
+    }
+    let used = cpu.stop()?;
+    redis_figure(res, redis_cpu);
+    let total_users = (users + small) * rounds.max(1);
+    // Every batch above was answered 202 (`Publisher::batch` fails the run otherwise).
+    res.fig("accepted", (1 + 2 * rounds.max(1)) as f64);
+    res.fig("server_cpu_us_per_recipient", used.cpu_us as f64 / total_users as f64);
+    for (n, s) in &times {
+        res.show(
+            &format!("one batch publish to {} users: p50 / max", thousands(*n as f64)),
+            format!("{:.1} / {:.1} ms", s.p50_ms, s.max_ms),
+        );
+    }
+    let (big, tenth) = (times[0].1.p50_ms, times[1].1.p50_ms);
+    res.fig("batch_growth", big / tenth.max(1e-3));
+    res.show("growth from a tenth of the users to all (10 = linear)", format!("{:.1}x", big / tenth.max(1e-3)));
+    res.show("server CPU per recipient", format!("{:.2} us", used.cpu_us as f64 / total_users as f64));
     Ok(())
 }

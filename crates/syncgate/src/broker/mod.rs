@@ -127,6 +127,20 @@ pub trait Broker: Send + Sync + 'static {
     /// the other nodes (local deliveries may have happened anyway).
     async fn publish(&self, envelope: Envelope) -> Result<usize, BrokerError>;
 
+    /// Publishes several envelopes (one batch publish), each as `publish` would, in order. A
+    /// cluster broker sends them in pipelines rather than waiting for one round trip each.
+    /// Every envelope is attempted; an error means some did not reach the other nodes.
+    async fn publish_many(&self, envelopes: Vec<Envelope>) -> Result<usize, BrokerError> {
+        let (mut delivered, mut failed) = (0, None);
+        for env in envelopes {
+            match self.publish(env).await {
+                Ok(n) => delivered += n,
+                Err(e) => failed = Some(e),
+            }
+        }
+        failed.map_or(Ok(delivered), Err)
+    }
+
     /// Counters since start.
     fn stats(&self) -> BrokerStats;
 

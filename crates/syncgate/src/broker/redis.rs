@@ -402,21 +402,72 @@ impl RedisBroker {
     }
 
     async fn send(&self, channel: String, env: &Envelope) -> Result<(), BrokerError> {
-        let s = &self.shared;
-        let Some(payload) = encode(&s.instance_id, env) else {
-            s.counters.failed.fetch_add(1, Ordering::Relaxed);
-            return Err(BrokerError::Unavailable("envelope too large to encode (name over 64 KiB)".into()));
-        };
+        let payload = self.encode(env)?;
         let mut conn = self.publisher.clone();
-        let cmd = if s.sharded { "SPUBLISH" } else { "PUBLISH" };
-        let sent = tokio::time::timeout(
-            self.op_timeout,
-            redis::cmd(cmd).arg(&channel).arg(payload.as_ref()).query_async::<i64>(&mut conn),
-        )
-        .await;
-        match sent {
-            Ok(Ok(_)) => {
-                s.counters.published.fetch_add(1, Ordering::Relaxed);
+        let cmd = self.publish_cmd(&channel, &payload);
+        let sent = tokio::time::timeout(self.op_timeout, cmd.query_async::<i64>(&mut conn)).await;
+        self.sent(sent.map(|r| r.map(|_| 1)))
+    }
+
+    fn encode(&self, env: &Envelope) -> Result<Bytes, BrokerError> {
+        encode(&self.shared.instance_id, env).ok_or_else(|| {
+            self.shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+            BrokerError::Unavailable("envelope too large to encode (name over 64 KiB)".into())
+        })
+    }
+
+    fn publish_cmd(&self, channel: &str, payload: &[u8]) -> redis::Cmd {
+        let mut cmd = redis::cmd(if self.shared.sharded { "SPUBLISH" } else { "PUBLISH" });
+        cmd.arg(channel).arg(payload);
+        cmd
+    }
+
+    /// Publishes many (channel, payload) pairs: on a standalone server (or Sentinel master)
+    /// in pipelines of `PIPELINE` commands, one round trip each; on a cluster as concurrent
+    /// commands, which the cluster connection routes to each channel's node and pipelines on
+    /// that node's socket.
+    async fn send_many(&self, msgs: Vec<(String, Bytes)>) -> Result<(), BrokerError> {
+        const PIPELINE: usize = 1024;
+        let total = msgs.len() as u64;
+        let conn = self.publisher.clone();
+        let work = async {
+            match &conn {
+                RedisConn::Cluster(_) => {
+                    // Futures collected first: a stream over a borrowing closure is not `Send`
+                    // enough for `async_trait`.
+                    let calls: Vec<_> = msgs
+                        .iter()
+                        .map(|(channel, payload)| {
+                            let (mut conn, cmd) = (conn.clone(), self.publish_cmd(channel, payload));
+                            async move { cmd.query_async::<i64>(&mut conn).await }
+                        })
+                        .collect();
+                    futures_util::stream::iter(calls).buffer_unordered(256).try_collect::<Vec<i64>>().await?;
+                }
+                _ => {
+                    for chunk in msgs.chunks(PIPELINE) {
+                        let mut pipe = redis::pipe();
+                        for (channel, payload) in chunk {
+                            pipe.add_command(self.publish_cmd(channel, payload)).ignore();
+                        }
+                        pipe.query_async::<()>(&mut conn.clone()).await?;
+                    }
+                }
+            }
+            Ok::<_, RedisError>(total)
+        };
+        // The time limit grows with the number of pipelines.
+        let limit = self.op_timeout * (1 + msgs.len() / PIPELINE) as u32;
+        let sent = tokio::time::timeout(limit, work).await;
+        self.sent(sent)
+    }
+
+    /// Counts the outcome of a publish of `n` messages and keeps `publish_ok` up to date.
+    fn sent(&self, r: Result<Result<u64, RedisError>, tokio::time::error::Elapsed>) -> Result<(), BrokerError> {
+        let s = &self.shared;
+        match r {
+            Ok(Ok(n)) => {
+                s.counters.published.fetch_add(n, Ordering::Relaxed);
                 if !s.publish_ok.swap(true, Ordering::AcqRel) {
                     tracing::info!("redis broker: publishing works again");
                 }
@@ -453,6 +504,20 @@ impl Broker for RedisBroker {
         let channel = self.shared.target_channel(&envelope.target);
         self.send(channel, &envelope).await?;
         Ok(n)
+    }
+
+    /// Local deliveries first, then every envelope for the other nodes in pipelines.
+    async fn publish_many(&self, envelopes: Vec<Envelope>) -> Result<usize, BrokerError> {
+        let (mut n, mut msgs, mut unencodable) = (0, Vec::with_capacity(envelopes.len()), None);
+        for env in &envelopes {
+            n += self.shared.hub.deliver(env);
+            match self.encode(env) {
+                Ok(payload) => msgs.push((self.shared.target_channel(&env.target), payload)),
+                Err(e) => unencodable = Some(e),
+            }
+        }
+        self.send_many(msgs).await?;
+        unencodable.map_or(Ok(n), Err)
     }
 
     fn stats(&self) -> BrokerStats {

@@ -18,13 +18,22 @@
 //! `FsyncPolicy::Always`), and only then answers each request. N concurrent publishers thus
 //! cost about one fsync per batch, not N; a failed commit fails every request of the batch.
 //!
-//! Layout. Per kind (user streams, room histories): `events (stream, seq) -> event`,
-//! `heads stream -> (head, count)` (kept when a stream is trimmed to empty, so numbering
-//! never restarts), and two indexes `(ts | expires_at, stream, seq) -> ()` that let age and
-//! ttl expiry find their victims without a scan. Plus `cursors (user, client) -> (seq,
-//! last_used_ms)`, `idem key -> record` with its `(created_ms, key)` index, `counters`
-//! (stats without a scan) and `meta` (epoch, format). Heads are never deleted: a stream's
-//! numbering must not restart within an epoch.
+//! Layout (format 2). Per kind (user streams, room histories): `events (stream, seq) ->
+//! event`, `heads stream -> (head, count, oldest_ts)` (kept when a stream is trimmed to
+//! empty, so numbering never restarts; `oldest_ts` is the ts of the stream's first retained
+//! event, `i64::MAX` when empty), `age (oldest_ts, stream) -> ()` (one entry per non-empty
+//! stream: age retention finds its streams without a scan and trims each from the front, in
+//! sequence order) and `expiry (expires_at, stream, seq) -> ()` for events with a ttl. An
+//! append thus writes the event and, once per batch, the stream's head; the age index only
+//! changes when a stream goes from empty to non-empty or the sweep removes its first events.
+//! Plus `cursors (user, client) -> (seq, last_used_ms)`, `idem key -> record` with its
+//! `(created_ms, key)` index, `counters` (stats without a scan) and `meta` (epoch, format).
+//! Heads are never deleted: a stream's numbering must not restart within an epoch.
+//!
+//! Format 1 (before the age index) kept `heads stream -> (head, count)` and a per-event time
+//! index `(ts, stream, seq)`; opening such a file converts it in place, once, in one
+//! transaction (`migrate_v1`). A file of format 2 cannot be opened by a build that reads
+//! format 1.
 //!
 //! Files: this one holds the API, the layout, the reads and the sweep's planning;
 //! `embedded_writer.rs` the writer thread and every mutation; `embedded_tests.rs` the tests.
@@ -42,11 +51,12 @@ use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{IdemRecord, NewEvent, Page, Retention, Store, StoreError, StoreResult, StoreStats, StoredEvent};
-use writer::{writer_loop, Req, SweepOp, Tables, Tx};
+use format::{first_ts, init};
+use writer::{writer_loop, Req, SweepOp, Tx};
 
 /// Name of the database file inside `EmbeddedOptions::dir`.
 pub const FILE_NAME: &str = "syncgate.redb";
-const FORMAT: &str = "1";
+const FORMAT: &str = "2";
 /// Bound of the writer's request queue: callers wait (backpressure) when it is full.
 const QUEUE: usize = 4096;
 /// Most deletions one sweep request makes in one transaction, so publishes never wait long.
@@ -59,6 +69,8 @@ const TOUCH_AFTER_MS: i64 = 60_000;
 /// frees pages on durable commits, so the file would otherwise grow without bound.
 const NEVER_FLUSH_EVERY: Duration = Duration::from_secs(1);
 const NO_EXPIRY: i64 = i64::MAX;
+/// `oldest_ts` of an empty stream.
+const EMPTY: i64 = i64::MAX;
 const DEFAULT_IDEM_TTL_MS: i64 = 24 * 3600 * 1000;
 
 /// When a group commit is answered.
@@ -98,26 +110,35 @@ impl EmbeddedOptions {
 
 type EventsDef = TableDefinition<'static, (&'static str, u64), &'static [u8]>;
 type IndexDef = TableDefinition<'static, (i64, &'static str, u64), ()>;
+/// (head, count, oldest_ts) of a stream.
+type Head = (u64, u64, i64);
 
 /// The tables of one kind of stream.
 struct Kind {
     events: EventsDef,
-    heads: TableDefinition<'static, &'static str, (u64, u64)>,
-    by_time: IndexDef,
+    heads: TableDefinition<'static, &'static str, Head>,
+    age: TableDefinition<'static, (i64, &'static str), ()>,
     expiry: IndexDef,
+    /// Format 1 tables, only opened to convert them.
+    v1_heads: TableDefinition<'static, &'static str, (u64, u64)>,
+    v1_by_time: IndexDef,
 }
 
 static USER: Kind = Kind {
     events: TableDefinition::new("user_events"),
-    heads: TableDefinition::new("user_heads"),
-    by_time: TableDefinition::new("user_by_time"),
+    heads: TableDefinition::new("user_heads_v2"),
+    age: TableDefinition::new("user_age"),
     expiry: TableDefinition::new("user_expiry"),
+    v1_heads: TableDefinition::new("user_heads"),
+    v1_by_time: TableDefinition::new("user_by_time"),
 };
 static ROOM: Kind = Kind {
     events: TableDefinition::new("room_events"),
-    heads: TableDefinition::new("room_heads"),
-    by_time: TableDefinition::new("room_by_time"),
+    heads: TableDefinition::new("room_heads_v2"),
+    age: TableDefinition::new("room_age"),
     expiry: TableDefinition::new("room_expiry"),
+    v1_heads: TableDefinition::new("room_heads"),
+    v1_by_time: TableDefinition::new("room_by_time"),
 };
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
@@ -392,31 +413,6 @@ impl Drop for EmbeddedStore {
     }
 }
 
-/// Creates the tables of a new file and loads (or, on a new file, draws) the epoch.
-fn init(db: &Database) -> StoreResult<String> {
-    let txn = db.begin_write().ctx("begin init")?;
-    let epoch = {
-        Tables::open(&txn)?;
-        let mut meta = txn.open_table(META).ctx("open meta")?;
-        let format = meta.get("format").ctx("read format")?.map(|g| g.value().to_string());
-        if let Some(f) = format.filter(|f| f != FORMAT) {
-            return Err(StoreError::Internal(format!("{FILE_NAME} has format {f}, this build reads {FORMAT}")));
-        }
-        let existing = meta.get("epoch").ctx("read epoch")?.map(|g| g.value().to_string());
-        match existing {
-            Some(e) => e,
-            None => {
-                let e = format!("{:08x}", rand::random::<u32>());
-                meta.insert("epoch", e.as_str()).ctx("write epoch")?;
-                meta.insert("format", FORMAT).ctx("write format")?;
-                e
-            }
-        }
-    };
-    txn.commit().ctx("commit init")?;
-    Ok(epoch)
-}
-
 fn read_page(rtx: &redb::ReadTransaction, kind: &Kind, stream: &str, after: u64, limit: usize) -> StoreResult<Page> {
     let head = rtx.open_table(kind.heads).ctx("open heads")?.get(stream).ctx("read head")?.map_or(0, |g| g.value().0);
     let events = rtx.open_table(kind.events).ctx("open events")?;
@@ -533,8 +529,8 @@ impl Store for EmbeddedStore {
             let counters = rtx.open_table(COUNTERS).ctx("open counters")?;
             let get =
                 |k: &str| -> StoreResult<u64> { Ok(counters.get(k).ctx("read counter")?.map_or(0, |g| g.value())) };
-            let by_time = rtx.open_table(USER.by_time).ctx("open time index")?;
-            let oldest = by_time.first().ctx("read time index")?.map(|(k, _)| k.value().0);
+            let age = rtx.open_table(USER.age).ctx("open age index")?;
+            let oldest = age.first().ctx("read age index")?.map(|(k, _)| k.value().0);
             Ok(StoreStats {
                 stored_messages: get(C_MESSAGES)?,
                 streams: get(C_STREAMS)?,
@@ -587,6 +583,13 @@ impl Store for EmbeddedStore {
 #[path = "embedded_writer.rs"]
 mod writer;
 
+#[path = "embedded_format.rs"]
+mod format;
+
 #[cfg(test)]
 #[path = "embedded_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "embedded_v1_tests.rs"]
+mod v1_tests;

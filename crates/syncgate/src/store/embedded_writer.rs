@@ -4,14 +4,16 @@
 //! Must never: answer a request before the transaction holding it is committed, or do more
 //! than `SWEEP_CHUNK` deletions for one sweep request.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    decode_idem, dup, encode_event, encode_idem, event_times, ms, Ctx, FsyncPolicy, Kind, COUNTERS, CURSORS, C_CURSORS,
-    C_MESSAGES, C_STREAMS, IDEM, IDEM_TIME, NEVER_FLUSH_EVERY, NO_EXPIRY, ROOM, SWEEP_CHUNK, USER,
+    decode_idem, dup, encode_event, encode_idem, event_times, first_ts, ms, Ctx, FsyncPolicy, Head, Kind, COUNTERS,
+    CURSORS, C_CURSORS, C_MESSAGES, C_STREAMS, EMPTY, IDEM, IDEM_TIME, NEVER_FLUSH_EVERY, NO_EXPIRY, ROOM, SWEEP_CHUNK,
+    USER,
 };
 use crate::store::{IdemRecord, NewEvent, StoreError, StoreResult};
 
@@ -148,7 +150,7 @@ fn commit_batch(db: &Database, batch: &[Req], durability: Durability) -> StoreRe
     let answers = {
         let mut t = Tables::open(&txn)?;
         let answers = batch.iter().map(|r| t.apply(r)).collect::<StoreResult<Vec<_>>>()?;
-        t.save_counters()?;
+        t.finish()?;
         answers
     };
     txn.commit().ctx("commit")?;
@@ -159,9 +161,13 @@ type Index<'t> = Table<'t, (i64, &'static str, u64), ()>;
 
 struct KindTables<'t> {
     events: Table<'t, (&'static str, u64), &'static [u8]>,
-    heads: Table<'t, &'static str, (u64, u64)>,
-    by_time: Index<'t>,
+    heads: Table<'t, &'static str, Head>,
+    age: Table<'t, (i64, &'static str), ()>,
     expiry: Index<'t>,
+    /// Heads changed in this transaction, written once at its end (`flush`).
+    dirty: HashMap<String, Head>,
+    /// Streams that lost events in this sweep operation: their `oldest_ts` is looked at again.
+    touched: HashSet<String>,
     messages: i64,
     streams: i64,
 }
@@ -181,54 +187,143 @@ impl<'t> KindTables<'t> {
         Ok(KindTables {
             events: txn.open_table(k.events).ctx("open events")?,
             heads: txn.open_table(k.heads).ctx("open heads")?,
-            by_time: txn.open_table(k.by_time).ctx("open time index")?,
+            age: txn.open_table(k.age).ctx("open age index")?,
             expiry: txn.open_table(k.expiry).ctx("open expiry index")?,
+            dirty: HashMap::new(),
+            touched: HashSet::new(),
             messages: 0,
             streams: 0,
         })
     }
 
-    fn head(&self, stream: &str) -> StoreResult<(u64, u64)> {
-        Ok(self.heads.get(stream).ctx("read head")?.map_or((0, 0), |g| g.value()))
+    fn head(&self, stream: &str) -> StoreResult<Head> {
+        if let Some(h) = self.dirty.get(stream) {
+            return Ok(*h);
+        }
+        Ok(self.heads.get(stream).ctx("read head")?.map_or((0, 0, EMPTY), |g| g.value()))
+    }
+
+    fn set_head(&mut self, stream: &str, head: Head) {
+        match self.dirty.get_mut(stream) {
+            Some(h) => *h = head,
+            None => {
+                self.dirty.insert(stream.to_string(), head);
+            }
+        }
     }
 
     fn append(&mut self, ev: &NewEvent) -> StoreResult<u64> {
         let s = ev.stream.as_str();
-        let (head, count) = self.head(s)?;
+        let (head, count, mut oldest) = self.head(s)?;
         let seq = head + 1;
         let expires = ev.ttl.map_or(NO_EXPIRY, |t| ev.ts.saturating_add(ms(t)));
         self.events.insert((s, seq), encode_event(ev, expires).as_slice()).ctx("insert event")?;
-        self.by_time.insert((ev.ts, s, seq), ()).ctx("insert time index")?;
         if expires != NO_EXPIRY {
             self.expiry.insert((expires, s, seq), ()).ctx("insert expiry index")?;
         }
-        self.heads.insert(s, (seq, count + 1)).ctx("write head")?;
+        if count == 0 {
+            // Empty until now: this event is its oldest (an empty stream has no age entry).
+            self.set_oldest(s, oldest, ev.ts)?;
+            oldest = ev.ts;
+        }
+        self.set_head(s, (seq, count + 1, oldest));
         self.messages += 1;
         self.streams += i64::from(count == 0);
         Ok(seq)
     }
 
-    /// Deletes one event and its index entries; the head stays. False if it was not there.
+    /// Moves `stream`'s age index entry from `old` to `new` (`EMPTY`: no entry).
+    fn set_oldest(&mut self, stream: &str, old: i64, new: i64) -> StoreResult<()> {
+        if old == new {
+            return Ok(());
+        }
+        if old != EMPTY {
+            self.age.remove((old, stream)).ctx("delete age index")?;
+        }
+        if new != EMPTY {
+            self.age.insert((new, stream), ()).ctx("write age index")?;
+        }
+        Ok(())
+    }
+
+    /// Deletes one event and its expiry entry; the head stays. False if it was not there.
     fn delete(&mut self, stream: &str, seq: u64) -> StoreResult<bool> {
         let times = match self.events.remove((stream, seq)).ctx("delete event")? {
             Some(v) => event_times(v.value())?,
             None => return Ok(false),
         };
-        self.by_time.remove((times.0, stream, seq)).ctx("delete time index")?;
         if times.1 != NO_EXPIRY {
             self.expiry.remove((times.1, stream, seq)).ctx("delete expiry index")?;
         }
-        let (head, count) = self.head(stream)?;
-        self.heads.insert(stream, (head, count.saturating_sub(1))).ctx("write head")?;
+        let (head, count, oldest) = self.head(stream)?;
+        self.set_head(stream, (head, count.saturating_sub(1), oldest));
+        if !self.touched.contains(stream) {
+            self.touched.insert(stream.to_string());
+        }
         self.messages -= 1;
         self.streams -= i64::from(count == 1);
         Ok(true)
     }
 
-    /// Deletes up to `SWEEP_CHUNK` events whose time index (or expiry index) is before `cutoff`.
-    fn drop_indexed(&mut self, expiry: bool, cutoff: i64) -> StoreResult<(u64, bool)> {
-        let index = if expiry { &self.expiry } else { &self.by_time };
-        let keys = index
+    /// Brings the `oldest_ts` (and age entry) of every stream that lost events up to date.
+    fn rescore(&mut self) -> StoreResult<()> {
+        for stream in std::mem::take(&mut self.touched) {
+            let (head, count, oldest) = self.head(&stream)?;
+            let now = first_ts(&self.events, &stream)?.unwrap_or(EMPTY);
+            self.set_oldest(&stream, oldest, now)?;
+            self.set_head(&stream, (head, count, now));
+        }
+        Ok(())
+    }
+
+    /// Writes the heads changed in this transaction.
+    fn flush(&mut self) -> StoreResult<()> {
+        self.rescore()?;
+        for (stream, head) in self.dirty.drain() {
+            self.heads.insert(stream.as_str(), head).ctx("write head")?;
+        }
+        Ok(())
+    }
+
+    /// Deletes up to `SWEEP_CHUNK` events accepted before `cutoff`: streams come from the age
+    /// index, oldest first, and each loses events from its front (in sequence order) until
+    /// one is recent enough.
+    fn drop_older(&mut self, cutoff: i64) -> StoreResult<(u64, bool)> {
+        let streams = self
+            .age
+            .range(..(cutoff, ""))
+            .ctx("scan age index")?
+            .take(SWEEP_CHUNK)
+            .map(|r| r.map(|(k, _)| k.value().1.to_string()))
+            .collect::<Result<Vec<_>, _>>()
+            .ctx("scan age index")?;
+        let (mut removed, mut more) = (0u64, streams.len() == SWEEP_CHUNK);
+        for s in &streams {
+            let budget = SWEEP_CHUNK - removed as usize;
+            let mut victims = Vec::new();
+            for r in self.events.range((s.as_str(), 0u64)..=(s.as_str(), u64::MAX)).ctx("scan stream")?.take(budget) {
+                let (k, v) = r.ctx("scan stream")?;
+                if event_times(v.value())?.0 >= cutoff {
+                    break;
+                }
+                victims.push(k.value().1);
+            }
+            for seq in victims {
+                removed += u64::from(self.delete(s, seq)?);
+            }
+            if removed as usize >= SWEEP_CHUNK {
+                more = true;
+                break;
+            }
+        }
+        self.rescore()?;
+        Ok((removed, more))
+    }
+
+    /// Deletes up to `SWEEP_CHUNK` events whose expiry is before `cutoff`.
+    fn drop_expired(&mut self, cutoff: i64) -> StoreResult<(u64, bool)> {
+        let keys = self
+            .expiry
             .range(..(cutoff, "", 0u64))
             .ctx("scan index")?
             .take(SWEEP_CHUNK)
@@ -241,10 +336,10 @@ impl<'t> KindTables<'t> {
                 removed += 1;
             } else {
                 // An index entry without its event: drop it so the sweep cannot spin on it.
-                let index = if expiry { &mut self.expiry } else { &mut self.by_time };
-                index.remove((*t, s.as_str(), *seq)).ctx("delete index")?;
+                self.expiry.remove((*t, s.as_str(), *seq)).ctx("delete index")?;
             }
         }
+        self.rescore()?;
         Ok((removed, keys.len() == SWEEP_CHUNK))
     }
 
@@ -275,6 +370,7 @@ impl<'t> KindTables<'t> {
             // Fewer events than the count says: do not loop on a wrong counter.
             more |= excess > take && seqs.len() as u64 == take;
         }
+        self.rescore()?;
         Ok((removed, more))
     }
 }
@@ -393,8 +489,8 @@ impl<'t> Tables<'t> {
 
     fn sweep(&mut self, op: &SweepOp) -> StoreResult<(u64, bool)> {
         match op {
-            SweepOp::Expired { kind, now } => self.kind(kind).drop_indexed(true, now.saturating_add(1)),
-            SweepOp::Older { kind, cutoff } => self.kind(kind).drop_indexed(false, *cutoff),
+            SweepOp::Expired { kind, now } => self.kind(kind).drop_expired(now.saturating_add(1)),
+            SweepOp::Older { kind, cutoff } => self.kind(kind).drop_older(*cutoff),
             SweepOp::TrimLen { kind, streams, max_len } => self.kind(kind).trim(streams, *max_len),
             SweepOp::Cursors { keys, cutoff } => {
                 let mut removed = 0;
@@ -426,7 +522,10 @@ impl<'t> Tables<'t> {
         }
     }
 
-    fn save_counters(&mut self) -> StoreResult<()> {
+    /// Writes what is kept for the end of the transaction: heads and counters.
+    fn finish(&mut self) -> StoreResult<()> {
+        self.user.flush()?;
+        self.room.flush()?;
         for (name, delta) in
             [(C_MESSAGES, self.user.messages), (C_STREAMS, self.user.streams), (C_CURSORS, self.cursors_delta)]
         {

@@ -9,7 +9,7 @@
 //!
 //! Must never: answer an append before Redis acknowledged it, number two events of a stream
 //! with the same seq or leave a hole in the numbering, touch keys of two streams in one script
-//! (they may live on different cluster nodes), scan the whole keyspace, or wait on Redis without
+//! on a cluster (they may live on different nodes), scan the whole keyspace, or wait on Redis without
 //! a time limit (a call that does not finish within `op_timeout` is `Unavailable`).
 //!
 //! Same guarantees as the embedded store (see `store::Store`), with these differences:
@@ -21,8 +21,9 @@
 //! - Redis must run with `maxmemory-policy noeviction`: an evicted head key would restart a
 //!   stream's numbering (the append script repairs it from the stream when the stream is
 //!   still there).
-//! - A batch append to several users is one script per user, so a failed batch may have been
-//!   applied for some of them (callers retry with an Idempotency-Key).
+//! - A batch append to several users is one script per user on a cluster, one script per 128
+//!   users on a standalone server (sent in pipelines), so a failed batch may have been applied
+//!   for some of them (callers retry with an Idempotency-Key).
 //! - The `stats` counters are kept by each node in memory and added to Redis once a second, so
 //!   they are approximate (a crash loses at most one second of counts); `streams` and the
 //!   oldest age come from the indexes.
@@ -31,7 +32,7 @@
 //! - Requires Redis 7.0 or newer (scripts declare their flags, `SET NX GET`, sharded pub/sub).
 //!
 //! Key layout (prefix `sg` by default). The `{...}` hash tag keeps every key of one stream in
-//! one cluster slot, so each script touches one slot:
+//! one cluster slot, so each script touches one slot on a cluster:
 //!
 //! | key | type | content |
 //! |---|---|---|
@@ -63,7 +64,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
-use redis::{Cmd, Pipeline, RedisError, Value};
+use redis::{Cmd, Pipeline, RedisError, ScriptInvocation, Value};
 
 use super::{IdemRecord, NewEvent, Page, Retention, Store, StoreError, StoreResult, StoreStats, StreamKey};
 use scripts::*;
@@ -80,8 +81,13 @@ pub use crate::redis_conn::{is_unavailable, Endpoint, RedisConn, RedisMode};
 
 /// How many shards each retention index has (spread over the cluster by their hash tags).
 const INDEX_SHARDS: u32 = 16;
-/// Scripts in flight at once for a batch append.
+/// Scripts in flight at once for a batch append on a cluster.
 const APPEND_CONCURRENCY: usize = 64;
+/// Scripts per pipeline on a standalone server (four pipelines in flight).
+const PIPELINE: usize = 16;
+/// Streams one append script takes on a standalone server (one script runs alone on Redis:
+/// this bounds how long it holds the server, about a millisecond).
+const STREAMS_PER_SCRIPT: usize = 128;
 /// A cursor read refreshes `last_used` only when it is older than this (expiry is days).
 const TOUCH_AFTER_MS: i64 = 60_000;
 
@@ -350,7 +356,8 @@ impl Inner {
         }
     }
 
-    /// Appends events grouped by stream, one script per stream, `APPEND_CONCURRENCY` at once.
+    /// Appends events grouped by stream: one script per stream on a cluster, per 128 streams
+    /// on a standalone server.
     async fn append(&self, kind: Kind, events: Vec<NewEvent>) -> StoreResult<Vec<u64>> {
         self.check()?;
         let mut order: HashMap<&str, usize> = HashMap::new();
@@ -366,25 +373,34 @@ impl Inner {
             u64::MAX => "-1".to_string(),
             n => n.to_string(),
         };
-        // Futures collected first: a stream over a borrowing closure is not `Send` enough
-        // for `async_trait`.
-        let calls: Vec<_> = groups
-            .iter()
-            .map(|(name, idx)| {
-                let [s, h, x] = self.keys.stream(kind, name);
-                let mut inv = self.scripts.append.key(s);
-                inv.key(h).key(x).arg(&max_len);
-                for &i in idx {
-                    let e = &events[i];
-                    let expires = e.ttl.map_or(0, |t| e.ts.saturating_add(ms(t)).max(1));
-                    inv.arg(e.ts).arg(expires).arg(&e.kind).arg(e.data.as_ref());
+        // One script per stream on a cluster (two streams may live on different nodes), up to
+        // `STREAMS_PER_SCRIPT` streams per script on a standalone server.
+        let per_script = if self.endpoint.cluster { 1 } else { STREAMS_PER_SCRIPT };
+        let invocations: Vec<_> = groups
+            .chunks(per_script)
+            .map(|chunk| {
+                let mut inv = self.scripts.append.prepare_invoke();
+                inv.arg(&max_len);
+                for (name, idx) in chunk {
+                    let [s, h, x] = self.keys.stream(kind, name);
+                    inv.key(s).key(h).key(x).arg(idx.len());
+                    for &i in idx {
+                        let e = &events[i];
+                        let expires = e.ttl.map_or(0, |t| e.ts.saturating_add(ms(t)).max(1));
+                        inv.arg(e.ts).arg(expires).arg(&e.kind).arg(e.data.as_ref());
+                    }
                 }
-                let mut conn = self.writer.clone();
-                async move { inv.invoke_async::<Value>(&mut conn).await }
+                inv
             })
             .collect();
-        let work = stream::iter(calls).buffered(APPEND_CONCURRENCY).try_collect::<Vec<Value>>();
-        let answers = self.run("append", work).await?;
+        let per_stream = self.run("append", self.invoke_all(&invocations)).await?;
+        let mut answers = Vec::with_capacity(groups.len());
+        for v in per_stream {
+            answers.extend(into_array(v).ok_or_else(|| bad("append"))?);
+        }
+        if answers.len() != groups.len() {
+            return Err(bad("append"));
+        }
 
         let mut seqs = vec![0u64; events.len()];
         let mut index = redis::pipe(); // only used when standalone; cluster sends one by one
@@ -438,6 +454,52 @@ impl Inner {
             }
         }
         Ok(seqs)
+    }
+
+    /// Runs script invocations (each on its own stream) and returns their answers in order: on
+    /// a standalone server in pipelines of `PIPELINE`, four in flight; on a cluster
+    /// `APPEND_CONCURRENCY` at once (a cluster pipeline must stay within one slot). An
+    /// invocation Redis refused with NOSCRIPT was not run: it is run again after loading.
+    async fn invoke_all(&self, invocations: &[ScriptInvocation<'_>]) -> Result<Vec<Value>, RedisError> {
+        if let RedisConn::Cluster(_) = &self.writer {
+            // Futures collected first: a stream over a borrowing closure is not `Send` enough
+            // for `async_trait`.
+            let calls: Vec<_> = invocations
+                .iter()
+                .map(|inv| {
+                    let mut conn = self.writer.clone();
+                    async move { inv.invoke_async::<Value>(&mut conn).await }
+                })
+                .collect();
+            return stream::iter(calls).buffered(APPEND_CONCURRENCY).try_collect().await;
+        }
+        let calls: Vec<_> = invocations
+            .chunks(PIPELINE)
+            .map(|chunk| {
+                let mut conn = self.writer.clone();
+                async move {
+                    let mut pipe = redis::pipe();
+                    pipe.ignore_errors();
+                    for inv in chunk {
+                        pipe.invoke_script(inv);
+                    }
+                    let results: Vec<Result<Value, RedisError>> = pipe.query_async(&mut conn).await?;
+                    let mut answers = Vec::with_capacity(chunk.len());
+                    for (inv, r) in chunk.iter().zip(results) {
+                        answers.push(match r {
+                            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                                inv.invoke_async(&mut conn).await?
+                            }
+                            r => r?,
+                        });
+                    }
+                    Ok::<_, RedisError>(answers)
+                }
+            })
+            .collect();
+        // A few pipelines in flight, so Redis has the next scripts while answers travel back.
+        let parts: Vec<Vec<Value>> = stream::iter(calls).buffered(4).try_collect().await?;
+        Ok(parts.into_iter().flatten().collect())
     }
 
     /// Sends independent commands: one pipeline on a standalone server, concurrently on a

@@ -1,7 +1,8 @@
 //! The Lua scripts of the Redis store and the decoding of their answers.
 //!
 //! Each script touches the keys of one stream (or one cursor hash, or one idempotency
-//! record), which share a hash tag and so one cluster slot. Numbers that are seqs travel as
+//! record), which share a hash tag and so one cluster slot; the append script takes several
+//! streams at once on a standalone server only. Numbers that are seqs travel as
 //! decimal strings (Lua numbers are doubles); times in ms fit a double exactly. Each script
 //! declares its flags (`#!lua`): Redis then refuses a writing script up front when it is out
 //! of memory, instead of failing half-way through.
@@ -11,40 +12,45 @@ use redis::{Script, Value};
 
 use crate::store::{IdemRecord, StoreError, StoredEvent};
 
-/// Appends events to one stream. KEYS: stream, head, expiry zset. ARGV: max_len (-1: none),
-/// then per event: ts, expires_at (0: none), type, data.
-/// Returns {first seq, stream length before, trimmed}.
+/// Appends events to one or more streams (several only on a standalone server: on a cluster
+/// the keys of two streams may live on different nodes). KEYS: per stream: stream, head,
+/// expiry zset. ARGV: max_len (-1: none), then per stream: its event count n, then per
+/// event: ts, expires_at (0: none), type, data.
+/// Returns, per stream, {first seq, stream length before, trimmed}.
 pub(super) const APPEND: &str = r#"#!lua
-local stream, headkey, xkey = KEYS[1], KEYS[2], KEYS[3]
-local len0 = redis.call('XLEN', stream)
-local head = redis.call('GET', headkey)
-if head then
-  head = tonumber(head)
-else
-  head = 0
-  if redis.call('EXISTS', stream) == 1 then
+local out = {}
+local a = 2
+for k = 1, #KEYS, 3 do
+  local stream, headkey, xkey = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  local len0 = redis.call('XLEN', stream)
+  local head = redis.call('INCRBY', headkey, n) - n
+  if head == 0 and redis.call('EXISTS', stream) == 1 then
     -- The head key was lost (evicted or deleted): never number below what the stream gave out.
     local info = redis.call('XINFO', 'STREAM', stream)
     for i = 1, #info, 2 do
       if info[i] == 'last-generated-id' then head = tonumber(string.match(info[i + 1], '^(%d+)')) end
     end
+    redis.call('SET', headkey, string.format('%d', head + n))
   end
-end
-local first = head + 1
-for b = 2, #ARGV, 4 do
-  head = head + 1
-  local seq = string.format('%d', head)
-  if ARGV[b + 1] == '0' then
-    redis.call('XADD', stream, seq .. '-0', 't', ARGV[b], 'k', ARGV[b + 2], 'd', ARGV[b + 3])
-  else
-    redis.call('XADD', stream, seq .. '-0', 't', ARGV[b], 'x', ARGV[b + 1], 'k', ARGV[b + 2], 'd', ARGV[b + 3])
-    redis.call('ZADD', xkey, ARGV[b + 1], seq)
+  local first = head + 1
+  for b = a, a + 4 * (n - 1), 4 do
+    head = head + 1
+    local seq = string.format('%d', head)
+    if ARGV[b + 1] == '0' then
+      redis.call('XADD', stream, seq .. '-0', 't', ARGV[b], 'k', ARGV[b + 2], 'd', ARGV[b + 3])
+    else
+      redis.call('XADD', stream, seq .. '-0', 't', ARGV[b], 'x', ARGV[b + 1], 'k', ARGV[b + 2], 'd', ARGV[b + 3])
+      redis.call('ZADD', xkey, ARGV[b + 1], seq)
+    end
   end
+  a = a + 4 * n
+  local trimmed = 0
+  if ARGV[1] ~= '-1' then trimmed = redis.call('XTRIM', stream, 'MAXLEN', ARGV[1]) end
+  out[#out + 1] = {string.format('%d', first), len0, trimmed}
 end
-redis.call('SET', headkey, string.format('%d', head))
-local trimmed = 0
-if ARGV[1] ~= '-1' then trimmed = redis.call('XTRIM', stream, 'MAXLEN', ARGV[1]) end
-return {string.format('%d', first), len0, trimmed}
+return out
 "#;
 
 /// Reads a stream. KEYS: stream, head. ARGV: start id ('' for no events), count.
