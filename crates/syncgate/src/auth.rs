@@ -44,6 +44,10 @@ pub struct Claims {
     pub iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
+    /// Free-form device or user attributes (a JSON object of at most 1 KiB), recorded with
+    /// the connection and matched by broadcast `where` filters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<serde_json::Value>,
 }
 
 impl Claims {
@@ -73,6 +77,7 @@ pub struct Auth {
     audience: Option<String>,
     leeway: u64,
     api_keys: Vec<Vec<u8>>,
+    admin_keys: Vec<Vec<u8>>,
 }
 
 impl Auth {
@@ -107,7 +112,29 @@ impl Auth {
             audience: (!cfg.audience.is_empty()).then(|| cfg.audience.clone()),
             leeway: cfg.leeway.as_secs(),
             api_keys: api_keys.iter().map(|k| k.trim().as_bytes().to_vec()).collect(),
+            admin_keys: Vec::new(),
         })
+    }
+
+    /// Sets the keys operators sign in to the admin UI with (none: sign-in is refused).
+    pub fn with_admin_keys(mut self, keys: &[String]) -> Self {
+        self.admin_keys = keys.iter().map(|k| k.trim().as_bytes().to_vec()).filter(|k| !k.is_empty()).collect();
+        self
+    }
+
+    /// Whether any admin key is configured.
+    pub fn has_admin_keys(&self) -> bool {
+        !self.admin_keys.is_empty()
+    }
+
+    /// Whether `key` is one of the admin keys (compared in constant time).
+    pub fn is_admin_key(&self, key: &str) -> bool {
+        let key = key.trim().as_bytes();
+        let mut found = false;
+        for k in &self.admin_keys {
+            found |= constant_time_eq(k, key);
+        }
+        found
     }
 
     /// Verifies a client token.
@@ -184,6 +211,7 @@ impl Auth {
             iat: Some(now),
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
+            meta: None,
         };
         encode(&Header::new(Algorithm::HS256), &claims, enc).map_err(|e| AuthError::Invalid(e.to_string()))
     }
@@ -215,7 +243,7 @@ fn plain(e: &jsonwebtoken::errors::Error) -> String {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -266,6 +294,7 @@ mod tests {
             iat: None,
             iss: None,
             aud: None,
+            meta: None,
         };
         let t = encode(&Header::new(Algorithm::HS256), &expired, &enc).unwrap();
         assert!(matches!(a.verify(&t), Err(AuthError::Expired)));

@@ -7,6 +7,7 @@
 //! The map of the crate, from the outside in:
 //!
 //! - [`server`]: start-up, the accept loop (HTTP/1 with upgrades), graceful shutdown.
+//! - [`admin`]: the admin web UI at `/admin` (assets in the binary, sessions, CSRF).
 //! - [`api`]: the HTTP API (server API for backends, offline API for devices, operations).
 //! - [`transport`]: the WebSocket upgrade at `/ws`, RFC 6455 framing ([`transport::codec`]),
 //!   and the task of each connection.
@@ -23,6 +24,8 @@
 //!   the store, the broker and presence in cluster mode.
 //! - [`store`]: durable user streams, room history, cursors, idempotency (`Store` trait;
 //!   embedded redb for one node).
+//! - [`meta`]: what a connection records (address, app version, the token's `meta`) and
+//!   the `where` filter of broadcasts.
 //! - [`push`]: push registrations and providers (Web Push, FCM, APNs) for devices that
 //!   are not connected.
 //! - [`queue`]: the durable outbound job queue (webhooks, push sends, delayed publishes),
@@ -32,6 +35,7 @@
 //! - [`auth`], [`limits`], [`metrics`], [`config`], [`error`], [`close`]: the cross-cutting
 //!   parts; [`names`]: the one rule for user ids, client ids and room names.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod broker;
@@ -42,6 +46,7 @@ pub mod error;
 pub mod event;
 pub mod hub;
 pub mod limits;
+pub mod meta;
 pub mod metrics;
 pub mod names;
 pub mod node;

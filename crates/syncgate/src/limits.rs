@@ -1,5 +1,5 @@
-//! Rate limiters (GCRA, from the governor crate) for WebSocket connects, client frames and
-//! API calls.
+//! Rate limiters (GCRA, from the governor crate) for WebSocket connects, client frames, API
+//! calls and admin sign-ins.
 //!
 //! Owns: one keyed limiter per configured `rate_limits.*` key, the per-connection frame
 //! limiter, and the answer a refused caller gets (limit, remaining, retry-after).
@@ -98,6 +98,7 @@ pub struct Limiters {
     pub ws_connect_ip: KeyedLimit<std::net::IpAddr>,
     pub api_user: KeyedLimit<Arc<str>>,
     pub api_key: KeyedLimit<Arc<str>>,
+    pub admin_sign_in: KeyedLimit<std::net::IpAddr>,
     frame_quota: Option<Quota>,
     pub frame_strikes: u32,
 }
@@ -109,6 +110,7 @@ impl Limiters {
             ws_connect_ip: KeyedLimit::new("ws_connect_per_ip", &cfg.ws_connect_per_ip),
             api_user: KeyedLimit::new("api_per_user", &cfg.api_per_user),
             api_key: KeyedLimit::new("api_per_key", &cfg.api_per_key),
+            admin_sign_in: KeyedLimit::new("admin_sign_in", &cfg.admin_sign_in),
             frame_quota: cfg.client_frames.0.as_ref().map(quota),
             frame_strikes: cfg.client_frames_strikes,
         }
@@ -125,6 +127,7 @@ impl Limiters {
         self.ws_connect_ip.sweep();
         self.api_user.sweep();
         self.api_key.sweep();
+        self.admin_sign_in.sweep();
     }
 }
 

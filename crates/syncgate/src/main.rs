@@ -148,6 +148,9 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             eprintln!("WARNING: development mode: no JWT secret or API key configured; using the ones in {}/dev-secrets.json", server.node.cfg.server.data_dir.display());
             if *created {
                 eprintln!("  created development API key: {}", dev.api_key);
+                if server.node.cfg.admin.keys.is_empty() {
+                    eprintln!("  created development admin key (sign in at http://{addr}/admin): {}", dev.admin_key);
+                }
                 eprintln!("  (mint a client token with: syncgate token --user alice)");
             }
         }

@@ -55,6 +55,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Messages published since start, from every source (the HTTP API and clients).
+    pub fn messages_in_total(&self) -> u64 {
+        ["api", "client"].iter().map(|k| self.messages_in.get_or_create(&KindLabels { kind: k }).get()).sum()
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("syncgate");
         let m = Metrics {

@@ -233,6 +233,31 @@ impl Node {
         Ok(id)
     }
 
+    /// Sends a live-only message to every connection whose metadata passes `filter`, on
+    /// every node (an empty filter is a plain broadcast).
+    pub async fn broadcast_where(&self, msg: Message<'_>, filter: crate::meta::Where) -> Result<String> {
+        if filter.is_empty() {
+            return self.broadcast(msg).await;
+        }
+        let id = self.transient_id();
+        let ev = Event::new(id.clone(), StreamName::Broadcast, msg.kind, msg.data, now_ms(), msg.priority);
+        self.fan_out(Envelope::new(Target::AllWhere(Arc::new(filter)), None, Arc::new(ev), None)).await?;
+        Ok(id)
+    }
+
+    /// Closes the connections of one device of a user, on every node. Returns the local count.
+    pub async fn disconnect_device(&self, user: &str, client_id: &str) -> Result<usize> {
+        let target = Target::DisconnectDevice(user.into(), client_id.into());
+        self.fan_out(Envelope { target, seq: None, event: None, except: None }).await
+    }
+
+    /// Closes one connection of a user: `conn_id` on node `node` (as the connections API
+    /// lists them). Returns how many were closed here (0 when it is on another node).
+    pub async fn disconnect_conn(&self, user: &str, node: &str, conn_id: u64) -> Result<usize> {
+        let target = Target::DisconnectConn(user.into(), node.into(), conn_id);
+        self.fan_out(Envelope { target, seq: None, event: None, except: None }).await
+    }
+
     /// Closes every connection of a user, on every node. Returns the local count.
     pub async fn disconnect_user(&self, user: &str) -> Result<usize> {
         self.fan_out(Envelope::disconnect(user.into())).await
@@ -245,8 +270,8 @@ impl Node {
     /// message shows the gap; a 503 would make the caller retry and store it twice.
     async fn fan_out(&self, env: Envelope) -> Result<usize> {
         let kind = match (&env.target, env.seq) {
-            (Target::Disconnect(_), _) => "disconnect",
-            (Target::All, _) => "broadcast",
+            (Target::Disconnect(_) | Target::DisconnectDevice(..) | Target::DisconnectConn(..), _) => "disconnect",
+            (Target::All | Target::AllWhere(_), _) => "broadcast",
             (_, Some(_)) => "persisted",
             (_, None) => "transient",
         };

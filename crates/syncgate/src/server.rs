@@ -61,6 +61,9 @@ pub enum ServerError {
 pub struct DevSecrets {
     pub jwt_secret: String,
     pub api_key: String,
+    /// Admin UI key (added to files written before the admin UI existed).
+    #[serde(default)]
+    pub admin_key: String,
 }
 
 fn random_token(bytes: usize) -> String {
@@ -76,16 +79,29 @@ fn random_token(bytes: usize) -> String {
 pub fn dev_secrets(data_dir: &Path) -> Result<(DevSecrets, bool), ServerError> {
     let path = data_dir.join("dev-secrets.json");
     let dd = |source| ServerError::DataDir { path: data_dir.display().to_string(), source };
+    let save = |s: &DevSecrets| {
+        let text = serde_json::to_string_pretty(s).unwrap_or_default();
+        write_private(&path, text.as_bytes()).map_err(dd)
+    };
     if let Ok(text) = std::fs::read_to_string(&path) {
         if let Ok(s) = serde_json::from_str::<DevSecrets>(&text) {
             check_private(&path)?;
-            return Ok((s, false));
+            if !s.admin_key.is_empty() {
+                return Ok((s, false));
+            }
+            // Written before the admin UI existed: add its key, keep the others.
+            let s = DevSecrets { admin_key: format!("ak_dev_{}", random_token(16)), ..s };
+            save(&s)?;
+            return Ok((s, true));
         }
     }
     create_private_dir(data_dir).map_err(dd)?;
-    let s = DevSecrets { jwt_secret: random_token(32), api_key: format!("sk_dev_{}", random_token(16)) };
-    let text = serde_json::to_string_pretty(&s).unwrap_or_default();
-    write_private(&path, text.as_bytes()).map_err(dd)?;
+    let s = DevSecrets {
+        jwt_secret: random_token(32),
+        api_key: format!("sk_dev_{}", random_token(16)),
+        admin_key: format!("ak_dev_{}", random_token(16)),
+    };
+    save(&s)?;
     Ok((s, true))
 }
 
@@ -172,6 +188,15 @@ pub fn effective_credentials(cfg: &Config) -> Result<(String, Vec<String>, DevIn
     let secret = if needs_secret { dev.jwt_secret.clone() } else { cfg.auth.jwt_secret.clone() };
     let keys = if needs_key { vec![dev.api_key.clone()] } else { cfg.auth.api_keys.clone() };
     Ok((secret, keys, Some((dev, created))))
+}
+
+/// The admin keys in effect: `admin.keys`, else the development one when the node runs in
+/// development mode, else none (the admin UI then refuses every sign-in).
+pub fn effective_admin_keys(cfg: &Config, dev: &DevInUse) -> Vec<String> {
+    if !cfg.admin.keys.is_empty() {
+        return cfg.admin.keys.clone();
+    }
+    dev.as_ref().map(|(d, _)| vec![d.admin_key.clone()]).unwrap_or_default()
 }
 
 pub fn instance_id(cfg: &Config) -> String {
@@ -272,10 +297,11 @@ impl Server {
     pub async fn build(cfg: Config) -> Result<Server, ServerError> {
         let cfg = Arc::new(cfg);
         let (secret, keys, dev) = effective_credentials(&cfg)?;
-        let auth = Auth::new(&cfg.auth, &secret, &keys)?;
+        let auth = Auth::new(&cfg.auth, &secret, &keys)?.with_admin_keys(&effective_admin_keys(&cfg, &dev));
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(cfg.limits.max_connections, cfg.limits.max_connections_per_user, metrics.clone()));
         let instance = instance_id(&cfg);
+        hub.set_instance(&instance);
         let background = CancellationToken::new();
         let backends = if cfg.redis.url.is_empty() {
             single_node(&cfg, &hub, &metrics)?

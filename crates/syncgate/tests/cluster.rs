@@ -12,30 +12,6 @@ use serde_json::json;
 use std::time::Duration;
 use syncgate_client::{Device, DeviceOptions};
 
-async fn nodes(url: &str, n: usize, f: impl Fn(&mut syncgate::config::Config) + Clone) -> Vec<TestServer> {
-    let mut out = Vec::new();
-    for i in 0..n {
-        let f = f.clone();
-        let url = url.to_string();
-        out.push(
-            TestServer::with(move |c| {
-                c.redis.url = url;
-                c.redis.presence_ttl = Duration::from_secs(3);
-                c.server.instance_id = format!("node-{i}");
-                f(c);
-            })
-            .await,
-        );
-    }
-    out
-}
-
-async fn stop_all(nodes: Vec<TestServer>) {
-    for n in nodes {
-        n.stop().await;
-    }
-}
-
 /// Waits until presence (as seen through `api`) counts `n` connections of `user`.
 async fn until_connections(api: &syncgate_client::Api, user: &str, n: u64) {
     eventually_async(|| {
@@ -63,7 +39,7 @@ where
 #[tokio::test]
 async fn three_nodes_deliver_users_rooms_and_broadcasts_across_nodes() {
     let redis = RedisServer::start();
-    let n = nodes(&redis.url(), 3, |_| {}).await;
+    let n = cluster_nodes(&redis.url(), 3, |_| {}).await;
     let (mut on_a, w) = n[0].device("alice", &["room:*"]).await;
     assert_eq!(w.instance_id, "node-0");
     let (mut on_b, _) = n[1].device("bob", &["room:*"]).await;
@@ -96,7 +72,7 @@ async fn three_nodes_deliver_users_rooms_and_broadcasts_across_nodes() {
 #[tokio::test]
 async fn presence_online_users_and_user_limits_agree_across_nodes() {
     let redis = RedisServer::start();
-    let n = nodes(&redis.url(), 3, |c| c.limits.max_connections_per_user = 2).await;
+    let n = cluster_nodes(&redis.url(), 3, |c| c.limits.max_connections_per_user = 2).await;
     let (mut a1, _) = n[0].device("alice", &["r"]).await;
     let (mut a2, _) = n[1].device("alice", &["r"]).await;
     let (_b, _) = n[2].device("bob", &["r"]).await;
@@ -129,7 +105,7 @@ async fn presence_online_users_and_user_limits_agree_across_nodes() {
 #[tokio::test]
 async fn a_device_resumes_on_another_node_without_gap_or_duplicate() {
     let redis = RedisServer::start();
-    let n = nodes(&redis.url(), 2, |_| {}).await;
+    let n = cluster_nodes(&redis.url(), 2, |_| {}).await;
     let (mut d, _) = n[0].device_with("alice", "phone").await;
     let mut ids = Vec::new();
     for i in 0..10 {
@@ -156,7 +132,7 @@ async fn a_device_resumes_on_another_node_without_gap_or_duplicate() {
 #[tokio::test]
 async fn works_on_a_redis_cluster() {
     let cluster = RedisCluster::start();
-    let n = nodes(&cluster.url(), 2, |_| {}).await;
+    let n = cluster_nodes(&cluster.url(), 2, |_| {}).await;
     let (mut d, _) = n[0].device_with("alice", "phone").await;
     let (mut r, _) = n[1].device("bob", &["lobby"]).await;
     r.join("lobby", None).await.unwrap().expect_reply().unwrap();
@@ -173,7 +149,7 @@ async fn works_on_a_redis_cluster() {
 #[tokio::test]
 async fn redis_restart_loses_no_acknowledged_publish_and_nodes_recover() {
     let mut redis = RedisServer::start_with(ServerOpts { appendonly: true, ..Default::default() });
-    let n = nodes(&redis.url(), 2, |_| {}).await;
+    let n = cluster_nodes(&redis.url(), 2, |_| {}).await;
     let (mut d, _) = n[0].device_with("alice", "phone").await;
     let api = n[1].api.clone();
     let publisher = tokio::spawn(async move {
@@ -237,7 +213,7 @@ async fn a_killed_node_is_forgotten_and_its_devices_resume_elsewhere() {
     ];
     let mut doomed = Proc::spawn(dir.path(), free_port(), &env);
     doomed.wait_ready().await;
-    let survivor = nodes(&url, 1, |_| {}).await.remove(0);
+    let survivor = cluster_nodes(&url, 1, |_| {}).await.remove(0);
     let token = survivor.token("alice", &[]);
     let (mut d, w) = Device::connect(&doomed.base, DeviceOptions::new(token.clone()).client_id("phone")).await.unwrap();
     assert_eq!(w.instance_id, "doomed");

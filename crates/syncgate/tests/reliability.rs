@@ -13,30 +13,6 @@ use redis_support::{RedisServer, ServerOpts};
 use serde_json::json;
 use syncgate_client::Api;
 
-async fn nodes(url: &str, n: usize, f: impl Fn(&mut syncgate::config::Config) + Clone) -> Vec<TestServer> {
-    let mut out = Vec::new();
-    for i in 0..n {
-        let f = f.clone();
-        let url = url.to_string();
-        out.push(
-            TestServer::with(move |c| {
-                c.redis.url = url;
-                c.redis.presence_ttl = Duration::from_secs(3);
-                c.server.instance_id = format!("node-{i}");
-                f(c);
-            })
-            .await,
-        );
-    }
-    out
-}
-
-async fn stop_all(nodes: Vec<TestServer>) {
-    for n in nodes {
-        n.stop().await;
-    }
-}
-
 /// Polls `f` every 5 ms until it holds or `limit` passes; returns how long it took.
 async fn within<F, Fut>(limit: Duration, mut f: F) -> Option<Duration>
 where
@@ -62,7 +38,7 @@ async fn online(api: &Api, user: &str) -> u64 {
 #[tokio::test]
 async fn presence_is_written_through_within_100ms() {
     let redis = RedisServer::start();
-    let n = nodes(&redis.url(), 2, |_| {}).await;
+    let n = cluster_nodes(&redis.url(), 2, |_| {}).await;
     let other = n[1].api.clone();
     // Let the first full refresh pass, so what is measured is the write-through.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -112,7 +88,7 @@ impl<T: PartialEq, F: std::future::Future<Output = T>> ThenEq<T> for F {
 #[tokio::test]
 async fn concurrent_same_key_publishes_on_three_nodes_publish_once() {
     let redis = RedisServer::start();
-    let n = nodes(&redis.url(), 3, |_| {}).await;
+    let n = cluster_nodes(&redis.url(), 3, |_| {}).await;
     let (mut dev, _) = n[1].device_with("zed", "phone").await;
     for round in 0..3 {
         let key = format!("order-{round}");
@@ -152,7 +128,7 @@ async fn concurrent_same_key_publishes_on_three_nodes_publish_once() {
 #[tokio::test]
 async fn a_failed_publish_is_not_remembered_under_its_key() {
     let redis = RedisServer::start();
-    let n = nodes(&redis.url(), 1, |c| c.messages.allowed_types = vec!["ok".into()]).await;
+    let n = cluster_nodes(&redis.url(), 1, |c| c.messages.allowed_types = vec!["ok".into()]).await;
     let bad = json!({"user_id": "u", "type": "nope", "data": 1});
     let r = n[0].api.post_with_idempotency_key("/api/v1/events", "k1", bad).await.unwrap();
     assert_eq!(r.status, 400, "{}", r.text);
@@ -171,7 +147,7 @@ async fn ready(api: &Api) -> bool {
 #[tokio::test]
 async fn after_a_redis_restart_ready_means_live_delivery_works() {
     let mut redis = RedisServer::start_with(ServerOpts { appendonly: true, ..Default::default() });
-    let n = nodes(&redis.url(), 2, |_| {}).await;
+    let n = cluster_nodes(&redis.url(), 2, |_| {}).await;
     let (mut dev, _) = n[0].device_with("alice", "phone").await;
     let mut acked = Vec::new();
     for i in 0..5 {
@@ -253,7 +229,7 @@ fn metric(text: &str, line_start: &str) -> u64 {
 #[tokio::test]
 async fn while_redis_is_down_the_user_limit_fails_closed_or_open_as_configured() {
     let mut redis = RedisServer::start();
-    let closed = nodes(&redis.url(), 1, |_| {}).await;
+    let closed = cluster_nodes(&redis.url(), 1, |_| {}).await;
     let open = TestServer::with({
         let url = redis.url();
         move |c| {

@@ -2,6 +2,54 @@
 // target/debug/syncgate. Do not edit: test/api-types.test.mjs fails when it drifts.
 
 export interface paths {
+    "/admin": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["index"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/assets/{file}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["asset"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/admin/session": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["session"];
+        put?: never;
+        post: operations["sign_in"];
+        delete: operations["sign_out"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/events": {
         parameters: {
             query?: never;
@@ -44,6 +92,22 @@ export interface paths {
         get?: never;
         put?: never;
         post: operations["broadcast"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/nodes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["nodes"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -338,6 +402,22 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/users/{user_id}/connections": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["connections"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/users/{user_id}/disconnect": {
         parameters: {
             query?: never;
@@ -362,6 +442,22 @@ export interface paths {
             cookie?: never;
         };
         get: operations["user_online"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users/{user_id}/stream": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["stream"];
         put?: never;
         post?: never;
         delete?: never;
@@ -483,6 +579,11 @@ export interface components {
             data: Record<string, never>;
             priority?: null | components["schemas"]["Priority"];
             type: string;
+            /**
+             * @description Only connections whose token `meta` (or `app_version`) has, for every key, that value
+             *     or one of the listed values: `{"region": ["eu", "us"], "plan": "pro"}`.
+             */
+            where?: Record<string, never> | null;
         };
         Circuit: {
             endpoint: string;
@@ -493,6 +594,32 @@ export interface components {
             failures: number;
             /** @description `closed`, `open` or `half_open`. */
             state: string;
+        };
+        /** @description One open connection and what it recorded at the upgrade. */
+        Connection: {
+            app_version?: string | null;
+            /** @description Null for an ephemeral connection. */
+            client_id?: string | null;
+            /** @description The connection's id on its node. */
+            conn_id: string;
+            /**
+             * Format: int64
+             * @description Unix milliseconds.
+             */
+            connected_at: number;
+            ip?: string | null;
+            /** @description The token's `meta` claim (`{}` without one). */
+            meta: Record<string, never>;
+            /** @description Instance id of the node holding it. */
+            node: string;
+            rooms: string[];
+            user_agent?: string | null;
+            user_id: string;
+        };
+        ConnectionsAnswer: {
+            /** @description Oldest first, across all nodes. */
+            connections: components["schemas"]["Connection"][];
+            user_id: string;
         };
         CountAnswer: {
             /** Format: int64 */
@@ -592,6 +719,31 @@ export interface components {
              * @description Messages after the start point that retention already removed.
              */
             trimmed: number;
+        };
+        /** @description One node's live figures. */
+        NodeFigures: {
+            /** Format: int64 */
+            connections: number;
+            instance_id: string;
+            /** Format: int64 */
+            messages_in: number;
+            /** Format: int64 */
+            messages_out: number;
+            /** Format: int64 */
+            rooms: number;
+            /**
+             * Format: int64
+             * @description Unix milliseconds at which the figures were taken.
+             */
+            updated_at: number;
+            /** Format: int64 */
+            uptime_s: number;
+            /** Format: int64 */
+            users: number;
+        };
+        NodesAnswer: {
+            /** @description Every live node, in id order. */
+            nodes: components["schemas"]["NodeFigures"][];
         };
         OfflineStatsAnswer: {
             /** Format: int64 */
@@ -756,6 +908,24 @@ export interface components {
             ttl_s?: number | null;
             type: string;
         };
+        /** @description An admin session, as sign-in and GET /api/v1/admin/session answer it. */
+        SessionAnswer: {
+            /** @description Send it as `X-CSRF-Token` on state-changing requests made with the session. */
+            csrf_token: string;
+            /**
+             * Format: int64
+             * @description Unix milliseconds.
+             */
+            expires_at: number;
+            instance_id: string;
+        };
+        SignedOutAnswer: {
+            signed_out: boolean;
+        };
+        SignIn: {
+            /** @description One of `admin.keys` (or the development admin key). */
+            key: string;
+        };
         StatsAnswer: {
             /** Format: int64 */
             connections: number;
@@ -770,6 +940,40 @@ export interface components {
             uptime_s: number;
             /** Format: int64 */
             users: number;
+        };
+        StreamAnswer: {
+            devices: components["schemas"]["StreamDevice"][];
+            /** @description Newest first. */
+            events: components["schemas"]["Event"][];
+            /**
+             * Format: int64
+             * @description Position of the oldest message kept.
+             */
+            first: number;
+            /**
+             * Format: int64
+             * @description Position of the newest message (0: empty).
+             */
+            head: number;
+            user_id: string;
+        };
+        /** @description A device (client id) of a user's stream. */
+        StreamDevice: {
+            client_id: string;
+            /**
+             * Format: int64
+             * @description Open connections of the device, on any node.
+             */
+            connected: number;
+            /** @description Id of the last message the device acknowledged (its position). */
+            cursor: string;
+            /** Format: int64 */
+            cursor_seq: number;
+            /**
+             * Format: int64
+             * @description Messages after the cursor.
+             */
+            lag: number;
         };
         /** @description A browser's `PushSubscription` (`subscription.toJSON()`). */
         Subscription: {
@@ -817,6 +1021,260 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    index: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The admin web UI (HTML); sign in with an admin key */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/html": unknown;
+                };
+            };
+        };
+    };
+    asset: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                file: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A script, stylesheet or image of the admin UI */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    session: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the current session */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SessionAnswer"];
+                };
+            };
+            /** @description invalid_request: a bad path, query or body */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description not signed in */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description rate_limit_exceeded (with Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description service_unavailable: storage or broker unreachable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    sign_in: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SignIn"];
+            };
+        };
+        responses: {
+            /** @description the session, and the session cookie */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SessionAnswer"];
+                };
+            };
+            /** @description invalid_request: a bad path, query or body */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description wrong admin key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description cross-origin sign-in */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description request_timeout: the body did not arrive within server.body_timeout */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description payload_too_large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description rate_limits.admin_sign_in exceeded for this address */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description service_unavailable: storage or broker unreachable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    sign_out: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description signed out */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SignedOutAnswer"];
+                };
+            };
+            /** @description invalid_request: a bad path, query or body */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description 401 */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description missing CSRF token */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description rate_limit_exceeded (with Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description service_unavailable: storage or broker unreachable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     events: {
         parameters: {
             query?: never;
@@ -1068,6 +1526,62 @@ export interface operations {
                 };
             };
             /** @description 429 */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description 503 */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    nodes: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description {"nodes":[{"instance_id","connections","users","rooms","messages_in","messages_out","uptime_s","updated_at"}]}: every live node, in id order (in cluster mode the other nodes' figures are up to about a second old) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NodesAnswer"];
+                };
+            };
+            /** @description invalid_request: a bad path, query or body */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description 401 */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description rate_limit_exceeded (with Retry-After) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -2399,7 +2913,7 @@ export interface operations {
             };
         };
     };
-    disconnect: {
+    connections: {
         parameters: {
             query?: never;
             header?: never;
@@ -2410,7 +2924,72 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description {"disconnected":n} */
+            /** @description {"connections":[{"conn_id","user_id","client_id","node","ip","user_agent","app_version","connected_at","rooms","meta"}]} */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ConnectionsAnswer"];
+                };
+            };
+            /** @description 400 */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description 401 */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description rate_limit_exceeded (with Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description service_unavailable: storage or broker unreachable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    disconnect: {
+        parameters: {
+            query?: {
+                /** @description Close only this device (its client id); absent: every device of the user. */
+                client_id?: string | null;
+                /** @description Close only this connection (a `conn_id` of the connections API; needs `node`). */
+                conn_id?: number | null;
+                /** @description The node of `conn_id` (its `node` in the connections API). */
+                node?: string | null;
+            };
+            header?: never;
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description {"disconnected":n} (closed on this node; the other nodes close theirs) */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -2478,6 +3057,67 @@ export interface operations {
                 };
             };
             /** @description invalid_request: a bad path, query or body */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description 401 */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description rate_limit_exceeded (with Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description service_unavailable: storage or broker unreachable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    stream: {
+        parameters: {
+            query?: {
+                /** @description Latest messages to show (default 20, at most limits.max_page). */
+                limit?: number | null;
+            };
+            header?: never;
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description {"user_id","head","first","devices":[{"client_id","cursor","cursor_seq","lag","connected"}] (connected: open connections of the device on any node),"events":[latest first]} */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StreamAnswer"];
+                };
+            };
+            /** @description 400 */
             400: {
                 headers: {
                     [name: string]: unknown;

@@ -1,5 +1,5 @@
 //! Request extractors: JSON bodies with the size limit and contract errors, API-key
-//! callers, and offline-API callers (a user's JWT or an API key acting for a user).
+//! callers (or an admin UI session, see `crate::admin`), and offline-API callers (a user's JWT or an API key acting for a user).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -218,6 +218,12 @@ impl FromRequestParts<Arc<Node>> for ApiKey {
 
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, Self::Rejection> {
         let Some(key) = presented_key(&parts.headers) else {
+            // An operator signed in to the admin UI may call the server API with the session.
+            if let Some(sessions) = parts.extensions.get::<Arc<crate::admin::Sessions>>() {
+                if sessions.check(&parts.method, &parts.headers)?.is_some() {
+                    return Ok(ApiKey { fingerprint: "admin".into() });
+                }
+            }
             return Err(Error::unauthorized("missing API key: send Authorization: Bearer KEY or X-API-Key").into());
         };
         if !node.auth.is_api_key(key) {

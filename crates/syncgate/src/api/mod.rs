@@ -8,6 +8,7 @@
 //! Must never: publish or read anything except through the node, or answer an error in
 //! another shape than `{"error":{"code","message"}}`.
 
+mod admin;
 pub mod error;
 pub mod extract;
 mod offline;
@@ -46,8 +47,10 @@ use error::ErrorResponses;
         queue::stats, queue::dead, queue::retry_one, queue::retry_all, queue::delete,
         push::register, push::list, push::unregister,
         health, ready, metrics, openapi_json,
+        admin::sign_in, admin::session, admin::sign_out, admin::connections, admin::stream, admin::nodes,
+        crate::admin::assets::index, crate::admin::assets::asset,
     ),
-    components(schemas(publish::UserEvent, publish::BatchEvent, publish::BroadcastEvent, publish::RoomEvent, publish::Priority, offline::AckBody, offline::AckBatchBody, push::RegisterBody, crate::push::Provider, crate::push::Subscription, crate::push::SubscriptionKeys)),
+    components(schemas(publish::UserEvent, publish::BatchEvent, publish::BroadcastEvent, publish::RoomEvent, publish::Priority, offline::AckBody, offline::AckBatchBody, push::RegisterBody, crate::push::Provider, crate::push::Subscription, crate::push::SubscriptionKeys, admin::SignIn)),
     modifiers(&SecurityAddon, &ErrorResponses),
 )]
 pub struct ApiDoc;
@@ -96,6 +99,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/ready"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
+    ("post", "/api/v1/admin/session"),
+    ("get", "/api/v1/admin/session"),
+    ("delete", "/api/v1/admin/session"),
+    ("get", "/api/v1/users/{user_id}/connections"),
+    ("get", "/api/v1/users/{user_id}/stream"),
+    ("get", "/api/v1/nodes"),
+    ("get", "/admin"),
+    ("get", "/admin/assets/{file}"),
 ];
 
 pub fn router(node: Arc<Node>) -> Router {
@@ -122,9 +133,20 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/queue/dead/{id}/retry", post(queue::retry_one))
         .route("/api/v1/queue/dead/{id}", delete(queue::delete))
         .route("/api/v1/push/devices", post(push::register).get(push::list))
-        .route("/api/v1/push/devices/{client_id}", delete(push::unregister));
+        .route("/api/v1/push/devices/{client_id}", delete(push::unregister))
+        .route("/api/v1/users/{user_id}/connections", get(admin::connections))
+        .route("/api/v1/users/{user_id}/stream", get(admin::stream))
+        .route("/api/v1/nodes", get(admin::nodes));
+    // The admin UI and its session. CORS (below) lets no other origin read a credentialed
+    // answer or send X-CSRF-Token, and the session cookie is SameSite=Strict.
+    let admin = Router::new()
+        .route("/api/v1/admin/session", get(admin::session).post(admin::sign_in).delete(admin::sign_out))
+        .route("/admin", get(crate::admin::assets::index))
+        .route("/admin/assets/{file}", get(crate::admin::assets::asset));
+    let sessions = Arc::new(crate::admin::Sessions::new(&node.cfg.admin));
     Router::new()
         .merge(api)
+        .merge(admin)
         .route("/ws", get(crate::transport::upgrade))
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -137,6 +159,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .layer(cors(&node.cfg.server.cors_origins))
         .layer(middleware::from_fn(preflight_no_content))
         .layer(middleware::from_fn_with_state(node.clone(), observe))
+        .layer(axum::Extension(sessions))
         .with_state(node)
 }
 

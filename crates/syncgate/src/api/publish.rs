@@ -81,7 +81,15 @@ pub struct BroadcastEvent {
     pub data: Box<RawValue>,
     /// Carried in the live event frame; delivery order is per stream whatever the priority.
     pub priority: Option<Priority>,
+    /// Only connections whose token `meta` (or `app_version`) has, for every key, that value
+    /// or one of the listed values: `{"region": ["eu", "us"], "plan": "pro"}`.
+    #[serde(rename = "where")]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<serde_json::Value>,
 }
+
+/// Largest `where` filter, in bytes of compact JSON.
+pub const MAX_WHERE_BYTES: usize = 4096;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -380,7 +388,16 @@ pub async fn broadcast(
     idempotent(&node, &key, &headers, "broadcast", &body.raw, async {
         let mut msg = message(&node, &b.kind, &b.data, Some(false), None, b.priority)?;
         msg.persist = false;
-        let id = node.broadcast(msg).await?;
+        let filter = match &b.filter {
+            None => crate::meta::Where::default(),
+            Some(v) => {
+                if v.to_string().len() > MAX_WHERE_BYTES {
+                    return Err(Error::invalid(format!("where is larger than {MAX_WHERE_BYTES} bytes")).into());
+                }
+                crate::meta::Where::parse(v).map_err(Error::invalid)?
+            }
+        };
+        let id = node.broadcast_where(msg, filter).await?;
         node.count_in("api", 1);
         Ok(json!({"id": id}))
     })

@@ -14,7 +14,6 @@ use utoipa::IntoParams;
 use super::error::ApiResult;
 use super::extract::{ApiKey, Path, Query};
 use crate::error::Error;
-use crate::metrics::KindLabels;
 use crate::node::Node;
 use crate::store::{EventId, StoredEvent, StreamKey};
 
@@ -120,15 +119,37 @@ pub async fn user_online(
     Ok(Json(json!({"user_id": user, "online": n > 0, "connections": n})))
 }
 
-#[utoipa::path(post, path = "/api/v1/users/{user_id}/disconnect", tag = "users", params(("user_id" = String, Path)),
-    responses((status = 200, description = "{\"disconnected\":n}", body = super::schemas::DisconnectAnswer), (status = 401), (status = 503, description = "the broker cannot reach the other nodes")))]
+#[derive(Deserialize, IntoParams)]
+pub struct DisconnectQuery {
+    /// Close only this device (its client id); absent: every device of the user.
+    pub client_id: Option<String>,
+    /// Close only this connection (a `conn_id` of the connections API; needs `node`).
+    pub conn_id: Option<u64>,
+    /// The node of `conn_id` (its `node` in the connections API).
+    pub node: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/users/{user_id}/disconnect", tag = "users", params(("user_id" = String, Path), DisconnectQuery),
+    responses((status = 200, description = "{\"disconnected\":n} (closed on this node; the other nodes close theirs)", body = super::schemas::DisconnectAnswer), (status = 401), (status = 503, description = "the broker cannot reach the other nodes")))]
 pub async fn disconnect(
     State(node): State<Arc<Node>>,
     _key: ApiKey,
     Path(user): Path<String>,
+    Query(q): Query<DisconnectQuery>,
 ) -> ApiResult<Json<Value>> {
     node.check_name("user_id", &user)?;
-    let n = node.disconnect_user(&user).await?;
+    let n = match (&q.client_id, q.conn_id, &q.node) {
+        (Some(c), None, None) => {
+            node.check_name("client_id", c)?;
+            node.disconnect_device(&user, c).await?
+        }
+        (None, Some(id), Some(at)) => {
+            node.check_name("node", at)?;
+            node.disconnect_conn(&user, at, id).await?
+        }
+        (None, None, None) => node.disconnect_user(&user).await?,
+        _ => return Err(Error::invalid("give client_id, or conn_id with node, or neither").into()),
+    };
     Ok(Json(json!({"disconnected": n})))
 }
 
@@ -157,14 +178,12 @@ pub async fn online_users(
 pub async fn stats(State(node): State<Arc<Node>>, _key: ApiKey) -> ApiResult<Json<Value>> {
     let (connections, users, rooms) = node.hub.counts();
     let m = &node.metrics;
-    let messages_in: u64 =
-        ["api", "client"].iter().map(|k| m.messages_in.get_or_create(&KindLabels { kind: k }).get()).sum();
     Ok(Json(json!({
         "instance_id": node.instance_id,
         "connections": connections,
         "users": users,
         "rooms": rooms,
-        "messages_in": messages_in,
+        "messages_in": m.messages_in_total(),
         "messages_out": m.messages_out.get(),
         "slow_consumer_closes": m.slow_consumer_closes.get(),
         "uptime_s": node.started.elapsed().as_secs(),

@@ -262,3 +262,91 @@ pub struct DevicesAnswer {
 pub struct OkAnswer {
     ok: bool,
 }
+
+/// One open connection and what it recorded at the upgrade.
+#[derive(ToSchema)]
+pub struct Connection {
+    /// The connection's id on its node.
+    conn_id: String,
+    user_id: String,
+    /// Null for an ephemeral connection.
+    client_id: Option<String>,
+    /// Instance id of the node holding it.
+    node: String,
+    ip: Option<String>,
+    user_agent: Option<String>,
+    app_version: Option<String>,
+    /// Unix milliseconds.
+    connected_at: i64,
+    rooms: Vec<String>,
+    /// The token's `meta` claim (`{}` without one).
+    #[schema(value_type = Object)]
+    meta: (),
+}
+
+#[derive(ToSchema)]
+pub struct ConnectionsAnswer {
+    user_id: String,
+    /// Oldest first, across all nodes.
+    connections: Vec<Connection>,
+}
+
+/// A device (client id) of a user's stream.
+#[derive(ToSchema)]
+pub struct StreamDevice {
+    client_id: String,
+    /// Id of the last message the device acknowledged (its position).
+    cursor: String,
+    cursor_seq: u64,
+    /// Messages after the cursor.
+    lag: u64,
+    /// Open connections of the device, on any node.
+    connected: u64,
+}
+
+#[derive(ToSchema)]
+pub struct StreamAnswer {
+    user_id: String,
+    /// Position of the newest message (0: empty).
+    head: u64,
+    /// Position of the oldest message kept.
+    first: u64,
+    devices: Vec<StreamDevice>,
+    /// Newest first.
+    events: Vec<Event>,
+}
+
+/// One node's live figures.
+#[derive(ToSchema)]
+pub struct NodeFigures {
+    instance_id: String,
+    connections: u64,
+    users: u64,
+    rooms: u64,
+    messages_in: u64,
+    messages_out: u64,
+    uptime_s: u64,
+    /// Unix milliseconds at which the figures were taken.
+    updated_at: i64,
+}
+
+#[derive(ToSchema)]
+pub struct NodesAnswer {
+    /// Every live node, in id order.
+    nodes: Vec<NodeFigures>,
+}
+
+/// An admin session, as sign-in and GET /api/v1/admin/session answer it.
+#[derive(ToSchema)]
+pub struct SessionAnswer {
+    /// Send it as `X-CSRF-Token` on state-changing requests made with the session.
+    csrf_token: String,
+    /// Unix milliseconds.
+    expires_at: i64,
+    instance_id: String,
+}
+
+#[derive(ToSchema)]
+pub struct SignedOutAnswer {
+    signed_out: bool,
+}

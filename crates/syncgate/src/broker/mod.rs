@@ -28,8 +28,14 @@ pub enum Target {
     Room(Arc<str>),
     /// Every connection.
     All,
+    /// Every connection whose metadata passes the filter (a broadcast with `where`).
+    AllWhere(Arc<crate::meta::Where>),
     /// Close every connection of a user with 4009 (no event).
     Disconnect(Arc<str>),
+    /// Close the connections of one device (user, client id) with 4009 (no event).
+    DisconnectDevice(Arc<str>, Arc<str>),
+    /// Close one connection (user, node id, the connection's id on that node) with 4009.
+    DisconnectConn(Arc<str>, Arc<str>, u64),
 }
 
 /// One event on its way to the hubs.

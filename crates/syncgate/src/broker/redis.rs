@@ -165,9 +165,12 @@ impl Shared {
 
     fn target_channel(&self, target: &Target) -> String {
         match target {
-            Target::User(u) | Target::Disconnect(u) => self.channel(&Topic::User(u.clone())),
+            Target::User(u)
+            | Target::Disconnect(u)
+            | Target::DisconnectDevice(u, _)
+            | Target::DisconnectConn(u, ..) => self.channel(&Topic::User(u.clone())),
             Target::Room(r) => self.channel(&Topic::Room(r.clone())),
-            Target::All => format!("{}:broadcast", self.prefix),
+            Target::All | Target::AllWhere(_) => format!("{}:broadcast", self.prefix),
         }
     }
 

@@ -106,6 +106,10 @@ fn channels(server: &RedisServer) -> Vec<String> {
     v
 }
 
+fn where_(v: serde_json::Value) -> crate::meta::Where {
+    crate::meta::Where::parse(&v).unwrap()
+}
+
 #[test]
 fn envelopes_round_trip_and_garbage_is_refused() {
     let cases = [
@@ -114,6 +118,9 @@ fn envelopes_round_trip_and_garbage_is_refused() {
         env(Target::Room("lobby".into()), None, ""),
         env(Target::All, None, "hello everyone"),
         env(Target::Disconnect("bob".into()), None, ""),
+        env(Target::AllWhere(Arc::new(where_(serde_json::json!({"region": ["eu", "us"], "tier": [2]})))), None, "w"),
+        env(Target::DisconnectDevice("bob".into(), "phone".into()), None, ""),
+        env(Target::DisconnectConn("bob".into(), "node-2".into(), u64::MAX), None, ""),
     ];
     for e in cases {
         let wire = decode(encode("node-1", &e).unwrap()).unwrap();

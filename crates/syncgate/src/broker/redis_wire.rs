@@ -9,10 +9,10 @@
 //! | bytes | content |
 //! |---|---|
 //! | 2 | magic `S2` (format version 2) |
-//! | 1 | target: 0 user, 1 room, 2 all, 3 disconnect |
+//! | 1 | target: 0 user, 1 room, 2 all, 3 disconnect, 4 all with a `where` filter, 5 disconnect one device, 6 disconnect one connection |
 //! | 1 | flags: bit 0 = seq present, bit 1 = event present |
 //! | 1 + n | origin instance id: length, bytes |
-//! | 2 + n | user or room name: length, bytes (empty for all) |
+//! | 2 + n | user or room name: length, bytes (empty for all; for 4 the filter as JSON; for 5 `user\nclient_id`; for 6 `user\nnode\nconn_id`) |
 //! | 8 | seq, if present |
 //! | event, if present: | |
 //! | 1 | stream: 0 user, 1 room (the target's name), 2 broadcast |
@@ -31,6 +31,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::{Envelope, Target};
 use crate::event::{Event, Priority, StreamName};
+use crate::meta::Where;
 
 const MAGIC: &[u8; 2] = b"S2";
 
@@ -41,11 +42,25 @@ pub(super) struct Wire {
 }
 
 pub(super) fn encode(origin: &str, env: &Envelope) -> Option<Bytes> {
+    let owned;
     let (kind, name): (u8, &str) = match &env.target {
         Target::User(u) => (0, u),
         Target::Room(r) => (1, r),
         Target::All => (2, ""),
         Target::Disconnect(u) => (3, u),
+        Target::AllWhere(w) => {
+            owned = w.to_json().to_string();
+            (4, owned.as_str())
+        }
+        // User ids and client ids cannot contain control characters.
+        Target::DisconnectDevice(u, c) => {
+            owned = format!("{u}\n{c}");
+            (5, owned.as_str())
+        }
+        Target::DisconnectConn(u, node, id) => {
+            owned = format!("{u}\n{node}\n{id}");
+            (6, owned.as_str())
+        }
     };
     let origin_len = u8::try_from(origin.len()).ok()?;
     let name_len = u16::try_from(name.len()).ok()?;
@@ -114,6 +129,16 @@ pub(super) fn decode(mut buf: Bytes) -> Option<Wire> {
         1 => Target::Room(name),
         2 => Target::All,
         3 => Target::Disconnect(name),
+        4 => Target::AllWhere(Arc::new(Where::parse(&serde_json::from_str(&name).ok()?).ok()?)),
+        5 => {
+            let (u, c) = name.split_once('\n')?;
+            Target::DisconnectDevice(u.into(), c.into())
+        }
+        6 => {
+            let mut parts = name.splitn(3, '\n');
+            let (u, node, id) = (parts.next()?, parts.next()?, parts.next()?.parse().ok()?);
+            Target::DisconnectConn(u.into(), node.into(), id)
+        }
         _ => return None,
     };
     Some(Wire { origin, env: Envelope { target, seq, event, except: None } })

@@ -54,6 +54,7 @@ pub struct Config {
     pub queue: QueueConfig,
     pub push: PushConfig,
     pub compression: CompressionConfig,
+    pub admin: AdminConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -65,6 +66,8 @@ pub struct ServerConfig {
     pub cors_origins: Vec<String>,
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// Peers (CIDRs or addresses) whose `X-Forwarded-For` is believed for a connection's ip.
+    pub trusted_proxies: Vec<String>,
     /// How long a request body may take to arrive once its headers are in (then 408).
     #[serde(with = "duration")]
     pub body_timeout: Duration,
@@ -78,6 +81,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./data"),
             cors_origins: vec!["*".into()],
             shutdown_grace: Duration::from_secs(10),
+            trusted_proxies: Vec::new(),
             body_timeout: Duration::from_secs(30),
         }
     }
@@ -180,6 +184,8 @@ pub struct RateLimits {
     pub client_frames_strikes: u32,
     pub api_per_user: RateSetting,
     pub api_per_key: RateSetting,
+    /// Admin UI sign-in attempts per client address.
+    pub admin_sign_in: RateSetting,
 }
 
 impl Default for RateLimits {
@@ -191,6 +197,7 @@ impl Default for RateLimits {
             client_frames_strikes: 20,
             api_per_user: RateSetting::new(100, Duration::from_secs(60), 100),
             api_per_key: RateSetting::off(),
+            admin_sign_in: RateSetting::new(10, Duration::from_secs(60), 10),
         }
     }
 }
@@ -312,6 +319,25 @@ impl Default for LogConfig {
     }
 }
 
+/// The admin web UI at /admin and the admin session it signs in with.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Keys operators sign in with. Empty: a development key is created under data_dir.
+    pub keys: Vec<String>,
+    /// Lifetime of a sign-in (the session cookie and its server-side record).
+    #[serde(with = "duration")]
+    pub session_ttl: Duration,
+    /// Sessions kept at once; signing in past it forgets the oldest.
+    pub max_sessions: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { keys: Vec::new(), session_ttl: Duration::from_secs(8 * 3600), max_sessions: 100 }
+    }
+}
+
 /// permessage-deflate (RFC 7692) on WebSocket connections whose client offers it.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -364,6 +390,8 @@ const LIST_KEYS: &[(&str, &str)] = &[
     ("server", "cors_origins"),
     ("messages", "allowed_types"),
     ("rooms", "client_publish"),
+    ("admin", "keys"),
+    ("server", "trusted_proxies"),
     ("webhooks", "client_message_types"),
 ];
 
@@ -480,6 +508,20 @@ impl Config {
         }
         if self.redis.presence_ttl < Duration::from_secs(3) {
             return key("redis.presence_ttl", "must be at least 3s".into());
+        }
+        if self.admin.keys.iter().any(|k| k.trim().len() < 16) {
+            return key("admin.keys", "every admin key must have at least 16 characters".into());
+        }
+        if self.admin.session_ttl < Duration::from_secs(60) {
+            return key("admin.session_ttl", "must be at least 1m".into());
+        }
+        if self.admin.max_sessions == 0 {
+            return key("admin.max_sessions", "must be at least 1".into());
+        }
+        for p in &self.server.trusted_proxies {
+            if crate::meta::parse_net(p).is_none() {
+                return key("server.trusted_proxies", format!("{p:?} is not an address or CIDR like 10.0.0.0/8"));
+            }
         }
         if self.compression.level > 9 {
             return key("compression.level", "must be 0 (no compression) to 9 (smallest)".into());

@@ -49,10 +49,12 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     interest: OnceLock<InterestSink>,
     changes: OnceLock<ChangeSink>,
+    /// This node's id (for envelopes addressed to one node's connection).
+    instance: OnceLock<Arc<str>>,
 }
 
-/// A user's connection count or a room's membership changed on this node (every change,
-/// not only the first and last), for presence to write through.
+/// A user's connections (their count, or the rooms of one) or a room's membership changed on
+/// this node (every change, not only the first and last), for presence to write through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Changed {
     User(Arc<str>),
@@ -76,12 +78,18 @@ impl Hub {
             metrics,
             interest: OnceLock::new(),
             changes: OnceLock::new(),
+            instance: OnceLock::new(),
         }
     }
 
     /// Sets where interest changes go (the cluster broker). Can be set once.
     pub fn set_interest_sink(&self, sink: InterestSink) {
         let _ = self.interest.set(sink);
+    }
+
+    /// Sets this node's id (once, at start-up).
+    pub fn set_instance(&self, id: &str) {
+        let _ = self.instance.set(id.into());
     }
 
     /// Sets where every presence change goes (cluster presence). Can be set once.
@@ -116,6 +124,11 @@ impl Hub {
         self.rooms.iter().map(|r| r.key().clone()).collect()
     }
 
+    /// The node's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Milliseconds since the hub started (the clock of `Conn::last_seen`).
     pub fn clock(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
@@ -128,6 +141,11 @@ impl Hub {
     /// Cheap pre-check before doing any work for an upgrade.
     pub fn has_room(&self) -> bool {
         self.count.load(Ordering::Relaxed) < self.max_connections
+    }
+
+    /// The connections of `user` on this node (for the connections API).
+    pub fn connections_of(&self, user: &str) -> Vec<Arc<Conn>> {
+        self.users.read().get(user).cloned().unwrap_or_default()
     }
 
     /// Connections of `user` on this node.
@@ -200,6 +218,7 @@ impl Hub {
         }
         drop(members);
         self.changed(Changed::Room(name));
+        self.changed(Changed::User(conn.user.clone()));
         true
     }
 
@@ -209,6 +228,7 @@ impl Hub {
             return false;
         }
         self.drop_member(room, conn.id);
+        self.changed(Changed::User(conn.user.clone()));
         true
     }
 
@@ -261,10 +281,25 @@ impl Hub {
         n
     }
 
+    /// Delivers an event to every local connection whose metadata passes `filter` (parsed once
+    /// per message; matching allocates nothing).
+    pub fn deliver_all_where(&self, ev: &Arc<Event>, filter: &crate::meta::Where) -> usize {
+        self.deliver_to_all(ev, Some(filter))
+    }
+
     /// Delivers an event to every local connection.
     pub fn deliver_all(&self, ev: &Arc<Event>) -> usize {
+        self.deliver_to_all(ev, None)
+    }
+
+    fn deliver_to_all(&self, ev: &Arc<Event>, filter: Option<&crate::meta::Where>) -> usize {
         let direct = self.conns.len() < LARGE_FANOUT;
-        let n = self.conns.iter().map(|c| self.count_offer(c.push_with(Outgoing::Event(ev.clone()), direct))).sum();
+        let n = self
+            .conns
+            .iter()
+            .filter(|c| filter.is_none_or(|f| c.meta.get().is_some_and(|m| f.matches(m))))
+            .map(|c| self.count_offer(c.push_with(Outgoing::Event(ev.clone()), direct)))
+            .sum();
         self.metrics.messages_out.inc_by(n as u64);
         n
     }
@@ -311,6 +346,31 @@ impl Hub {
             c.close(reason);
         }
         list.len()
+    }
+
+    /// Closes the local connections of one device (`client_id`) of `user`. Returns how many.
+    pub fn disconnect_device(&self, user: &str, client_id: &str, reason: Close) -> usize {
+        let list = self.connections_of(user);
+        let mut n = 0;
+        for c in list.iter().filter(|c| c.client_id.as_deref() == Some(client_id)) {
+            c.close(reason);
+            n += 1;
+        }
+        n
+    }
+
+    /// Closes connection `id` of `user` if `node` is this node. Returns how many (0 or 1).
+    pub fn disconnect_conn(&self, user: &str, node: &str, id: u64, reason: Close) -> usize {
+        if self.instance.get().map(|i| &**i) != Some(node) {
+            return 0;
+        }
+        match self.conns.get(&id) {
+            Some(c) if &*c.user == user => {
+                c.close(reason);
+                1
+            }
+            _ => 0,
+        }
     }
 
     /// Closes every connection (shutdown).
@@ -366,6 +426,15 @@ impl Hub {
         (page, next)
     }
 
+    /// One local connection as the connections API shows it (see `meta::ConnMeta::to_json`).
+    pub fn connection_json(c: &Conn) -> serde_json::Value {
+        let rooms = c.rooms();
+        match c.meta.get() {
+            Some(m) => m.to_json(c.id, &c.user, c.client_id.as_deref(), &rooms),
+            None => crate::meta::ConnMeta::default().to_json(c.id, &c.user, c.client_id.as_deref(), &rooms),
+        }
+    }
+
     /// (connections, users, rooms) on this node.
     pub fn counts(&self) -> (usize, usize, usize) {
         (self.count.load(Ordering::Relaxed), self.users.read().len(), self.rooms.len())
@@ -383,7 +452,10 @@ impl Local for Hub {
             (Target::User(user), Some(ev)) => self.deliver_user(user, env.seq, ev, env.except),
             (Target::Room(room), Some(ev)) => self.deliver_room(room, env.seq, ev, env.except),
             (Target::All, Some(ev)) => self.deliver_all(ev),
+            (Target::AllWhere(filter), Some(ev)) => self.deliver_all_where(ev, filter),
             (Target::Disconnect(user), _) => self.disconnect_user(user, close::KICKED),
+            (Target::DisconnectDevice(user, client), _) => self.disconnect_device(user, client, close::KICKED),
+            (Target::DisconnectConn(user, node, id), _) => self.disconnect_conn(user, node, *id, close::KICKED),
             (_, None) => 0,
         }
     }

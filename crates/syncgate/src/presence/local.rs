@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Presence, PresenceError, RoomPresence};
+use super::{NodeFigures, Presence, PresenceError, RoomPresence};
 use crate::hub::Hub;
 
 pub struct LocalPresence {
@@ -26,6 +26,14 @@ impl Presence for LocalPresence {
     async fn room(&self, room: &str) -> Result<RoomPresence, PresenceError> {
         let (users, connections) = self.hub.presence(room);
         Ok(RoomPresence { users, connections })
+    }
+
+    async fn connections(&self, user: &str) -> Result<Vec<serde_json::Value>, PresenceError> {
+        Ok(self.hub.connections_of(user).iter().map(|c| crate::hub::Hub::connection_json(c)).collect())
+    }
+
+    async fn nodes(&self, me: NodeFigures) -> Result<Vec<NodeFigures>, PresenceError> {
+        Ok(vec![me])
     }
 
     async fn online_users(

@@ -25,6 +25,40 @@ impl From<PresenceError> for crate::error::Error {
     }
 }
 
+/// One node's live figures, as the admin UI's overview lists them (GET /api/v1/nodes).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeFigures {
+    pub instance_id: String,
+    pub connections: usize,
+    pub users: usize,
+    pub rooms: usize,
+    /// Messages published through this node since it started (HTTP API and clients).
+    pub messages_in: u64,
+    /// Event frames this node queued to its connections since it started.
+    pub messages_out: u64,
+    pub uptime_s: u64,
+    /// Unix ms at which the figures were taken.
+    pub updated_at: i64,
+}
+
+impl NodeFigures {
+    /// This node's figures now.
+    pub fn of(hub: &crate::hub::Hub, instance_id: &str) -> Self {
+        let (connections, users, rooms) = hub.counts();
+        let m = hub.metrics();
+        NodeFigures {
+            instance_id: instance_id.to_string(),
+            connections,
+            users,
+            rooms,
+            messages_in: m.messages_in_total(),
+            messages_out: m.messages_out.get(),
+            uptime_s: hub.clock() / 1000,
+            updated_at: crate::node::now_ms(),
+        }
+    }
+}
+
 /// A room's members.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RoomPresence {
@@ -39,6 +73,14 @@ pub trait Presence: Send + Sync + 'static {
 
     /// Members of `room` across the deployment (users sorted, deduplicated).
     async fn room(&self, room: &str) -> Result<RoomPresence, PresenceError>;
+
+    /// The connections of `user` across the deployment, with their metadata (the objects of
+    /// GET /api/v1/users/{user_id}/connections), oldest first.
+    async fn connections(&self, user: &str) -> Result<Vec<serde_json::Value>, PresenceError>;
+
+    /// The live nodes of the deployment, in id order; `me` is this node's fresh figures
+    /// (the other nodes' are at most a second or two old).
+    async fn nodes(&self, me: NodeFigures) -> Result<Vec<NodeFigures>, PresenceError>;
 
     /// A page of online users in id order after `after`, and the cursor of the next page.
     async fn online_users(

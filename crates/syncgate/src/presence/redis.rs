@@ -6,6 +6,11 @@
 //!
 //! - `{prefix}:pu:{user}`: hash, field = node id, value = `"{count}:{expires_ms}"`.
 //! - `{prefix}:pr:{room}`: hash, field = node id, value = `"{expires_ms}:{connections}:{user}\n{user}..."`.
+//! - `{prefix}:pc:{user}`: hash, field = node id, value = `"{expires_ms}\n{JSON array of the
+//!   user's connections on that node}"` (what GET /api/v1/users/{user_id}/connections lists),
+//!   written with the count, and again when one of the user's connections joins or leaves a room.
+//! - `{prefix}:nodes`: hash, field = node id, value = `"{expires_ms}\n{JSON of the node's
+//!   figures}"` (connections, users, rooms, messages in/out; GET /api/v1/nodes), every second.
 //! - `{prefix}:online`: sorted set of user ids (all scores 0, so it is ordered by id) for
 //!   paging; a member whose hash has no live field is dropped when a reader meets it.
 //!
@@ -25,7 +30,7 @@ use redis::AsyncCommands;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{Presence, PresenceError, RoomPresence};
+use super::{NodeFigures, Presence, PresenceError, RoomPresence};
 use crate::hub::{Changed, Hub};
 use crate::node::now_ms;
 use crate::redis_conn::RedisConn;
@@ -74,6 +79,12 @@ fn live_count(v: &str, now: i64) -> Option<usize> {
     (exp.parse::<i64>().ok()? > now).then(|| count.parse().ok()).flatten()
 }
 
+/// The JSON of a `"{expires}\n{JSON}"` value; None when expired or malformed.
+fn live_value(v: &str, now: i64) -> Option<&str> {
+    let (exp, json) = v.split_once('\n')?;
+    (exp.parse::<i64>().ok()? > now).then_some(json)
+}
+
 /// Parses a room value; None when expired or malformed.
 fn live_room(v: &str, now: i64) -> Option<(usize, Vec<&str>)> {
     let (head, users) = v.split_once('\n').unwrap_or((v, ""));
@@ -93,8 +104,16 @@ impl RedisPresence {
         format!("{}:pu:{user}", self.prefix)
     }
 
+    fn conns_key(&self, user: &str) -> String {
+        format!("{}:pc:{user}", self.prefix)
+    }
+
     fn room_key(&self, room: &str) -> String {
         format!("{}:pr:{room}", self.prefix)
+    }
+
+    fn nodes_key(&self) -> String {
+        format!("{}:nodes", self.prefix)
     }
 
     fn online_key(&self) -> String {
@@ -125,6 +144,7 @@ impl RedisPresence {
             let mut written_rooms: HashMap<Arc<str>, (usize, Vec<String>)> = HashMap::new();
             let refresh_every = ttl / 3;
             let mut last_full = Instant::now() - refresh_every;
+            let mut last_figures = Instant::now() - Duration::from_secs(1);
             let mut tick = tokio::time::interval(Duration::from_secs(1).min(refresh_every));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -132,6 +152,12 @@ impl RedisPresence {
                     _ = stop.cancelled() => break,
                     _ = tick.tick() => {}
                     _ = dirty.wake.notified() => {}
+                }
+                if last_figures.elapsed() >= Duration::from_secs(1) {
+                    last_figures = Instant::now();
+                    if let Err(e) = me.write_figures(&hub, ttl).await {
+                        tracing::debug!(error = %e, "node figures not written");
+                    }
                 }
                 let full = last_full.elapsed() >= refresh_every;
                 let (users, rooms) = dirty.take();
@@ -153,6 +179,8 @@ impl RedisPresence {
                 }
             }
             let _ = me.sync(&Hub::empty(), ttl, true, &mut written_users, &mut written_rooms).await;
+            let mut c = me.conn.clone();
+            let _ = me.bounded(c.hdel::<_, _, ()>(me.nodes_key(), &me.node)).await;
         });
     }
 
@@ -177,11 +205,12 @@ impl RedisPresence {
             let c = hub.user_connections(&u);
             let k = self.user_key(&u);
             if c > 0 {
-                pipe.hset(&k, &self.node, format!("{c}:{exp}")).ignore().pexpire(&k, key_ttl).ignore();
+                self.put_user(&mut pipe, hub, &u, c, exp, key_ttl);
                 pipe.zadd(self.online_key(), &*u, 0).ignore();
                 users.insert(u, c);
             } else {
                 pipe.hdel(&k, &self.node).ignore();
+                pipe.hdel(self.conns_key(&u), &self.node).ignore();
                 users.remove(&u);
                 gone.push(u);
             }
@@ -205,6 +234,28 @@ impl RedisPresence {
         let mut c = self.conn.clone();
         self.bounded(pipe.query_async::<()>(&mut c)).await?;
         self.drop_offline(gone).await
+    }
+
+    /// Writes this node's figures (with an expiry, like every presence value).
+    async fn write_figures(&self, hub: &Hub, ttl: Duration) -> Result<(), PresenceError> {
+        let figures = super::NodeFigures::of(hub, &self.node);
+        let json = serde_json::to_string(&figures).map_err(unavailable)?;
+        let (k, exp) = (self.nodes_key(), now_ms() + ttl.as_millis() as i64);
+        let mut pipe = redis::pipe();
+        pipe.hset(&k, &self.node, format!("{exp}\n{json}")).ignore().pexpire(&k, ttl.as_millis() as i64 * 2).ignore();
+        let mut c = self.conn.clone();
+        self.bounded(pipe.query_async::<()>(&mut c)).await
+    }
+
+    /// Queues this node's share of `user`: the connection count and the connections with
+    /// their metadata and rooms.
+    fn put_user(&self, pipe: &mut redis::Pipeline, hub: &Hub, user: &str, count: usize, exp: i64, key_ttl: i64) {
+        let k = self.user_key(user);
+        pipe.hset(&k, &self.node, format!("{count}:{exp}")).ignore().pexpire(&k, key_ttl).ignore();
+        let conns: Vec<serde_json::Value> = hub.connections_of(user).iter().map(|c| Hub::connection_json(c)).collect();
+        let ck = self.conns_key(user);
+        let val = format!("{exp}\n{}", serde_json::Value::Array(conns));
+        pipe.hset(&ck, &self.node, val).ignore().pexpire(&ck, key_ttl).ignore();
     }
 
     /// Users that went offline here may be offline everywhere: drops them from the index.
@@ -234,8 +285,7 @@ impl RedisPresence {
         let now_users: HashMap<Arc<str>, usize> = hub.user_counts().into_iter().collect();
         for (u, c) in &now_users {
             if full || users.get(u) != Some(c) {
-                let k = self.user_key(u);
-                pipe.hset(&k, &self.node, format!("{c}:{exp}")).ignore().pexpire(&k, key_ttl).ignore();
+                self.put_user(&mut pipe, hub, u, *c, exp, key_ttl);
                 if !users.contains_key(u) || full {
                     pipe.zadd(self.online_key(), &**u, 0).ignore();
                 }
@@ -245,6 +295,7 @@ impl RedisPresence {
         let gone: Vec<Arc<str>> = users.keys().filter(|u| !now_users.contains_key(*u)).cloned().collect();
         for u in &gone {
             pipe.hdel(self.user_key(u), &self.node).ignore();
+            pipe.hdel(self.conns_key(u), &self.node).ignore();
             n += 1;
         }
         let mut now_rooms: HashMap<Arc<str>, (usize, Vec<String>)> = HashMap::new();
@@ -311,6 +362,35 @@ impl Presence for RedisPresence {
         Ok(out)
     }
 
+    async fn connections(&self, user: &str) -> Result<Vec<serde_json::Value>, PresenceError> {
+        let mut c = self.conn.clone();
+        let all: HashMap<String, String> = self.bounded(c.hgetall(self.conns_key(user))).await?;
+        let now = now_ms();
+        let mut out = Vec::new();
+        for list in all.values().filter_map(|v| live_value(v, now)) {
+            if let Ok(serde_json::Value::Array(list)) = serde_json::from_str(list) {
+                out.extend(list);
+            }
+        }
+        out.sort_by_key(|c| c["connected_at"].as_i64().unwrap_or(0));
+        Ok(out)
+    }
+
+    async fn nodes(&self, me: NodeFigures) -> Result<Vec<NodeFigures>, PresenceError> {
+        let mut c = self.conn.clone();
+        let all: HashMap<String, String> = self.bounded(c.hgetall(self.nodes_key())).await?;
+        let now = now_ms();
+        let mut out: Vec<NodeFigures> = all
+            .iter()
+            .filter(|(node, _)| **node != self.node)
+            .filter_map(|(_, v)| live_value(v, now))
+            .filter_map(|json| serde_json::from_str(json).ok())
+            .collect();
+        out.push(me);
+        out.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        Ok(out)
+    }
+
     async fn online_users(
         &self,
         after: Option<&str>,
@@ -368,5 +448,8 @@ mod tests {
         assert_eq!(live_room("200:2\nalice\nbob", 100), Some((2, vec!["alice", "bob"])));
         assert_eq!(live_room("200:0", 100), Some((0, vec![])));
         assert_eq!(live_room("50:2\nalice", 100), None);
+        assert_eq!(live_value("200\n[1]", 100), Some("[1]"));
+        assert_eq!(live_value("100\n[1]", 100), None);
+        assert_eq!(live_value("[1]", 100), None);
     }
 }

@@ -472,6 +472,24 @@ impl Store for EmbeddedStore {
         Ok(found.map(|(seq, _)| seq))
     }
 
+    async fn cursors(&self, user: &str, limit: usize) -> StoreResult<Vec<(String, u64)>> {
+        let u = user.to_string();
+        self.read(move |rtx| {
+            let t = rtx.open_table(CURSORS).ctx("open cursors")?;
+            let mut out = Vec::new();
+            for r in t.range::<(&str, &str)>((u.as_str(), "")..).ctx("scan cursors")? {
+                let (k, v) = r.ctx("scan cursors")?;
+                let (ku, kc) = k.value();
+                if ku != u || out.len() >= limit {
+                    break;
+                }
+                out.push((kc.to_string(), v.value().0));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn set_cursor(&self, user: &str, client_id: &str, seq: u64, max_devices: usize) -> StoreResult<u64> {
         let (user, client, now) = (user.to_string(), client_id.to_string(), now_ms());
         self.write(|reply| Req::SetCursor { user, client, seq, now, max_devices, reply }).await

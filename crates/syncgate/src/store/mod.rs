@@ -252,6 +252,10 @@ pub trait Store: Send + Sync + 'static {
     /// already has `max_devices` forgets the least recently used one (last set or read).
     async fn set_cursor(&self, user: &str, client_id: &str, seq: u64, max_devices: usize) -> StoreResult<u64>;
 
+    /// The devices of a user: (client id, cursor), in client id order, at most `limit`
+    /// (for the admin UI's stream page). Does not touch the cursors.
+    async fn cursors(&self, user: &str, limit: usize) -> StoreResult<Vec<(String, u64)>>;
+
     /// Looks up an idempotency key (scoped by the caller, e.g. "apikey-hash:key").
     async fn idem_get(&self, key: &str) -> StoreResult<Option<IdemRecord>>;
 

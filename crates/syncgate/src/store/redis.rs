@@ -592,6 +592,21 @@ impl Store for RedisStore {
         }
     }
 
+    async fn cursors(&self, user: &str, limit: usize) -> StoreResult<Vec<(String, u64)>> {
+        let inner = &self.inner;
+        let mut conn = inner.conn();
+        let key = inner.keys.cursors(user);
+        let cmd = redis::cmd("HGETALL").arg(&key).clone();
+        let all: HashMap<String, String> = inner.run("cursors", cmd.query_async(&mut conn)).await?;
+        let mut out: Vec<(String, u64)> = all
+            .into_iter()
+            .filter_map(|(c, v)| v.split(':').next().and_then(|s| s.parse().ok()).map(|seq| (c, seq)))
+            .collect();
+        out.sort();
+        out.truncate(limit);
+        Ok(out)
+    }
+
     async fn set_cursor(&self, user: &str, client_id: &str, seq: u64, max_devices: usize) -> StoreResult<u64> {
         let inner = &self.inner;
         let now = now_ms();

@@ -114,6 +114,8 @@ pub struct Conn {
     any_behind: AtomicBool,
     pub(crate) out: Mutex<Outbox>,
     pub(crate) notify: Notify,
+    /// What the upgrade recorded about the device (set once, before the hub admits it).
+    pub meta: std::sync::OnceLock<Box<crate::meta::ConnMeta>>,
 }
 
 /// What `offer` did with an item.
@@ -154,6 +156,7 @@ impl Conn {
                 rooms: Vec::new(),
             }),
             notify: Notify::new(),
+            meta: std::sync::OnceLock::new(),
         }
     }
 

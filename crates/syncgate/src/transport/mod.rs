@@ -84,6 +84,18 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
     if let Err(e) = node.check_name("user id", &claims.sub) {
         return refuse(&node, "bad_request", e);
     }
+    let meta = match crate::meta::ConnMeta::at_upgrade(
+        &node.instance_id,
+        &node.cfg.server.trusted_proxies,
+        req.headers(),
+        req.uri(),
+        peer,
+        claims.meta.as_ref(),
+        node.cfg.limits.max_name_bytes,
+    ) {
+        Ok(m) => m,
+        Err(e) => return refuse(&node, "bad_request", Error::invalid(e)),
+    };
     let client_id = match (&query.client_id, &claims.client_id) {
         (Some(q), Some(c)) if q != c => {
             return refuse(&node, "forbidden", Error::forbidden("client_id does not match the token's client_id claim"))
@@ -149,6 +161,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
         )
         .with_deflate(deflate.is_some()),
     );
+    let _ = conn.meta.set(Box::new(meta));
     let mut welcome = json!({
         "op": "welcome",
         "conn_id": conn_id.to_string(),

@@ -109,6 +109,33 @@ impl TestServer {
     }
 }
 
+/// `n` nodes in cluster mode on the Redis at `url`, named node-0, node-1, ... (presence
+/// expiry 3 s unless `f` says otherwise; `f` adjusts each node's config).
+pub async fn cluster_nodes(url: &str, n: usize, f: impl Fn(&mut Config) + Clone) -> Vec<TestServer> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let f = f.clone();
+        let url = url.to_string();
+        out.push(
+            TestServer::with(move |c| {
+                c.redis.url = url;
+                c.redis.presence_ttl = Duration::from_secs(3);
+                c.server.instance_id = format!("node-{i}");
+                f(c);
+            })
+            .await,
+        );
+    }
+    out
+}
+
+/// Stops every node (gracefully, one after the other).
+pub async fn stop_all(nodes: Vec<TestServer>) {
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 /// Publishes to a user over the API and returns the id.
 pub async fn publish(api: &Api, user: &str, kind: &str, data: serde_json::Value) -> String {
     let r = api.publish_user(user, kind, data).await.expect("publish request");
