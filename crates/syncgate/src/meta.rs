@@ -141,6 +141,23 @@ pub fn client_ip(peer: Option<SocketAddr>, forwarded_for: Option<&str>, trusted:
 }
 
 /// Checks a `meta` claim: absent is fine, else a JSON object of at most `MAX_META_BYTES`.
+impl ConnMeta {
+    /// Adds the connect proxy's meta keys (they replace the token's of the same name); the
+    /// result must stay within `MAX_META_BYTES`, else nothing changes.
+    pub fn extend(&mut self, extra: &Map<String, Value>) -> Result<(), String> {
+        let mut merged = self.meta.clone();
+        merged.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let len = serde_json::to_vec(&merged).map(|v| v.len()).unwrap_or(usize::MAX);
+        if len > MAX_META_BYTES {
+            return Err(format!(
+                "the connect proxy's meta makes the connection's meta {len} bytes; at most {MAX_META_BYTES} are allowed"
+            ));
+        }
+        self.meta = merged;
+        Ok(())
+    }
+}
+
 pub fn check_meta(meta: Option<&Value>) -> Result<Map<String, Value>, String> {
     match meta {
         None | Some(Value::Null) => Ok(Map::new()),

@@ -332,6 +332,17 @@ async fn the_connect_proxy_admits_refuses_and_follows_on_error() {
     assert_eq!(hit.path, "/proxy");
     assert_eq!((hit.body["user_id"].as_str(), hit.body["client_id"].as_str()), (Some("kim"), Some("dev-1")));
     assert_eq!(hit.body["claims"]["sub"], "kim");
+    // The proxy's meta is the connection's: in its record, and matched by `where`.
+    let conns = s.api.request(Method::GET, "/api/v1/users/kim/connections", None, &[]).await.unwrap();
+    assert_eq!(conns.body["connections"][0]["meta"]["plan"], "pro", "{}", conns.text);
+    let r = s.api.broadcast(json!({"type": "b", "data": 1, "where": {"plan": "free"}})).await.unwrap();
+    assert_eq!(r.status, 202, "{}", r.text);
+    let r = s.api.broadcast(json!({"type": "b", "data": 2, "where": {"plan": "pro"}})).await.unwrap();
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(d.next_event(LONG).await.unwrap().data, json!(2), "only the matching broadcast");
+    // A proxy meta that would pass the 1 KiB bound refuses the connection (503), changes nothing.
+    rx.set(|b| b.answer = Some(json!({"allow": true, "meta": {"pad": "x".repeat(1100)}})));
+    assert_eq!(upgrade_status(&s, "kim").await.err(), Some(503));
     // Refused: allow false, or 403.
     rx.set(|b| b.answer = Some(json!({"allow": false})));
     assert_eq!(upgrade_status(&s, "kim").await.err(), Some(403));

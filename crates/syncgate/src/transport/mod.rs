@@ -84,7 +84,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
     if let Err(e) = node.check_name("user id", &claims.sub) {
         return refuse(&node, "bad_request", e);
     }
-    let meta = match crate::meta::ConnMeta::at_upgrade(
+    let mut meta = match crate::meta::ConnMeta::at_upgrade(
         &node.instance_id,
         &node.cfg.server.trusted_proxies,
         req.headers(),
@@ -116,6 +116,12 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
             Ok(meta) => meta,
             Err(e) => return refuse(&node, "connect_proxy", e),
         };
+    // The proxy's meta extends the token's (its keys win), within the same bound.
+    if let Some(extra) = &proxy_meta {
+        if let Err(e) = meta.extend(extra) {
+            return refuse(&node, "connect_proxy", Error::unavailable(e));
+        }
+    }
     // 4. Admission limits that need no state change.
     if !node.hub.has_room() {
         return refuse(&node, "node_full", Error::unavailable("this node has reached its connection limit"));
