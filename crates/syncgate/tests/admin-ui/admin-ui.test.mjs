@@ -168,7 +168,8 @@ test("overview shows the node's live figures and a chart", async () => {
   await page.locator(".chart canvas").waitFor();
   const nodes = page.getByRole("table", { name: "Nodes" });
   await nodes.getByText("(this node)").waitFor();
-  assert.equal(await page.locator("#ov-nodes-count").textContent(), "1");
+  // The card and the table are filled by separate requests: wait for the card too.
+  await until("the nodes card says 1", async () => (await page.locator("#ov-nodes-count").textContent()) === "1");
   assert.equal(await nodes.locator("tbody tr").count(), 1);
   assert.equal(await nodes.locator("tbody tr td").nth(1).textContent(), "3", "the node's connections");
   // Live: a publish moves the messages-out figure without a reload.
