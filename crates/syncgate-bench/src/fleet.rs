@@ -59,8 +59,16 @@ impl Fleet {
     pub async fn spawn(n: usize, deadline: Duration) -> Result<Fleet> {
         let exe = std::env::current_exe().context("locating the bench binary")?;
         let mut workers = Vec::with_capacity(n);
+        let cpu = crate::sys::pinned_cpu(crate::sys::Side::Generator);
         for _ in 0..n {
-            let mut child = tokio::process::Command::new(&exe)
+            let mut cmd = tokio::process::Command::new(&exe);
+            if let Some(cpu) = cpu {
+                // SAFETY: the closure only makes one async-signal-safe system call.
+                unsafe {
+                    cmd.pre_exec(move || crate::sys::pin_self(cpu));
+                }
+            }
+            let mut child = cmd
                 .arg("worker")
                 .arg("--deadline-s")
                 .arg(deadline.as_secs().to_string())

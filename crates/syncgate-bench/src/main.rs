@@ -189,6 +189,9 @@ struct RunArgs {
     /// Run against this many syncgate nodes sharing a Redis (cluster mode).
     #[arg(long)]
     cluster_nodes: Option<usize>,
+    /// Pin the server to CPU 0 and the generator's workers to CPU 1.
+    #[arg(long)]
+    pin: bool,
 }
 
 fn main() -> ExitCode {
@@ -358,6 +361,7 @@ async fn run_one(a: RunArgs) -> Result<bool> {
             FsyncArg::Always => Fsync::Always,
         },
         scenario,
+        pinned: a.pin,
     };
     let r = scenarios::run(&ctx, &spec).await;
     println!("{}", serde_json::to_string_pretty(&r).context("encoding the result")?);

@@ -90,6 +90,8 @@ pub struct RunSpec {
     pub topology: Topology,
     pub fsync: Fsync,
     pub scenario: Scenario,
+    /// Server on CPU 0, the generator's workers on CPU 1 (see `sys::Pinning`).
+    pub pinned: bool,
 }
 
 /// What a run measured.
@@ -100,6 +102,8 @@ pub struct RunResult {
     pub target: TargetKind,
     pub topology: Topology,
     pub fsync: Fsync,
+    /// The server had CPU 0 to itself and the generator's workers CPU 1.
+    pub pinned: bool,
     pub params: Scenario,
     /// Every expected message arrived; no connection failed or was lost.
     pub ok: bool,
@@ -121,6 +125,7 @@ impl RunResult {
             target: spec.target,
             topology: spec.topology,
             fsync: spec.fsync,
+            pinned: false,
             params: spec.scenario.clone(),
             ok: true,
             error: None,
@@ -173,6 +178,8 @@ pub async fn run(ctx: &Ctx, spec: &RunSpec) -> RunResult {
     let mut res = RunResult::new(spec);
     log(format!("run {} on {}: {}", spec.id, spec.target.label(), spec.title));
     let extra = extra_env(spec);
+    let pin = crate::sys::Pinning::enter(spec.pinned);
+    res.pinned = pin.on();
     let servers = {
         let (progs, target, topo, fsync) = (ctx.progs.clone(), spec.target, spec.topology, spec.fsync);
         tokio::task::spawn_blocking(move || ServerSet::start(&progs, target, topo, fsync, &extra)).await

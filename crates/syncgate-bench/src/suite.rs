@@ -28,7 +28,7 @@ pub struct Options {
 const MSG: usize = 100;
 
 fn spec(id: &str, title: String, target: TargetKind, fsync: Fsync, scenario: Scenario) -> RunSpec {
-    RunSpec { id: id.into(), title, target, topology: Topology::Single, fsync, scenario }
+    RunSpec { id: id.into(), title, target, topology: Topology::Single, fsync, scenario, pinned: false }
 }
 
 /// The runs of the suite, in order.
@@ -76,6 +76,26 @@ pub fn plan(o: &Options) -> Vec<RunSpec> {
             deflate: false,
         },
     );
+    // The issue's measurement: the server on one core, the generator on the other.
+    let fan10_pinned = Scenario::Fanout {
+        conns: fan_n,
+        rate: Some(fan_rate),
+        duration_s: fan_s,
+        window: 0,
+        msg_bytes: MSG,
+        deflate: false,
+    };
+    let pinned_title = format!(
+        "fanout pinned: as fanout-10, the server on CPU 0 and the load generator on CPU 1 ({} connections)",
+        crate::scenarios::fmt_count(fan_n as f64)
+    );
+    for target in [sg, nd] {
+        if target == sg || o.node {
+            let mut r = spec("fanout-10-pinned", pinned_title.clone(), target, Fsync::Never, fan10_pinned.clone());
+            r.pinned = true;
+            runs.push(r);
+        }
+    }
     both(
         &mut runs,
         "fanout-sat",
@@ -245,7 +265,7 @@ pub fn checks(results: &[RunResult]) -> Vec<Check> {
         out.push(Check::new(run, row, target, value, unit, met));
     };
     let idle_kib = sg("idle").and_then(|r| r.figure("rss_per_conn_bytes")).map(|b| b / 1024.0);
-    check("idle", "server RSS per connection", "<= 4 KiB", idle_kib, "KiB", &|v| v <= 4.0);
+    check("idle", "server RSS per connection", "<= 2 KiB", idle_kib, "KiB", &|v| v <= 2.0);
     let node_kib =
         find(results, "idle", TargetKind::NodeWs).and_then(|r| r.figure("rss_per_conn_bytes")).map(|b| b / 1024.0);
     let below = match (idle_kib, node_kib) {
@@ -253,31 +273,6 @@ pub fn checks(results: &[RunResult]) -> Vec<Check> {
         _ => None,
     };
     check("idle", "server RSS per connection", "below Node ws", below, "KiB vs Node", &|d| d < 0.0);
-    let f10 = sg("fanout-10");
-    check(
-        "fanout-10",
-        "server CPU per delivery",
-        "<= 5.5 us",
-        f10.and_then(|r| r.figure("cpu_us_per_delivery")),
-        "us",
-        &|v| v <= 5.5,
-    );
-    check(
-        "fanout-10",
-        "publish-to-deliver p50 / p95 / p99 / max",
-        "p99 < 15 ms",
-        f10.and_then(|r| r.latency).map(|l| l.p99_ms),
-        "ms",
-        &|v| v < 15.0,
-    );
-    check(
-        "fanout-sat",
-        "server CPU per delivery",
-        "< 3 us",
-        sg("fanout-sat").and_then(|r| r.figure("cpu_us_per_delivery")),
-        "us",
-        &|v| v < 3.0,
-    );
     check(
         "publish-api",
         "publishes per second",
@@ -286,8 +281,35 @@ pub fn checks(results: &[RunResult]) -> Vec<Check> {
         "/s",
         &|v| v >= 30_000.0,
     );
+    fanout_checks(results, &mut out);
     store_checks(results, &mut out);
     out
+}
+
+/// The fan-out targets of issue 14 (CPU beside Node `ws` in the same run).
+fn fanout_checks(results: &[RunResult], out: &mut Vec<Check>) {
+    let sg = |id| find(results, id, TargetKind::Syncgate);
+    let node = |id| find(results, id, TargetKind::NodeWs);
+    let mut check = |run: &str, row: &str, target: &str, value: Option<f64>, unit: &str, met: &dyn Fn(f64) -> bool| {
+        out.push(Check::new(run, row, target, value, unit, met));
+    };
+    let cpu_row = "server CPU per delivery";
+    let lat_row = "publish-to-deliver p50 / p95 / p99 / max";
+    for id in ["fanout-10", "fanout-10-pinned"] {
+        let cpu = |r: Option<&RunResult>| r.and_then(|r| r.figure("cpu_us_per_delivery"));
+        let ratio = match (cpu(sg(id)), cpu(node(id))) {
+            (Some(s), Some(n)) if n > 0.0 => Some(s / n),
+            _ => None,
+        };
+        check(id, cpu_row, "<= 0.8 x Node ws", ratio, "x Node", &|v| v <= 0.8);
+        let user = sg(id).and_then(|r| r.figure("user_cpu_us_per_delivery"));
+        check(id, "of which user space", "<= 1 us", user, "us", &|v| v <= 1.0);
+    }
+    let p99 = |id| sg(id).and_then(|r| r.latency).map(|l| l.p99_ms);
+    check("fanout-10-pinned", lat_row, "p99 <= 40 ms", p99("fanout-10-pinned"), "ms", &|v| v <= 40.0);
+    check("fanout-10", lat_row, "p99 <= 25 ms", p99("fanout-10"), "ms", &|v| v <= 25.0);
+    let sat = sg("fanout-sat").and_then(|r| r.figure("cpu_us_per_delivery"));
+    check("fanout-sat", cpu_row, "<= 2.0 us", sat, "us", &|v| v <= 2.0);
 }
 
 /// The store and publish-path targets of issue 14.

@@ -6,11 +6,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-/// CPU time (user + system, all threads) of process `pid`, in microseconds.
+/// User and system CPU time of process `pid` (all threads), in microseconds.
 ///
 /// Read from fields 14 and 15 of `/proc/PID/stat` (clock ticks, usually 10 ms each), so it is
 /// precise to 10 ms: measure windows that cost the process at least a few hundred ms.
-pub fn cpu_us(pid: u32) -> Result<u64> {
+pub fn cpu_split_us(pid: u32) -> Result<(u64, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("/proc/{pid}/stat"))?;
     // The command name (field 2) is in parentheses and may contain spaces: split after it.
     let rest = text.rsplit_once(')').map(|(_, r)| r).context("malformed /proc/PID/stat")?;
@@ -18,7 +18,7 @@ pub fn cpu_us(pid: u32) -> Result<u64> {
     // `rest` starts at field 3 (state), so field N is fields[N - 3].
     let utime: u64 = fields.get(11).context("no utime")?.parse()?;
     let stime: u64 = fields.get(12).context("no stime")?.parse()?;
-    Ok((utime + stime) * 1_000_000 / clock_ticks())
+    Ok((utime * 1_000_000 / clock_ticks(), stime * 1_000_000 / clock_ticks()))
 }
 
 fn clock_ticks() -> u64 {
@@ -48,7 +48,7 @@ pub fn open_fds(pid: u32) -> u64 {
 #[derive(Debug, Clone)]
 pub struct CpuMeter {
     pids: Vec<u32>,
-    start_us: u64,
+    start: (u64, u64),
     started: Instant,
 }
 
@@ -57,6 +57,8 @@ pub struct CpuMeter {
 pub struct CpuUse {
     /// CPU time used, microseconds.
     pub cpu_us: u64,
+    /// The user-space part of it.
+    pub user_us: u64,
     /// Wall time of the window, seconds.
     pub wall_s: f64,
 }
@@ -74,14 +76,79 @@ impl CpuUse {
 
 impl CpuMeter {
     pub fn start(pids: &[u32]) -> Result<Self> {
-        let start_us = pids.iter().map(|p| cpu_us(*p)).sum::<Result<u64>>()?;
-        Ok(CpuMeter { pids: pids.to_vec(), start_us, started: Instant::now() })
+        Ok(CpuMeter { pids: pids.to_vec(), start: split_sum(pids)?, started: Instant::now() })
     }
 
     pub fn stop(&self) -> Result<CpuUse> {
-        let now_us = self.pids.iter().map(|p| cpu_us(*p)).sum::<Result<u64>>()?;
-        Ok(CpuUse { cpu_us: now_us.saturating_sub(self.start_us), wall_s: self.started.elapsed().as_secs_f64() })
+        let (u, s) = split_sum(&self.pids)?;
+        let user_us = u.saturating_sub(self.start.0);
+        Ok(CpuUse {
+            cpu_us: user_us + s.saturating_sub(self.start.1),
+            user_us,
+            wall_s: self.started.elapsed().as_secs_f64(),
+        })
     }
+}
+
+fn split_sum(pids: &[u32]) -> Result<(u64, u64)> {
+    pids.iter().try_fold((0, 0), |(u, s), p| cpu_split_us(*p).map(|(pu, ps)| (u + pu, s + ps)))
+}
+
+/// During a pinned run: the CPU the server runs on, the CPU the load generator's workers run
+/// on (set by [`Pinning::enter`], read when they are started).
+static PINNED: std::sync::Mutex<Option<(usize, usize)>> = std::sync::Mutex::new(None);
+
+/// A pinned run: the server on CPU 0, the generator's workers on CPU 1, so that they do not
+/// share a core and the server's CPU time and latency are its own. Needs two CPUs; on a
+/// machine with one nothing is pinned.
+pub struct Pinning(bool);
+
+impl Pinning {
+    pub fn enter(pinned: bool) -> Pinning {
+        let on = pinned && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
+        *PINNED.lock().unwrap_or_else(|p| p.into_inner()) = on.then_some((0, 1));
+        Pinning(on)
+    }
+
+    /// Whether the run is pinned.
+    pub fn on(&self) -> bool {
+        self.0
+    }
+}
+
+impl Drop for Pinning {
+    fn drop(&mut self) {
+        *PINNED.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// Which side of a pinned run a child process is.
+#[derive(Debug, Clone, Copy)]
+pub enum Side {
+    Server,
+    Generator,
+}
+
+/// The CPU a child of `side` must run on, if the current run is pinned.
+pub fn pinned_cpu(side: Side) -> Option<usize> {
+    PINNED.lock().unwrap_or_else(|p| p.into_inner()).map(|(s, g)| match side {
+        Side::Server => s,
+        Side::Generator => g,
+    })
+}
+
+/// Restricts the calling process to `cpu` (used between fork and exec of a child).
+pub fn pin_self(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it; the call
+    // only reads the set. Async-signal-safe (no allocation), so usable in `pre_exec`.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Raises this process's soft open-file limit to its hard limit (children inherit it).
@@ -130,7 +197,7 @@ mod tests {
             x = x.wrapping_mul(31).wrapping_add(i);
         }
         assert!(x != 1);
-        cpu_us(me).unwrap();
+        cpu_split_us(me).unwrap();
         assert!(open_fds(me) > 0);
     }
 }

@@ -97,6 +97,13 @@ fn keep_lines(
 impl Proc {
     /// Starts `cmd` and waits until it prints `listening on http://ADDR`.
     fn spawn(name: &str, mut cmd: Command, data: Option<tempfile::TempDir>) -> Result<Proc> {
+        if let Some(cpu) = crate::sys::pinned_cpu(crate::sys::Side::Server) {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: the closure only makes one async-signal-safe system call.
+            unsafe {
+                cmd.pre_exec(move || crate::sys::pin_self(cpu));
+            }
+        }
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().with_context(|| format!("starting {name}: {cmd:?}"))?;
         let log = Arc::new(Mutex::new(VecDeque::new()));

@@ -52,6 +52,7 @@ fn every_scenario_delivers_at_smoke_size() {
     for want in [
         "idle",
         "fanout-10",
+        "fanout-10-pinned",
         "fanout-sat",
         "direct",
         "publish-api",
@@ -69,8 +70,10 @@ fn every_scenario_delivers_at_smoke_size() {
         let f = &r["figures"];
         match id {
             "idle" => assert_eq!(f["connections"], 20.0, "{id}: {f}"),
-            "fanout-10" | "fanout-sat" | "cluster-fanout-10" => {
+            "fanout-10" | "fanout-10-pinned" | "fanout-sat" | "cluster-fanout-10" => {
                 assert!(f["published"].as_f64().unwrap() >= 1.0, "{id}: {f}");
+                let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+                assert_eq!(r["pinned"], id == "fanout-10-pinned" && cpus >= 2, "{id}: pinned");
                 assert_eq!(f["delivered"], f["expected"], "{id}: {f}");
             }
             "direct" | "cluster-direct" => assert_eq!(f["delivered"], f["published"], "{id}: {f}"),

@@ -150,6 +150,7 @@ pub(super) async fn fanout(
     res.fig("server_cpu_us", used.cpu_us as f64);
     res.fig("server_cpu_cores", used.cores());
     res.fig("cpu_us_per_delivery", used.cpu_us as f64 / received.max(1) as f64);
+    res.fig("user_cpu_us_per_delivery", used.user_us as f64 / received.max(1) as f64);
     res.fig("lost", m.tick.lost as f64);
     res.fig("wire_bytes_per_delivery", m.wire_bytes as f64 / received.max(1) as f64);
     res.latency = Some(summary);
@@ -161,6 +162,7 @@ pub(super) async fn fanout(
     );
     res.show("deliveries per second", thousands(received as f64 / wall.as_secs_f64()));
     res.show("server CPU per delivery", format!("{:.2} us", used.cpu_us as f64 / received.max(1) as f64));
+    res.show("of which user space", format!("{:.2} us", used.user_us as f64 / received.max(1) as f64));
     res.show("server CPU (load generator CPU)", format!("{:.2} ({:.2}) cores", used.cores(), gen_used.cores()));
     res.show("publish-to-deliver p50 / p95 / p99 / max", lat(&summary));
     if !complete || received != expected {
