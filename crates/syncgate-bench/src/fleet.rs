@@ -113,8 +113,12 @@ impl Fleet {
         self.workers.iter().map(|w| w.pid).collect()
     }
 
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
     /// Sends `cmds[i]` to worker i and waits for every answer.
-    async fn each(&mut self, cmds: Vec<Command>, wait: Duration) -> Result<Vec<Event>> {
+    pub async fn each(&mut self, cmds: Vec<Command>, wait: Duration) -> Result<Vec<Event>> {
         for (w, cmd) in self.workers.iter_mut().zip(&cmds) {
             let mut line = serde_json::to_string(cmd)?;
             line.push('\n');

@@ -5,7 +5,7 @@
 //! as the server under test: a pre-formatted request and a head parser cost a few
 //! microseconds per request, a general client several times that, and every microsecond the
 //! generator spends is taken from the server. It speaks only what the suite needs: POST with
-//! a JSON body, responses with Content-Length.
+//! a JSON body (and GET), responses with Content-Length.
 
 use std::net::SocketAddr;
 
@@ -52,8 +52,18 @@ impl HttpConn {
 
     /// POSTs a JSON body and reads the whole response.
     pub async fn post(&mut self, path: &str, body: &[u8]) -> Result<Response> {
+        self.request("POST", path, body).await
+    }
+
+    /// GETs `path` and reads the whole response.
+    pub async fn get(&mut self, path: &str) -> Result<Response> {
+        self.request("GET", path, b"").await
+    }
+
+    async fn request(&mut self, method: &str, path: &str, body: &[u8]) -> Result<Response> {
         self.req.clear();
-        self.req.extend_from_slice(b"POST ");
+        self.req.extend_from_slice(method.as_bytes());
+        self.req.push(b' ');
         self.req.extend_from_slice(path.as_bytes());
         self.req.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         self.req.extend_from_slice(self.host.as_bytes());

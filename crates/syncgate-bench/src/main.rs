@@ -2,7 +2,8 @@
 //!
 //! Map of the crate:
 //! - `suite`: the standard runs (full and smoke sizes) and the targets they are checked against;
-//! - `scenarios`: what each scenario (idle, fanout, direct, publish-api, resume) does and measures;
+//! - `scenarios`: what each scenario (idle, fanout, direct, publish-api, resume, batch, soak) does
+//!   and measures;
 //! - `target`: the servers under test (syncgate, the Node `ws` baseline, cluster extension point);
 //! - `fleet` / `worker` / `proto`: the generator split over worker processes (each holds at most
 //!   9,500 sockets, the open-file cap being 20,000 per process), driven over stdin/stdout JSON lines;
@@ -135,6 +136,7 @@ enum ScenarioName {
     PublishApi,
     Resume,
     Batch,
+    Soak,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -156,13 +158,14 @@ struct RunArgs {
     common: Common,
     #[arg(long, value_enum, default_value = "syncgate")]
     target: TargetArg,
-    /// Connections (idle, fanout), users (direct, batch), devices (resume), clients (publish-api).
+    /// Connections (idle, fanout, soak), users (direct, batch), devices (resume), clients (publish-api).
     #[arg(long, short = 'n', default_value_t = 1000)]
     conns: usize,
-    /// Messages per second (fanout, direct); fanout without it: saturation.
+    /// Messages per second (fanout, direct; soak: to single users, default 200); fanout
+    /// without it: saturation.
     #[arg(long)]
     rate: Option<f64>,
-    /// Seconds of publishing (fanout, direct, publish-api) or of holding (idle).
+    /// Seconds of publishing (fanout, direct, publish-api, soak) or of holding (idle).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
     /// Saturation fanout: messages not yet received by everyone, at most.
@@ -192,6 +195,8 @@ struct RunArgs {
     /// Pin the server to CPU 0 and the generator's workers to CPU 1.
     #[arg(long)]
     pin: bool,
+    #[command(flatten)]
+    soak: scenarios::SoakArgs,
 }
 
 fn main() -> ExitCode {
@@ -347,6 +352,7 @@ async fn run_one(a: RunArgs) -> Result<bool> {
         },
         ScenarioName::Resume => Scenario::Resume { devices: n, missed: a.missed, msg_bytes: a.msg_bytes },
         ScenarioName::Batch => Scenario::Batch { users: n, rounds: a.rounds, msg_bytes: a.msg_bytes },
+        ScenarioName::Soak => Scenario::Soak(a.soak.params(n, a.duration, a.rate, a.msg_bytes)),
     };
     if target == TargetKind::NodeWs && !scenario.node_can_run() {
         bail!("the Node baseline only runs idle, fanout and publish-api");

@@ -71,7 +71,56 @@ pub enum Command {
     Report,
     /// Close every connection (WebSocket close, then drop).
     Disconnect,
+    /// Soak devices (see `worker::soak`): how they connect (`count` and `first` unused).
+    SoakSetup(ConnectSpec),
+    /// Soak churn: close these devices gracefully (ack, then close), then open these
+    /// (global indexes), resuming with their client id; answered with `SoakCycled`.
+    SoakCycle {
+        close: Vec<usize>,
+        open: Vec<usize>,
+    },
+    /// Compare what the soak devices received with what was published; answered with
+    /// `SoakChecked`.
+    SoakCheck(SoakExpect),
     Exit,
+}
+
+/// What was published during a soak, for the final count (see `worker::soak`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SoakExpect {
+    /// Publishes to user `u-{i}` alone, by global device index.
+    pub user: Vec<u64>,
+    /// Batch publishes to group `g`, i.e. users `g * group_size .. (g + 1) * group_size`.
+    pub batch: Vec<u64>,
+    pub group_size: usize,
+    /// Room publishes (every device `i` with `soak_in_room(i)` joined the room).
+    pub room: u64,
+}
+
+/// Whether soak device `i` joins the room: half of the stable devices and half of the
+/// churning ones (`i % 4` is 0 or 1; churning devices are the odd ones).
+pub fn soak_in_room(i: usize) -> bool {
+    i % 4 < 2
+}
+
+/// Soak counters of one worker (all its devices, since the setup).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct SoakCounts {
+    /// Events that skipped sequence numbers of their stream (sum of the numbers skipped).
+    pub gaps: u64,
+    /// Events whose sequence number was already seen (and acknowledged before a close).
+    pub dups: u64,
+    /// Events delivered after the device's last ack and before its close: the server
+    /// sends them again on the next connection (at-least-once), so they are not counted
+    /// as seen.
+    pub redelivered: u64,
+    /// Events replayed to resuming devices (user stream from the cursor, room from `since`).
+    pub replayed_user: u64,
+    pub replayed_room: u64,
+    /// Events a device got from a stream it should not (a room it did not join).
+    pub unexpected: u64,
+    /// Graceful closes whose ack was not confirmed within the timeout.
+    pub ack_timeouts: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,6 +141,27 @@ pub enum Event {
     Tick(Tick),
     Report(Report),
     Done,
+    SoakCycled {
+        closed: u64,
+        opened: u64,
+        failed: u64,
+        /// Sum of the welcome frames' `resumed` counts of the opened devices.
+        resumed: u64,
+        errors: Vec<String>,
+        elapsed_ms: u64,
+        counts: SoakCounts,
+    },
+    SoakChecked {
+        counts: SoakCounts,
+        devices: u64,
+        /// Devices whose sequence numbers all reached what was published.
+        complete: u64,
+        /// Published events not (yet) seen, summed over devices.
+        missing: u64,
+        /// Sequence numbers seen beyond what was published.
+        extra: u64,
+        online: u64,
+    },
     Error {
         message: String,
     },

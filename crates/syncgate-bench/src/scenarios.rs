@@ -11,11 +11,12 @@
 //! same clock).
 //!
 //! This file owns the shared plumbing (scenario and result types, `run`, the publisher,
-//! formatting); the scenarios themselves live in `live` (idle, fanout, direct) and
-//! `publish` (publish-api, resume, batch).
+//! formatting); the scenarios themselves live in `live` (idle, fanout, direct),
+//! `publish` (publish-api, resume, batch) and `soak`.
 
 mod live;
 mod publish;
+mod soak;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -31,6 +32,7 @@ use crate::sys::{unix_ns, CpuMeter};
 use crate::target::{Fsync, Programs, ServerSet, Topology, API_KEY, JWT_SECRET};
 use live::{direct, fanout, idle};
 use publish::{batch_api, publish_api, resume};
+pub use soak::{Sample, SoakArgs, SoakParams};
 
 /// Room of the fanout runs.
 pub const ROOM: &str = "bench";
@@ -58,6 +60,8 @@ pub enum Scenario {
     /// `rounds` batch publishes to `users` users (nobody connected), one after the other,
     /// then as many to `users / 10` (to show whether the cost is linear in users).
     Batch { users: usize, rounds: usize, msg_bytes: usize },
+    /// Connections held for long with churn and mixed publishes (see `soak`).
+    Soak(SoakParams),
 }
 
 impl Scenario {
@@ -69,6 +73,7 @@ impl Scenario {
             Scenario::PublishApi { .. } => "publish-api",
             Scenario::Resume { .. } => "resume",
             Scenario::Batch { .. } => "batch",
+            Scenario::Soak(_) => "soak",
         }
     }
 
@@ -115,6 +120,9 @@ pub struct RunResult {
     pub display: Vec<(String, String)>,
     pub notes: Vec<String>,
     pub elapsed_s: f64,
+    /// Readings over time (soak).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<Sample>,
 }
 
 impl RunResult {
@@ -134,6 +142,7 @@ impl RunResult {
             display: Vec::new(),
             notes: Vec::new(),
             elapsed_s: 0.0,
+            samples: Vec::new(),
         }
     }
 
@@ -214,6 +223,7 @@ pub async fn run(ctx: &Ctx, spec: &RunSpec) -> RunResult {
         Scenario::Batch { users, rounds, msg_bytes } => {
             batch_api(&servers, &mut res, *users, *rounds, *msg_bytes).await
         }
+        Scenario::Soak(p) => soak::soak(ctx, &servers, &mut res, p).await,
     };
     if let Err(e) = r {
         res.ok = false;

@@ -226,7 +226,50 @@ pub fn plan(o: &Options) -> Vec<RunSpec> {
             batch,
         );
     }
+    runs.push(soak_spec(full));
     runs
+}
+
+/// The soak run (last: it is the longest).
+fn soak_spec(full: bool) -> RunSpec {
+    use crate::scenarios::SoakParams;
+    let p = if full {
+        SoakParams {
+            conns: 19_000,
+            duration_s: 600.0,
+            churn: 100,
+            sample_s: 60.0,
+            user_rate: 200.0,
+            room_rate: 2.0,
+            batch_rate: 1.0,
+            batch_users: 500,
+            msg_bytes: MSG,
+        }
+    } else {
+        SoakParams {
+            conns: 20,
+            duration_s: 3.0,
+            churn: 4,
+            sample_s: 1.0,
+            user_rate: 20.0,
+            room_rate: 5.0,
+            batch_rate: 2.0,
+            batch_users: 5,
+            msg_bytes: MSG,
+        }
+    };
+    let title = format!(
+        "soak: {} connections for {:.0} s, {} closed and reopened (client id, resume) per second; {:.0}/s to users, \
+         {:.0}/s batches of {}, {:.0}/s to a room of half of them (fsync never)",
+        crate::scenarios::fmt_count(p.conns as f64),
+        p.duration_s,
+        p.churn,
+        p.user_rate,
+        p.batch_rate,
+        p.batch_users,
+        p.room_rate
+    );
+    spec("soak", title, TargetKind::Syncgate, Fsync::Never, Scenario::Soak(p))
 }
 
 /// A target from the issue, checked against the suite's figures.
@@ -283,6 +326,7 @@ pub fn checks(results: &[RunResult]) -> Vec<Check> {
     );
     fanout_checks(results, &mut out);
     store_checks(results, &mut out);
+    soak_checks(results, &mut out);
     out
 }
 
@@ -338,4 +382,15 @@ fn store_checks(results: &[RunResult], out: &mut Vec<Check>) {
     let growth = sg("cluster-batch").and_then(|r| r.figure("batch_growth"));
     let row = "growth from a tenth of the users to all (10 = linear)";
     check("cluster-batch", row, "linear (<= 12x)", growth, "x", &|v| v <= 12.0);
+}
+
+/// The soak target of issue 14: memory and fds flat.
+fn soak_checks(results: &[RunResult], out: &mut Vec<Check>) {
+    let soak = find(results, "soak", TargetKind::Syncgate);
+    let growth = soak.and_then(|r| r.figure("rss_growth_pct"));
+    let row = "server RSS growth, 2nd sample to last";
+    out.push(Check::new("soak", row, "memory flat: < 5 %", growth, "%", &|v| v < 5.0));
+    let fds = soak.and_then(|r| r.figure("fds_minus_connections_pct"));
+    let row = "server open fds first / last (connections)";
+    out.push(Check::new("soak", row, "fds within 2 % of connections", fds, "% over connections", &|v| v.abs() <= 2.0));
 }

@@ -39,6 +39,18 @@ pub fn rss_bytes(pid: u32) -> Result<u64> {
     Ok(kb * 1024)
 }
 
+/// Threads of process `pid` (`Threads:` of /proc/PID/status); 0 if unreadable.
+pub fn threads(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// The 1-minute load average (first field of /proc/loadavg); 0 if unreadable.
+pub fn load_average() -> f64 {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0.0)
+}
+
 /// Open file descriptors of process `pid`.
 pub fn open_fds(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0)
@@ -199,5 +211,6 @@ mod tests {
         assert!(x != 1);
         cpu_split_us(me).unwrap();
         assert!(open_fds(me) > 0);
+        assert!(threads(me) >= 1);
     }
 }

@@ -6,6 +6,10 @@
 //! Commands come on stdin, answers and ticks go to stdout (see `proto`). The worker exits
 //! when stdin closes (the coordinator is gone) or when its deadline passes, whatever it is
 //! doing: nothing outlives a run.
+//!
+//! The soak scenario's devices, which come and go and check sequence numbers, are in `soak`.
+
+mod soak;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -128,6 +132,7 @@ async fn run(deadline: Duration) -> Result<()> {
         std::process::exit(3);
     });
     let state = Rc::new(RefCell::new(State::default()));
+    let soak = soak::Shared::default();
     let (stop_tx, stop_rx) = watch::channel(0u64);
     send(&Event::Ready { pid: std::process::id() });
     {
@@ -187,6 +192,12 @@ async fn run(deadline: Duration) -> Result<()> {
                 }
                 send(&Event::Done);
             }
+            Command::SoakSetup(spec) => match soak.borrow_mut().setup(spec) {
+                Ok(()) => send(&Event::Done),
+                Err(message) => send(&Event::Error { message }),
+            },
+            Command::SoakCycle { close, open } => send(&soak::cycle(&soak, &state, &stop_rx, close, open).await),
+            Command::SoakCheck(expect) => send(&soak::check(&soak, &expect)),
             Command::Exit => break,
         }
     }

@@ -1,7 +1,7 @@
 //! Smoke test of the benchmark harness: every scenario of the suite at tiny sizes (20
-//! connections, about a second each) against the debug `syncgate` binary, so the harness
-//! cannot rot. It checks that every run delivered everything it should (counts), never how
-//! fast: timing assertions make CI flaky. The Node baseline is not part of it.
+//! connections, about a second each, the soak 3 s) against the debug `syncgate` binary, so
+//! the harness cannot rot. It checks that every run delivered everything it should (counts),
+//! never how fast: timing assertions make CI flaky. The Node baseline is not part of it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -60,6 +60,7 @@ fn every_scenario_delivers_at_smoke_size() {
         "publish-api-transient",
         "resume",
         "batch",
+        "soak",
     ] {
         assert!(ids.contains(&want), "run {want} missing from {ids:?}");
     }
@@ -88,6 +89,20 @@ fn every_scenario_delivers_at_smoke_size() {
                     (&5.0.into(), &20.0.into(), &2.0.into()),
                     "{id}: {f}"
                 );
+            }
+            "soak" => {
+                // 20 devices for 3 s, 4 of the 10 odd ones closed and reopened each second:
+                // every device ends with every message published to it, none twice.
+                assert_eq!(f["connections"], 20.0, "{id}: {f}");
+                assert!(f["churn_closed"].as_f64().unwrap() >= 4.0, "{id}: {f}");
+                assert_eq!(f["churn_reopened"], f["churn_closed"], "{id}: {f}");
+                assert!(f["published_user"].as_f64().unwrap() >= 1.0, "{id}: {f}");
+                assert!(f["published_room"].as_f64().unwrap() >= 1.0, "{id}: {f}");
+                assert_eq!(f["devices_complete"], 20.0, "{id}: {f}");
+                for zero in ["gaps", "duplicates", "missing", "extra", "lost", "churn_failed"] {
+                    assert_eq!(f[zero], 0.0, "{id}: {zero}: {f}");
+                }
+                assert!(r["samples"].as_array().unwrap().len() >= 2, "{id}: {}", r["samples"]);
             }
             _ => assert!(f["accepted"].as_f64().unwrap() >= 1.0, "{id}: {f}"),
         }

@@ -1,0 +1,169 @@
+//! The soak's readings of the server, every `sample_s`, and the figures made of them:
+//! RSS, open fds and threads from /proc, the connections gauge from `/metrics` (the
+//! server exports no tokio task count, so there is none here), deliveries and publishes
+//! per second, the machine's load average.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::super::{log, thousands, RunResult};
+use crate::fleet::Fleet;
+use crate::http::HttpConn;
+use crate::sys::{load_average, open_fds, threads};
+use crate::target::ServerSet;
+
+/// One reading of the server.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Sample {
+    /// Seconds since the soak began (after the connects).
+    pub t_s: f64,
+    pub rss_bytes: u64,
+    /// Entries of /proc/PID/fd.
+    pub fds: u64,
+    pub threads: u64,
+    /// `syncgate_websocket_connections` from /metrics.
+    pub connections: f64,
+    /// Connections the devices have open.
+    pub devices_open: u64,
+    /// Since the previous sample.
+    pub deliveries_per_s: f64,
+    pub publishes_per_s: f64,
+    /// 1-minute load average of the machine.
+    pub load_average: f64,
+}
+
+/// The sum of a metric's samples (all label sets) in a Prometheus text page.
+fn metric(page: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in page.lines() {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        if let Some(v) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
+/// What the next sample's rates are computed from: the last sample, events received and
+/// publishes made by then.
+pub type Mark = (Sample, u64, u64);
+
+/// Reads the server's figures and prints them on one line.
+pub async fn sample(
+    servers: &ServerSet,
+    fleet: &Fleet,
+    t0: Instant,
+    prev: Option<Mark>,
+    published: u64,
+) -> Result<Mark> {
+    // A new connection each time: the server closes idle keep-alive connections.
+    let mut http = HttpConn::connect(servers.publish_base(), None).await?;
+    let page = http.get("/metrics").await.context("GET /metrics")?;
+    let page = String::from_utf8_lossy(&page.body);
+    let pids = servers.pids();
+    // Ticks come every TICK_MS: let them catch up with the churn cycle that just ended.
+    tokio::time::sleep(Duration::from_millis(2 * crate::proto::TICK_MS)).await;
+    let tick = fleet.tick();
+    let t_s = t0.elapsed().as_secs_f64();
+    let rate = |now: u64, before: Option<(u64, f64)>| match before {
+        Some((b, since)) if t_s > since => now.saturating_sub(b) as f64 / (t_s - since),
+        _ => 0.0,
+    };
+    let s = Sample {
+        t_s,
+        rss_bytes: servers.rss_bytes()?,
+        fds: pids.iter().map(|p| open_fds(*p)).sum(),
+        threads: pids.iter().map(|p| threads(*p)).sum(),
+        connections: metric(&page, "syncgate_websocket_connections").unwrap_or(f64::NAN),
+        devices_open: tick.open,
+        deliveries_per_s: rate(tick.received, prev.map(|p| (p.1, p.0.t_s))),
+        publishes_per_s: rate(published, prev.map(|p| (p.2, p.0.t_s))),
+        load_average: load_average(),
+    };
+    log(format!(
+        "  soak t={:.0}s rss={:.1} MiB fds={} threads={} connections={} (devices {}) deliveries/s={:.0} \
+         publishes/s={:.1} load={:.2}",
+        s.t_s,
+        s.rss_bytes as f64 / 1048576.0,
+        s.fds,
+        s.threads,
+        s.connections,
+        s.devices_open,
+        s.deliveries_per_s,
+        s.publishes_per_s,
+        s.load_average
+    ));
+    Ok((s, tick.received, published))
+}
+
+/// Memory, fd and thread figures: first, second (the baseline of growth: the first is
+/// taken before any churn or publish), last and max.
+pub fn record(res: &mut RunResult, samples: &[Sample]) {
+    let Some(first) = samples.first().copied() else { return };
+    let second = samples.get(1).copied().unwrap_or(first);
+    let last = samples.last().copied().unwrap_or(first);
+    let rss_max = samples.iter().map(|s| s.rss_bytes).max().unwrap_or(0);
+    let growth = (last.rss_bytes as f64 - second.rss_bytes as f64) / second.rss_bytes.max(1) as f64 * 100.0;
+    let minutes = (last.t_s - second.t_s) / 60.0;
+    let per_min = if minutes > 0.0 { growth / minutes } else { 0.0 };
+    let fd_gap = (last.fds as f64 - last.connections) / last.connections.max(1.0) * 100.0;
+    let load_max = samples.iter().map(|s| s.load_average).fold(0.0, f64::max);
+    for (k, v) in [
+        ("rss_first_bytes", first.rss_bytes as f64),
+        ("rss_second_bytes", second.rss_bytes as f64),
+        ("rss_last_bytes", last.rss_bytes as f64),
+        ("rss_max_bytes", rss_max as f64),
+        ("rss_growth_pct", growth),
+        ("rss_growth_pct_per_min", per_min),
+        ("fds_first", first.fds as f64),
+        ("fds_last", last.fds as f64),
+        ("fds_max", samples.iter().map(|s| s.fds).max().unwrap_or(0) as f64),
+        ("fds_minus_connections_pct", fd_gap),
+        ("server_connections_last", last.connections),
+        ("threads_first", first.threads as f64),
+        ("threads_last", last.threads as f64),
+        ("threads_max", samples.iter().map(|s| s.threads).max().unwrap_or(0) as f64),
+        ("samples", samples.len() as f64),
+        ("load_average_max", load_max),
+    ] {
+        res.fig(k, v);
+    }
+    let mib = |b: u64| b as f64 / 1048576.0;
+    res.show(
+        "server RSS first / 2nd / last / max sample",
+        format!(
+            "{:.1} / {:.1} / {:.1} / {:.1} MiB",
+            mib(first.rss_bytes),
+            mib(second.rss_bytes),
+            mib(last.rss_bytes),
+            mib(rss_max)
+        ),
+    );
+    res.show("server RSS growth, 2nd sample to last", format!("{growth:+.2} % ({per_min:+.3} %/min)"));
+    res.show(
+        "server open fds first / last (connections)",
+        format!("{} / {} ({})", thousands(first.fds as f64), thousands(last.fds as f64), thousands(last.connections)),
+    );
+    res.show("server threads first / last", format!("{} / {}", first.threads, last.threads));
+    res.show("load average (1 min), max of the samples", format!("{load_max:.2}"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_sums_label_sets_and_skips_longer_names() {
+        let page = "# HELP x\nsyncgate_websocket_connections 19000\n\
+                    syncgate_websocket_connections_accepted_total 25000\n\
+                    syncgate_messages_in_total{kind=\"api\"} 5\nsyncgate_messages_in_total{kind=\"client\"} 2\n";
+        assert_eq!(metric(page, "syncgate_websocket_connections"), Some(19000.0));
+        assert_eq!(metric(page, "syncgate_messages_in_total"), Some(7.0));
+        assert_eq!(metric(page, "syncgate_nothing"), None);
+    }
+}
