@@ -33,64 +33,19 @@ pub enum AdmitError {
     UserFull,
 }
 
-/// Fan-outs to fewer connections than this always write into idle sockets directly; larger
-/// ones only when their room is quiet (see [`Pace`]).
+/// Fan-outs to at least this many connections queue every frame for the connections'
+/// tasks instead of writing into idle sockets directly (see `deliver_room`).
 const LARGE_FANOUT: usize = 256;
-
-/// Direct fan-outs to at least this many connections are split over threads.
-const SPLIT_FANOUT: usize = 2048;
-
-/// Decides, for one room (or for "everyone"), whether a large fan-out writes directly.
-///
-/// A direct write costs one system call per frame and no task wake-up; a queued frame costs
-/// a wake-up, but a task that runs late writes every frame that piled up in one call. So a
-/// room whose messages come further apart than twice the time its last direct fan-out took
-/// writes directly (at 10 msg/s to 5k connections: no wake-ups at all), and one whose
-/// messages come faster queues, so frames coalesce (measured, 5k connections at saturation:
-/// 2.5 us per delivery queued, 9 us direct).
-#[derive(Default)]
-struct Pace {
-    /// Hub clock (us) when the last large fan-out started.
-    last_start: AtomicU64,
-    /// How long the last direct large fan-out took (us).
-    direct_took: AtomicU64,
-}
-
-/// Two fan-outs less than this apart never both write directly.
-const MIN_GAP_US: u64 = 1_000;
-
-impl Pace {
-    fn direct(&self, now_us: u64) -> bool {
-        let last = self.last_start.swap(now_us, Ordering::Relaxed);
-        let took = self.direct_took.load(Ordering::Relaxed);
-        last == 0 || now_us.saturating_sub(last) >= (2 * took).max(MIN_GAP_US)
-    }
-
-    fn took(&self, us: u64) {
-        self.direct_took.store(us, Ordering::Relaxed);
-    }
-}
-
-/// A room's local members.
-#[derive(Default)]
-struct Room {
-    members: HashMap<u64, Arc<Conn>>,
-    pace: Arc<Pace>,
-}
 
 pub struct Hub {
     conns: DashMap<u64, Arc<Conn>>,
     users: RwLock<BTreeMap<Arc<str>, Vec<Arc<Conn>>>>,
-    rooms: DashMap<Arc<str>, Room>,
-    /// Pace of fan-outs to every connection.
-    all_pace: Pace,
+    rooms: DashMap<Arc<str>, HashMap<u64, Arc<Conn>>>,
     count: AtomicUsize,
     next_id: AtomicU64,
     max_connections: usize,
     max_per_user: usize,
     started: Instant,
-    /// Threads a large direct fan-out may use (the machine's cores).
-    cores: usize,
     metrics: Arc<Metrics>,
     interest: OnceLock<InterestSink>,
     changes: OnceLock<ChangeSink>,
@@ -115,13 +70,11 @@ impl Hub {
             conns: DashMap::new(),
             users: RwLock::new(BTreeMap::new()),
             rooms: DashMap::new(),
-            all_pace: Pace::default(),
             count: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             max_connections,
             max_per_user,
             started: Instant::now(),
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             metrics,
             interest: OnceLock::new(),
             changes: OnceLock::new(),
@@ -179,11 +132,6 @@ impl Hub {
     /// Milliseconds since the hub started (the clock of `Conn::last_seen`).
     pub fn clock(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
-    }
-
-    /// The hub clock in microseconds (never 0).
-    fn clock_us(&self) -> u64 {
-        self.started.elapsed().as_micros() as u64 + 1
     }
 
     pub fn next_conn_id(&self) -> u64 {
@@ -263,12 +211,12 @@ impl Hub {
         if !conn.add_room(name.clone(), pos) {
             return false;
         }
-        let mut room = self.rooms.entry(name.clone()).or_default();
-        room.members.insert(conn.id, conn.clone());
-        if room.members.len() == 1 {
+        let mut members = self.rooms.entry(name.clone()).or_default();
+        members.insert(conn.id, conn.clone());
+        if members.len() == 1 {
             self.report(Interest::RoomOn(name.clone()));
         }
-        drop(room);
+        drop(members);
         self.changed(Changed::Room(name));
         self.changed(Changed::User(conn.user.clone()));
         true
@@ -285,9 +233,9 @@ impl Hub {
     }
 
     fn drop_member(&self, room: &str, id: u64) {
-        if let Some((name, _)) = self.rooms.remove_if_mut(room, |_, room| {
-            room.members.remove(&id);
-            room.members.is_empty()
+        if let Some((name, _)) = self.rooms.remove_if_mut(room, |_, members| {
+            members.remove(&id);
+            members.is_empty()
         }) {
             self.report(Interest::RoomOff(name));
         }
@@ -319,22 +267,16 @@ impl Hub {
 
     /// Delivers a room event to the room's local members, except connection `except`.
     pub fn deliver_room(&self, room: &str, seq: Option<u64>, ev: &Arc<Event>, except: Option<u64>) -> usize {
-        let Some(entry) = self.rooms.get(room) else {
+        let Some(members) = self.rooms.get(room) else {
             return 0;
         };
-        let stream = StreamRef::Room(entry.key().clone());
-        let offer = |c: &Arc<Conn>, direct| self.offer(c, &stream, seq, ev, Some(c.id) == except, direct);
-        let n = if entry.members.len() < LARGE_FANOUT {
-            entry.members.values().map(|c| offer(c, true)).sum()
-        } else if entry.pace.direct(self.clock_us()) {
-            // Direct writes take a while (a system call each): not under the index lock.
-            let members: Vec<Arc<Conn>> = entry.members.values().cloned().collect();
-            let pace = entry.pace.clone();
-            drop(entry);
-            self.direct_fanout(&pace, &members, &|c| offer(c, true))
-        } else {
-            entry.members.values().map(|c| offer(c, false)).sum()
-        };
+        let stream = StreamRef::Room(members.key().clone());
+        // A direct write saves each recipient's task a wake-up but costs one system call per
+        // frame; in a large fan-out under load, frames pile up per connection and a task
+        // writes all of them in one call (measured: 2.5 us per delivery queued, 9 us direct,
+        // 5k connections at saturation), so large fan-outs always queue.
+        let direct = members.len() < LARGE_FANOUT;
+        let n = members.iter().map(|(id, c)| self.offer(c, &stream, seq, ev, Some(*id) == except, direct)).sum();
         self.metrics.messages_out.inc_by(n as u64);
         n
     }
@@ -351,42 +293,14 @@ impl Hub {
     }
 
     fn deliver_to_all(&self, ev: &Arc<Event>, filter: Option<&crate::meta::Where>) -> usize {
-        let passes = |c: &Conn| filter.is_none_or(|f| c.meta.get().is_some_and(|m| f.matches(m)));
-        let offer = |c: &Arc<Conn>, direct| self.count_offer(c.push_with(Outgoing::Event(ev.clone()), direct));
-        let n = if self.conns.len() < LARGE_FANOUT || self.all_pace.direct(self.clock_us()) {
-            let all: Vec<Arc<Conn>> = self.conns.iter().filter(|c| passes(c)).map(|c| c.clone()).collect();
-            if all.len() < LARGE_FANOUT {
-                all.iter().map(|c| offer(c, true)).sum()
-            } else {
-                self.direct_fanout(&self.all_pace, &all, &|c| offer(c, true))
-            }
-        } else {
-            self.conns.iter().filter(|c| passes(c)).map(|c| offer(&c, false)).sum()
-        };
+        let direct = self.conns.len() < LARGE_FANOUT;
+        let n = self
+            .conns
+            .iter()
+            .filter(|c| filter.is_none_or(|f| c.meta.get().is_some_and(|m| f.matches(m))))
+            .map(|c| self.count_offer(c.push_with(Outgoing::Event(ev.clone()), direct)))
+            .sum();
         self.metrics.messages_out.inc_by(n as u64);
-        n
-    }
-
-    /// Runs `offer` (a direct delivery) for every connection of a large fan-out, split over
-    /// the machine's cores when there are many, and records how long it took. Returns when
-    /// every connection has been offered the event, like a queued fan-out.
-    fn direct_fanout(&self, pace: &Pace, conns: &[Arc<Conn>], offer: &(dyn Fn(&Arc<Conn>) -> usize + Sync)) -> usize {
-        let started = self.clock_us();
-        let parts = if conns.len() >= SPLIT_FANOUT { self.cores.min(conns.len() / (SPLIT_FANOUT / 2)) } else { 1 };
-        let n = if parts <= 1 {
-            conns.iter().map(offer).sum()
-        } else {
-            let chunk = conns.len().div_ceil(parts);
-            std::thread::scope(|s| {
-                let mut chunks = conns.chunks(chunk);
-                let mine = chunks.next().unwrap_or_default();
-                let others: Vec<_> =
-                    chunks.map(|part| s.spawn(move || part.iter().map(offer).sum::<usize>())).collect();
-                let n: usize = mine.iter().map(offer).sum();
-                n + others.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).sum::<usize>()
-            })
-        };
-        pace.took(self.clock_us().saturating_sub(started));
         n
     }
 
@@ -412,7 +326,7 @@ impl Hub {
     pub fn recheck_room(&self, room: &str) {
         if let Some(members) = self.rooms.get(room) {
             let stream = StreamRef::Room(members.key().clone());
-            for c in members.members.values() {
+            for c in members.values() {
                 c.recheck(Some(&stream));
             }
         }
@@ -487,10 +401,10 @@ impl Hub {
         let Some(members) = self.rooms.get(room) else {
             return (Vec::new(), 0);
         };
-        let mut users: Vec<String> = members.members.values().map(|c| c.user.to_string()).collect();
+        let mut users: Vec<String> = members.values().map(|c| c.user.to_string()).collect();
         users.sort();
         users.dedup();
-        (users, members.members.len())
+        (users, members.len())
     }
 
     /// A page of online users in id order, after `after`.
@@ -606,56 +520,8 @@ mod tests {
         v.len()
     }
 
-    /// Makes a pace look as if a direct fan-out that took 10 s had just started.
-    fn busy(p: &Pace, hub: &Hub) {
-        p.last_start.store(hub.clock_us(), Ordering::Relaxed);
-        p.took(10_000_000);
-    }
-
     #[test]
-    fn pace_writes_directly_only_when_fanouts_come_further_apart_than_twice_the_last() {
-        let p = Pace::default();
-        assert!(p.direct(5_000), "the first fan-out of a room writes directly");
-        p.took(30_000);
-        assert!(!p.direct(40_000), "35 ms later, under twice the 30 ms it took: queue");
-        assert!(!p.direct(90_000), "50 ms after the previous start: still under 60 ms");
-        assert!(p.direct(160_000), "70 ms after the previous start: direct again");
-        p.took(10);
-        assert!(!p.direct(160_500), "never two direct fan-outs under MIN_GAP_US apart");
-        assert!(p.direct(161_600));
-    }
-
-    #[test]
-    fn large_fanouts_write_directly_while_their_room_is_quiet_and_queue_when_it_is_busy() {
-        let hub = Hub::new(SPLIT_FANOUT * 2, SPLIT_FANOUT * 2, Arc::new(Metrics::new()));
-        let conns: Vec<Arc<Conn>> = (0..SPLIT_FANOUT as u64)
-            .map(|i| {
-                let c = Arc::new(Conn::new(i, format!("u{i}").into(), None, u64::MAX, 16, StreamPos::resume_from(0)));
-                c.set_direct(Box::new(Open));
-                hub.admit(c.clone()).unwrap();
-                assert!(hub.join(&c, "big", None));
-                c
-            })
-            .collect();
-        let n = conns.len();
-        let queued = |conns: &[Arc<Conn>]| conns.iter().map(|c| drain(c)).sum::<usize>();
-        // The first fan-out is direct (split over threads on a machine with several cores:
-        // every connection still gets it exactly once).
-        assert_eq!(hub.deliver_room("big", None, &ev(), None), n);
-        assert_eq!(queued(&conns), 0);
-        // A room whose last direct fan-out took 10 s is busy for the next 20 s: queue.
-        hub.rooms.get("big").unwrap().pace.took(10_000_000);
-        assert_eq!(hub.deliver_room("big", None, &ev(), None), n);
-        assert_eq!(queued(&conns), n, "a busy room's fan-out queues, so frames coalesce");
-        assert_eq!(hub.deliver_all(&ev()), n, "everyone: the first one is direct");
-        assert_eq!(queued(&conns), 0);
-        hub.all_pace.took(10_000_000);
-        assert_eq!(hub.deliver_all(&ev()), n);
-        assert_eq!(queued(&conns), n);
-    }
-
-    #[test]
-    fn small_fanouts_and_user_streams_write_directly_busy_large_fanouts_queue() {
+    fn small_fanouts_and_user_streams_write_directly_large_fanouts_queue() {
         let hub = Hub::new(1000, 1000, Arc::new(Metrics::new()));
         let conns: Vec<Arc<Conn>> = (0..LARGE_FANOUT as u64)
             .map(|i| {
@@ -671,10 +537,8 @@ mod tests {
             .collect();
         let n = conns.len();
         let queued = |conns: &[Arc<Conn>]| conns.iter().map(|c| drain(c)).sum::<usize>();
-        busy(&hub.rooms.get("big").unwrap().pace, &hub);
-        busy(&hub.all_pace, &hub);
         assert_eq!(hub.deliver_room("big", None, &ev(), None), n);
-        assert_eq!(queued(&conns), n, "a large fan-out to a busy room queues for the tasks");
+        assert_eq!(queued(&conns), n, "a large fan-out queues for the tasks");
         assert_eq!(hub.deliver_all(&ev()), n);
         assert_eq!(queued(&conns), n);
         assert_eq!(hub.deliver_room("small", None, &ev(), None), 3);
