@@ -54,11 +54,33 @@ impl Claims {
     /// Whether these claims allow joining `room`. A user may always join their personal
     /// room `user:{sub}`.
     pub fn may_join(&self, room: &str) -> bool {
-        if room.strip_prefix("user:") == Some(self.sub.as_str()) {
-            return true;
-        }
-        self.rooms.iter().any(|p| pattern_matches(p, room))
+        may_join(&self.sub, &self.rooms, room)
     }
+
+    /// What a connection keeps of these claims once it is admitted.
+    pub fn into_grants(self) -> RoomGrants {
+        RoomGrants((!self.rooms.is_empty()).then(|| self.rooms.into_iter().map(String::into_boxed_str).collect()))
+    }
+}
+
+/// What a connection keeps of its token after the upgrade: the room patterns (its user id is
+/// the connection's own; expiry, client id and `meta` were taken at the upgrade). Nothing is
+/// allocated for a token without rooms, and a clone shares the patterns.
+#[derive(Debug, Clone, Default)]
+pub struct RoomGrants(Option<std::sync::Arc<[Box<str>]>>);
+
+impl RoomGrants {
+    /// Whether `user`, holding these grants, may join `room` (the rule of `Claims::may_join`).
+    pub fn may_join(&self, user: &str, room: &str) -> bool {
+        may_join(user, self.0.as_deref().unwrap_or_default(), room)
+    }
+}
+
+fn may_join<S: AsRef<str>>(user: &str, patterns: &[S], room: &str) -> bool {
+    if room.strip_prefix("user:") == Some(user) {
+        return true;
+    }
+    patterns.iter().any(|p| pattern_matches(p.as_ref(), room))
 }
 
 /// `pattern` is an exact room name, or ends with `*` to match every room with that prefix.
@@ -275,6 +297,15 @@ mod tests {
         assert!(c.may_join("user:alice"));
         assert!(!c.may_join("user:bob"));
         assert!(!c.may_join("school"));
+        // What a connection keeps of the claims decides joins the same way.
+        let g = c.into_grants();
+        assert!(g.may_join("alice", "school:42"));
+        assert!(g.may_join("alice", "user:alice"));
+        assert!(!g.may_join("alice", "user:bob"));
+        assert!(!g.may_join("alice", "school"));
+        let none = a.verify(&a.mint("bob", &[], Duration::from_secs(60), None).unwrap()).unwrap().into_grants();
+        assert!(none.may_join("bob", "user:bob"));
+        assert!(!none.may_join("bob", "school:42"));
     }
 
     #[test]

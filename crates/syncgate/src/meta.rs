@@ -18,13 +18,13 @@ use serde_json::{Map, Value};
 /// Largest `meta` claim a token may carry, in bytes of compact JSON.
 pub const MAX_META_BYTES: usize = 1024;
 
-/// What a connection recorded at its upgrade.
+/// What a connection recorded at its upgrade (boxed strings: one is kept per connection).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ConnMeta {
-    pub node: String,
+    pub node: Box<str>,
     pub ip: Option<IpAddr>,
-    pub user_agent: Option<String>,
-    pub app_version: Option<String>,
+    pub user_agent: Option<Box<str>>,
+    pub app_version: Option<Box<str>>,
     /// Unix milliseconds.
     pub connected_at: i64,
     /// The token's `meta` claim (a JSON object), empty when it had none.
@@ -81,13 +81,13 @@ impl ConnMeta {
             while !ua.is_char_boundary(end) {
                 end -= 1;
             }
-            ua[..end].to_string()
+            ua[..end].into()
         });
         Ok(ConnMeta {
-            node: node.to_string(),
+            node: node.into(),
             ip: request_ip(trusted_proxies, headers, peer),
             user_agent,
-            app_version,
+            app_version: app_version.map(String::into_boxed_str),
             connected_at: crate::node::now_ms(),
             meta,
         })

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use crate::auth::{pattern_matches, AuthError, Claims};
+use crate::auth::{pattern_matches, AuthError, Claims, RoomGrants};
 use crate::close::{self, Close};
 use crate::error::{Code, Error, Result};
 use crate::hub::{Conn, StreamPos};
@@ -57,7 +57,8 @@ pub struct Session {
 struct Ops {
     node: Arc<Node>,
     conn: Arc<Conn>,
-    claims: Arc<Claims>,
+    /// The token's room patterns (the rest of its claims is not kept).
+    grants: RoomGrants,
 }
 
 /// An operation that needs I/O, with what it needs owned.
@@ -71,7 +72,7 @@ type Reply = Result<Vec<(&'static str, serde_json::Value)>>;
 
 impl Session {
     pub fn new(node: Arc<Node>, conn: Arc<Conn>, claims: Claims) -> Self {
-        Session { ops: Ops { node, conn, claims: Arc::new(claims) }, limiter: None, strikes: 0 }
+        Session { ops: Ops { node, conn, grants: claims.into_grants() }, limiter: None, strikes: 0 }
     }
 
     pub fn conn(&self) -> &Arc<Conn> {
@@ -170,7 +171,7 @@ impl Session {
             AuthError::Expired => Error::unauthorized("token expired"),
             other => Error::unauthorized(other.to_string()),
         })?;
-        if claims.sub != self.ops.claims.sub {
+        if *claims.sub != *self.ops.conn.user {
             return Err(Error::forbidden("the new token is for another user"));
         }
         if let (Some(bound), Some(cid)) = (&claims.client_id, &self.ops.conn.client_id) {
@@ -180,7 +181,7 @@ impl Session {
         }
         self.ops.conn.token_exp.store(claims.exp, Ordering::Relaxed);
         let exp = claims.exp;
-        self.ops.claims = Arc::new(claims);
+        self.ops.grants = claims.into_grants();
         Ok(vec![("exp", json!(exp))])
     }
 }
@@ -205,7 +206,7 @@ impl Ops {
 
     async fn join(&self, room: &str, since: Option<&str>) -> Reply {
         self.node.check_name("room", room)?;
-        if !self.claims.may_join(room) {
+        if !self.grants.may_join(&self.conn.user, room) {
             return Err(Error::forbidden(format!("the token does not allow room {room:?}")));
         }
         if self.conn.in_room(room) {
@@ -255,7 +256,7 @@ impl Ops {
             Some(room) => {
                 self.node.check_name("room", room)?;
                 let allowed = self.node.cfg.rooms.client_publish.iter().any(|p| pattern_matches(p, room));
-                if !allowed || !self.claims.may_join(room) {
+                if !allowed || !self.grants.may_join(&self.conn.user, room) {
                     return Err(Error::forbidden(format!("clients may not publish to room {room:?}")));
                 }
                 self.node.publish_room(room, msg).await?

@@ -170,6 +170,9 @@ impl Hub {
                 self.count.fetch_sub(1, Ordering::AcqRel);
                 return Err(AdmitError::UserFull);
             }
+            if list.capacity() == 0 {
+                list.reserve_exact(1); // most users have one connection: no room for four
+            }
             list.push(conn.clone());
             if list.len() == 1 {
                 self.report(Interest::UserOn(conn.user.clone()));

@@ -51,8 +51,9 @@ pub struct Decoder {
     /// Bytes received but not yet consumed (only non-empty while a frame is incomplete).
     /// It grows with the bytes received, never with the length a header declares.
     pub buf: BytesMut,
-    /// A fragmented data message being reassembled.
-    partial: Option<Partial>,
+    /// A fragmented data message being reassembled (boxed: rare, and the decoder lives in
+    /// every idle connection's task).
+    partial: Option<Box<Partial>>,
     /// permessage-deflate was negotiated: RSV1 on a message's first frame means compressed.
     deflate: bool,
 }
@@ -134,7 +135,7 @@ impl Decoder {
                     if fin {
                         return finish(opcode, rsv1, payload, max).map(Some);
                     }
-                    self.partial = Some(Partial { opcode, compressed: rsv1, payload });
+                    self.partial = Some(Box::new(Partial { opcode, compressed: rsv1, payload }));
                 }
                 OP_CONT => {
                     let Some(mut p) = self.partial.take() else {
