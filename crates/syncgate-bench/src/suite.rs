@@ -59,6 +59,14 @@ pub fn plan(o: &Options) -> Vec<RunSpec> {
         Fsync::Never,
         Scenario::Idle { conns: idle_n, settle_ms, hold_s },
     );
+    let fan10 = Scenario::Fanout {
+        conns: fan_n,
+        rate: Some(fan_rate),
+        duration_s: fan_s,
+        window: 0,
+        msg_bytes: MSG,
+        deflate: false,
+    };
     both(
         &mut runs,
         "fanout-10",
@@ -67,31 +75,16 @@ pub fn plan(o: &Options) -> Vec<RunSpec> {
             crate::scenarios::fmt_count(fan_n as f64)
         ),
         Fsync::Never,
-        Scenario::Fanout {
-            conns: fan_n,
-            rate: Some(fan_rate),
-            duration_s: fan_s,
-            window: 0,
-            msg_bytes: MSG,
-            deflate: false,
-        },
+        fan10.clone(),
     );
     // The measurement: the server on one core, the generator on the other.
-    let fan10_pinned = Scenario::Fanout {
-        conns: fan_n,
-        rate: Some(fan_rate),
-        duration_s: fan_s,
-        window: 0,
-        msg_bytes: MSG,
-        deflate: false,
-    };
     let pinned_title = format!(
         "fanout pinned: as fanout-10, the server on CPU 0 and the load generator on CPU 1 ({} connections)",
         crate::scenarios::fmt_count(fan_n as f64)
     );
     for target in [sg, nd] {
         if target == sg || o.node {
-            let mut r = spec("fanout-10-pinned", pinned_title.clone(), target, Fsync::Never, fan10_pinned.clone());
+            let mut r = spec("fanout-10-pinned", pinned_title.clone(), target, Fsync::Never, fan10.clone());
             r.pinned = true;
             runs.push(r);
         }
