@@ -46,7 +46,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("store_bench: dir {}", dir.display());
 
     // 1. Persisted appends: every answer means the event was fsynced.
-    let store = Arc::new(EmbeddedStore::open(EmbeddedOptions { dir: dir.join("appends"), fsync, max_batch: 1024 })?);
+    let store = Arc::new(EmbeddedStore::open(EmbeddedOptions {
+        fsync,
+        max_batch: 1024,
+        ..EmbeddedOptions::new(dir.join("appends"))
+    })?);
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -85,8 +89,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // 2. Reads: one 100k-event stream, written in big batches, read in pages of 500.
-    let store =
-        EmbeddedStore::open(EmbeddedOptions { dir: dir.join("reads"), fsync: FsyncPolicy::Never, max_batch: 4096 })?;
+    let store = EmbeddedStore::open(EmbeddedOptions {
+        fsync: FsyncPolicy::Never,
+        max_batch: 4096,
+        ..EmbeddedOptions::new(dir.join("reads"))
+    })?;
     for chunk in 0..READ_EVENTS / 1000 {
         store.append_user((0..1000).map(|i| event("reader".into(), chunk * 1000 + i)).collect()).await?;
     }

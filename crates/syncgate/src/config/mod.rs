@@ -261,7 +261,12 @@ pub struct StoreConfig {
     pub idempotency_lease: Duration,
     #[serde(with = "duration")]
     pub sweep_interval: Duration,
+    /// Memory the embedded store may use to cache its file's pages, in bytes.
+    pub cache_bytes: usize,
 }
+
+/// Smallest `store.cache_bytes` (redb needs room for a few pages of every level).
+pub const MIN_STORE_CACHE: usize = 1 << 20;
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -274,6 +279,7 @@ impl Default for StoreConfig {
             idempotency_ttl: Duration::from_secs(DAY),
             idempotency_lease: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(60),
+            cache_bytes: 64 << 20,
         }
     }
 }
@@ -472,6 +478,9 @@ impl Config {
         }
         if self.store.sweep_interval.is_zero() {
             return key("store.sweep_interval", "must be more than 0".into());
+        }
+        if self.store.cache_bytes < MIN_STORE_CACHE {
+            return key("store.cache_bytes", format!("must be at least {MIN_STORE_CACHE} (1 MiB)"));
         }
         if self.store.max_stream_len == 0 {
             return key("store.max_stream_len", "must be at least 1".into());
@@ -674,6 +683,10 @@ mod tests {
         assert!(e.contains("limits.max_frame_bytes"), "{e}");
         let e = Config::load_from(None, env(&[("SYNCGATE_JWT_SECRET", "a")])).unwrap_err().to_string();
         assert!(e.contains("auth.jwt_secret") && e.contains("at least 32"), "{e}");
+        let e = Config::load_from(None, env(&[("SYNCGATE_STORE__CACHE_BYTES", "4096")])).unwrap_err().to_string();
+        assert!(e.contains("store.cache_bytes") && e.contains("1 MiB"), "{e}");
+        let c = Config::load_from(None, env(&[("SYNCGATE_STORE__CACHE_BYTES", "1048576")])).unwrap();
+        assert_eq!(c.store.cache_bytes, 1 << 20);
         let e = Config::load_from(None, env(&[("SYNCGATE_NOPE", "1")])).unwrap_err().to_string();
         assert!(e.contains("SYNCGATE_NOPE"), "{e}");
     }

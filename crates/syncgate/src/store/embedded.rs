@@ -96,6 +96,13 @@ pub struct EmbeddedOptions {
     /// Most events applied in one group commit.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// Bytes of the file's pages kept in memory (`store.cache_bytes`).
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: usize,
+}
+
+fn default_cache_bytes() -> usize {
+    64 << 20
 }
 
 fn default_max_batch() -> usize {
@@ -104,7 +111,12 @@ fn default_max_batch() -> usize {
 
 impl EmbeddedOptions {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        EmbeddedOptions { dir: dir.into(), fsync: FsyncPolicy::Always, max_batch: default_max_batch() }
+        EmbeddedOptions {
+            dir: dir.into(),
+            fsync: FsyncPolicy::Always,
+            max_batch: default_max_batch(),
+            cache_bytes: default_cache_bytes(),
+        }
     }
 }
 
@@ -259,7 +271,10 @@ impl EmbeddedStore {
         std::fs::create_dir_all(&opts.dir)
             .map_err(|e| StoreError::Unavailable(format!("cannot create data dir {}: {e}", opts.dir.display())))?;
         let path = opts.dir.join(FILE_NAME);
-        let db = Database::create(&path).ctx(&format!("cannot open {}", path.display()))?;
+        let db = redb::Builder::new()
+            .set_cache_size(opts.cache_bytes)
+            .create(&path)
+            .ctx(&format!("cannot open {}", path.display()))?;
         let epoch = init(&db)?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel(QUEUE);

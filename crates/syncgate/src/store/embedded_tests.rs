@@ -16,7 +16,7 @@ use crate::store::{IdemRecord, NewEvent, Retention, Store, StoreError};
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
 fn opts(dir: &Path, fsync: FsyncPolicy) -> EmbeddedOptions {
-    EmbeddedOptions { dir: dir.to_path_buf(), fsync, max_batch: 1024 }
+    EmbeddedOptions { dir: dir.to_path_buf(), fsync, ..EmbeddedOptions::new(dir) }
 }
 
 fn open(dir: &Path) -> EmbeddedStore {
