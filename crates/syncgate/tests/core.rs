@@ -198,3 +198,42 @@ async fn live_events_stay_whole_and_in_order_when_the_socket_fills() {
     assert!(d.recv_timeout(Duration::from_millis(300)).await.unwrap().is_none(), "nothing more");
     s.stop().await;
 }
+
+/// A room large enough for paced fan-outs (`hub::pace`): spaced messages are written
+/// straight into the members' sockets, back-to-back ones queue for their tasks, and a mix of
+/// both, persisted and transient, reaches every member whole, in order, once.
+#[tokio::test]
+async fn a_large_room_gets_every_message_in_order_whether_written_directly_or_queued() {
+    let s = TestServer::start().await;
+    let members = 300; // over hub::pace::LARGE
+    let mut devices = Vec::new();
+    for i in 0..members {
+        let (mut d, _) = s.device(&format!("m{i}"), &["hall"]).await;
+        d.join("hall", None).await.unwrap().expect_reply().unwrap();
+        devices.push(d);
+    }
+    let total = 80;
+    for i in 0..total {
+        let persist = i % 3 != 0;
+        let r = s.api.publish_room("hall", json!({"type": "m", "data": i, "persist": persist})).await.unwrap();
+        assert_eq!(r.status, 202);
+        if i < 20 {
+            tokio::time::sleep(Duration::from_millis(30)).await; // quiet: direct
+        }
+    }
+    let readers: Vec<_> = devices
+        .into_iter()
+        .map(|mut d| {
+            tokio::spawn(async move {
+                let got: Vec<_> = d.collect_events(total, T).await.unwrap().into_iter().map(|e| e.data).collect();
+                assert!(d.recv_timeout(Duration::from_millis(200)).await.unwrap().is_none(), "nothing more");
+                got
+            })
+        })
+        .collect();
+    let want: Vec<_> = (0..total).map(|i| json!(i)).collect();
+    for r in readers {
+        assert_eq!(r.await.unwrap(), want);
+    }
+    s.stop().await;
+}

@@ -33,14 +33,23 @@ pub enum AdmitError {
     UserFull,
 }
 
-/// Fan-outs to at least this many connections queue every frame for the connections'
-/// tasks instead of writing into idle sockets directly (see `deliver_room`).
-const LARGE_FANOUT: usize = 256;
+mod pace;
+
+use pace::Pace;
+
+/// A room's members on this node, and how its large fan-outs are paced.
+#[derive(Default)]
+struct Room {
+    members: HashMap<u64, Arc<Conn>>,
+    pace: Pace,
+}
 
 pub struct Hub {
     conns: DashMap<u64, Arc<Conn>>,
     users: RwLock<BTreeMap<Arc<str>, Vec<Arc<Conn>>>>,
-    rooms: DashMap<Arc<str>, HashMap<u64, Arc<Conn>>>,
+    rooms: DashMap<Arc<str>, Room>,
+    /// Pacing of broadcasts (fan-outs to every connection).
+    all_pace: Pace,
     count: AtomicUsize,
     next_id: AtomicU64,
     max_connections: usize,
@@ -70,6 +79,7 @@ impl Hub {
             conns: DashMap::new(),
             users: RwLock::new(BTreeMap::new()),
             rooms: DashMap::new(),
+            all_pace: Pace::default(),
             count: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             max_connections,
@@ -214,12 +224,12 @@ impl Hub {
         if !conn.add_room(name.clone(), pos) {
             return false;
         }
-        let mut members = self.rooms.entry(name.clone()).or_default();
-        members.insert(conn.id, conn.clone());
-        if members.len() == 1 {
+        let mut room = self.rooms.entry(name.clone()).or_default();
+        room.members.insert(conn.id, conn.clone());
+        if room.members.len() == 1 {
             self.report(Interest::RoomOn(name.clone()));
         }
-        drop(members);
+        drop(room);
         self.changed(Changed::Room(name));
         self.changed(Changed::User(conn.user.clone()));
         true
@@ -236,9 +246,9 @@ impl Hub {
     }
 
     fn drop_member(&self, room: &str, id: u64) {
-        if let Some((name, _)) = self.rooms.remove_if_mut(room, |_, members| {
-            members.remove(&id);
-            members.is_empty()
+        if let Some((name, _)) = self.rooms.remove_if_mut(room, |_, r| {
+            r.members.remove(&id);
+            r.members.is_empty()
         }) {
             self.report(Interest::RoomOff(name));
         }
@@ -270,16 +280,26 @@ impl Hub {
 
     /// Delivers a room event to the room's local members, except connection `except`.
     pub fn deliver_room(&self, room: &str, seq: Option<u64>, ev: &Arc<Event>, except: Option<u64>) -> usize {
-        let Some(members) = self.rooms.get(room) else {
+        let Some(entry) = self.rooms.get(room) else {
             return 0;
         };
-        let stream = StreamRef::Room(members.key().clone());
-        // A direct write saves each recipient's task a wake-up but costs one system call per
-        // frame; in a large fan-out under load, frames pile up per connection and a task
-        // writes all of them in one call (measured: 2.5 us per delivery queued, 9 us direct,
-        // 5k connections at saturation), so large fan-outs always queue.
-        let direct = members.len() < LARGE_FANOUT;
-        let n = members.iter().map(|(id, c)| self.offer(c, &stream, seq, ev, Some(*id) == except, direct)).sum();
+        let stream = StreamRef::Room(entry.key().clone());
+        let start = self.clock_ns().max(1);
+        let members = entry.members.len();
+        let direct = entry.pace.start(start, members);
+        let n = if direct && members >= pace::LARGE {
+            // A direct fan-out takes a while (a system call per member): it runs on a copy of
+            // the member list so that joins and leaves of rooms in this shard do not wait.
+            let list: Vec<Arc<Conn>> = entry.members.values().cloned().collect();
+            drop(entry);
+            let n = pace::each_prefetched(&list, |c| self.offer(c, &stream, seq, ev, Some(c.id) == except, true));
+            if let Some(entry) = self.rooms.get(room) {
+                entry.pace.end_direct(start, self.clock_ns(), members);
+            }
+            n
+        } else {
+            entry.members.values().map(|c| self.offer(c, &stream, seq, ev, Some(c.id) == except, direct)).sum()
+        };
         self.metrics.messages_out.inc_by(n as u64);
         n
     }
@@ -296,15 +316,27 @@ impl Hub {
     }
 
     fn deliver_to_all(&self, ev: &Arc<Event>, filter: Option<&crate::meta::Where>) -> usize {
-        let direct = self.conns.len() < LARGE_FANOUT;
-        let n = self
-            .conns
-            .iter()
-            .filter(|c| filter.is_none_or(|f| c.meta.get().is_some_and(|m| f.matches(m))))
-            .map(|c| self.count_offer(c.push_with(Outgoing::Event(ev.clone()), direct)))
-            .sum();
+        let start = self.clock_ns().max(1);
+        let total = self.conns.len();
+        let direct = self.all_pace.start(start, total);
+        let wanted = |c: &Conn| filter.is_none_or(|f| c.meta.get().is_some_and(|m| f.matches(m)));
+        let send = |c: &Conn| self.count_offer(c.push_with(Outgoing::Event(ev.clone()), direct));
+        let n = if direct && total >= pace::LARGE {
+            // As in `deliver_room`: no index lock is held while writing.
+            let list: Vec<Arc<Conn>> = self.conns.iter().filter(|c| wanted(c)).map(|c| c.clone()).collect();
+            let n = pace::each_prefetched(&list, send);
+            self.all_pace.end_direct(start, self.clock_ns(), total);
+            n
+        } else {
+            self.conns.iter().filter(|c| wanted(c)).map(|c| send(&c)).sum()
+        };
         self.metrics.messages_out.inc_by(n as u64);
         n
+    }
+
+    /// Nanoseconds since the hub started (the pacing clock).
+    fn clock_ns(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
     }
 
     fn offer(&self, c: &Conn, stream: &StreamRef, seq: Option<u64>, ev: &Arc<Event>, own: bool, direct: bool) -> usize {
@@ -327,9 +359,9 @@ impl Hub {
 
     /// Local members of `room` re-read the room's history once.
     pub fn recheck_room(&self, room: &str) {
-        if let Some(members) = self.rooms.get(room) {
-            let stream = StreamRef::Room(members.key().clone());
-            for c in members.values() {
+        if let Some(entry) = self.rooms.get(room) {
+            let stream = StreamRef::Room(entry.key().clone());
+            for c in entry.members.values() {
                 c.recheck(Some(&stream));
             }
         }
@@ -401,13 +433,13 @@ impl Hub {
 
     /// Users and connection count of a room on this node.
     pub fn presence(&self, room: &str) -> (Vec<String>, usize) {
-        let Some(members) = self.rooms.get(room) else {
+        let Some(entry) = self.rooms.get(room) else {
             return (Vec::new(), 0);
         };
-        let mut users: Vec<String> = members.values().map(|c| c.user.to_string()).collect();
+        let mut users: Vec<String> = entry.members.values().map(|c| c.user.to_string()).collect();
         users.sort();
         users.dedup();
-        (users, members.len())
+        (users, entry.members.len())
     }
 
     /// A page of online users in id order, after `after`.
@@ -524,12 +556,12 @@ mod tests {
     }
 
     #[test]
-    fn small_fanouts_and_user_streams_write_directly_large_fanouts_queue() {
+    fn large_fanouts_write_directly_while_quiet_and_queue_while_busy() {
         let hub = Hub::new(1000, 1000, Arc::new(Metrics::new()));
-        let conns: Vec<Arc<Conn>> = (0..LARGE_FANOUT as u64)
+        let conns: Vec<Arc<Conn>> = (0..pace::LARGE as u64)
             .map(|i| {
                 let c = Arc::new(Conn::new(i, "u".into(), None, u64::MAX, 16, StreamPos::resume_from(0)));
-                c.set_direct(Box::new(Open));
+                c.set_direct(Arc::new(Open));
                 hub.admit(c.clone()).unwrap();
                 assert!(hub.join(&c, "big", None));
                 if i < 3 {
@@ -541,9 +573,17 @@ mod tests {
         let n = conns.len();
         let queued = |conns: &[Arc<Conn>]| conns.iter().map(|c| drain(c)).sum::<usize>();
         assert_eq!(hub.deliver_room("big", None, &ev(), None), n);
-        assert_eq!(queued(&conns), n, "a large fan-out queues for the tasks");
+        assert_eq!(queued(&conns), 0, "a quiet room's fan-out goes straight into idle sockets");
+        assert_eq!(hub.deliver_all(&ev()), n);
+        assert_eq!(queued(&conns), 0, "so does a quiet broadcast");
+        // While a room (or broadcasting) is busy, a large fan-out queues for the tasks.
+        hub.rooms.get("big").unwrap().pace.make_busy();
+        hub.all_pace.make_busy();
+        assert_eq!(hub.deliver_room("big", None, &ev(), None), n);
+        assert_eq!(queued(&conns), n, "a busy room's fan-out queues");
         assert_eq!(hub.deliver_all(&ev()), n);
         assert_eq!(queued(&conns), n);
+        // Small fan-outs and user streams are not paced.
         assert_eq!(hub.deliver_room("small", None, &ev(), None), 3);
         assert_eq!(queued(&conns), 0, "a small fan-out goes straight into idle sockets");
         assert_eq!(hub.deliver_user("u", None, &ev(), None), n);

@@ -85,7 +85,7 @@ pub(crate) struct Outbox {
     pub busy: bool,
     /// The socket, for direct writes; None before the transport sets it and after the task
     /// stops writing (closing), so the socket is never written by two parties.
-    pub direct: Option<Box<dyn Direct>>,
+    pub direct: Option<Arc<dyn Direct>>,
     pub close: Option<Close>,
     pub user: StreamPos,
     pub rooms: Vec<(Arc<str>, Option<StreamPos>)>,
@@ -172,7 +172,7 @@ impl Conn {
 
     /// Gives delivery paths the socket for direct writes (the transport, once the
     /// connection's task runs).
-    pub fn set_direct(&self, direct: Box<dyn Direct>) {
+    pub fn set_direct(&self, direct: Arc<dyn Direct>) {
         self.out.lock().direct = Some(direct);
     }
 

@@ -158,7 +158,7 @@ struct Socket {
     written: Mutex<Vec<String>>,
 }
 
-impl Direct for Arc<Socket> {
+impl Direct for Socket {
     fn try_send(&self, item: &Outgoing) -> Sent {
         let mut room = self.room.lock();
         let name = match item {
@@ -183,7 +183,7 @@ impl Direct for Arc<Socket> {
 fn direct_writes_keep_order_with_partial_writes_and_the_task() {
     let c = conn(8, 0);
     let sock = Arc::new(Socket { room: Mutex::new(25), item_len: 10, written: Mutex::new(vec![]) });
-    c.set_direct(Box::new(sock.clone()));
+    c.set_direct(sock.clone());
     // 1 and 2 go straight into the socket; 3 only in part (its rest is queued first);
     // 4 and 5 are queued behind it, not written around it.
     assert_eq!(c.offer(&StreamRef::User, 1, &f(1), false, true), Offer::Sent);
@@ -213,7 +213,7 @@ fn direct_writes_keep_order_with_partial_writes_and_the_task() {
 fn a_close_that_drops_the_queue_keeps_the_rest_of_a_begun_frame() {
     let c = conn(8, 0);
     let sock = Arc::new(Socket { room: Mutex::new(4), item_len: 10, written: Mutex::new(vec![]) });
-    c.set_direct(Box::new(sock));
+    c.set_direct(sock);
     assert_eq!(c.offer(&StreamRef::User, 1, &f(1), false, true), Offer::Queued);
     assert_eq!(c.offer(&StreamRef::User, 2, &f(2), false, true), Offer::Queued);
     c.close(close::SLOW);
