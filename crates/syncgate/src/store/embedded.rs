@@ -36,7 +36,8 @@
 //! format 1.
 //!
 //! Files: this one holds the API, the layout, the reads and the sweep's planning;
-//! `embedded_writer.rs` the writer thread and every mutation; `embedded_tests.rs` the tests.
+//! `embedded_writer.rs` the writer thread and every mutation; `embedded_readers.rs` the
+//! reader threads; `embedded_tests.rs` the tests.
 
 use std::ops::Bound;
 use std::path::PathBuf;
@@ -251,9 +252,10 @@ fn decode_idem(v: &[u8]) -> StoreResult<(i64, IdemRecord)> {
     }
 }
 
-/// The redb store. Cheap reads run on the blocking pool; writes go to the writer thread.
+/// The redb store. Reads run on its reader threads; writes go to the writer thread.
 pub struct EmbeddedStore {
     epoch: String,
+    readers: readers::Readers,
     /// `None` after `close`, so the file is released once in-flight reads finish.
     db: RwLock<Option<Arc<Database>>>,
     tx: mpsc::Sender<Req>,
@@ -283,8 +285,12 @@ impl EmbeddedStore {
             .name("syncgate-store".into())
             .spawn(move || writer_loop(&wdb, rx, fsync, max_batch))
             .map_err(|e| StoreError::Internal(format!("cannot start the store writer thread: {e}")))?;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let readers = readers::Readers::start(readers::Readers::threads_for(cores))
+            .map_err(|e| StoreError::Internal(format!("cannot start the store reader threads: {e}")))?;
         Ok(EmbeddedStore {
             epoch,
+            readers,
             db: RwLock::new(Some(db)),
             tx,
             writer: Mutex::new(Some(writer)),
@@ -311,7 +317,7 @@ impl EmbeddedStore {
         rx.await.map_err(|_| self.stopped())?
     }
 
-    /// Runs `f` in a read transaction on the blocking pool.
+    /// Runs `f` in a read transaction on a reader thread.
     async fn read<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
@@ -322,9 +328,10 @@ impl EmbeddedStore {
         }
         let db = self.db.read().map_err(|_| StoreError::Internal("store lock poisoned".into()))?.clone();
         let db = db.ok_or(StoreError::Closed)?;
-        tokio::task::spawn_blocking(move || f(&db.begin_read().ctx("begin read")?))
+        self.readers
+            .run(move || f(&db.begin_read().ctx("begin read")?))
             .await
-            .map_err(|e| StoreError::Internal(format!("store read task failed: {e}")))?
+            .map_err(|_| StoreError::Internal("a store read failed (its reader thread panicked)".into()))?
     }
 
     /// Repeats one sweep request until the writer says there is nothing more to do.
@@ -600,6 +607,9 @@ mod writer;
 
 #[path = "embedded_format.rs"]
 mod format;
+
+#[path = "embedded_readers.rs"]
+mod readers;
 
 #[cfg(test)]
 #[path = "embedded_tests.rs"]
