@@ -317,6 +317,17 @@ impl EmbeddedStore {
         rx.await.map_err(|_| self.stopped())?
     }
 
+    /// The seq of a cursor read as `found`, touching it (resetting its expiry) if it was last
+    /// used long enough ago.
+    fn touched(&self, user: &str, client_id: &str, found: Option<(u64, i64)>) -> Option<u64> {
+        let now = now_ms();
+        if found.is_some_and(|(_, used)| now.saturating_sub(used) > TOUCH_AFTER_MS) {
+            // Fire and forget: a touch lost to a full queue only shortens a 30-day expiry.
+            let _ = self.tx.try_send(Req::Touch { user: user.to_string(), client: client_id.to_string(), now });
+        }
+        found.map(|(seq, _)| seq)
+    }
+
     /// Runs `f` in a read transaction on a reader thread.
     async fn read<T, F>(&self, f: F) -> StoreResult<T>
     where
@@ -435,6 +446,12 @@ impl Drop for EmbeddedStore {
     }
 }
 
+/// A device's cursor and when it was last used.
+fn read_cursor(rtx: &redb::ReadTransaction, user: &str, client: &str) -> StoreResult<Option<(u64, i64)>> {
+    let t = rtx.open_table(CURSORS).ctx("open cursors")?;
+    Ok(t.get((user, client)).ctx("read cursor")?.map(|g| g.value()))
+}
+
 fn read_page(rtx: &redb::ReadTransaction, kind: &Kind, stream: &str, after: u64, limit: usize) -> StoreResult<Page> {
     let head = rtx.open_table(kind.heads).ctx("open heads")?.get(stream).ctx("read head")?.map_or(0, |g| g.value().0);
     let events = rtx.open_table(kind.events).ctx("open events")?;
@@ -480,18 +497,24 @@ impl Store for EmbeddedStore {
 
     async fn cursor(&self, user: &str, client_id: &str) -> StoreResult<Option<u64>> {
         let (u, c) = (user.to_string(), client_id.to_string());
-        let found = self
+        let found = self.read(move |rtx| read_cursor(rtx, &u, &c)).await?;
+        Ok(self.touched(user, client_id, found))
+    }
+
+    async fn head_and_cursor(&self, user: &str, client_id: Option<&str>) -> StoreResult<(Page, Option<u64>)> {
+        let (u, c) = (user.to_string(), client_id.map(str::to_string));
+        let (head, found) = self
             .read(move |rtx| {
-                let t = rtx.open_table(CURSORS).ctx("open cursors")?;
-                Ok(t.get((u.as_str(), c.as_str())).ctx("read cursor")?.map(|g| g.value()))
+                let head = read_page(rtx, &USER, &u, u64::MAX, 0)?;
+                let found = match &c {
+                    Some(c) => read_cursor(rtx, &u, c)?,
+                    None => None,
+                };
+                Ok((head, found))
             })
             .await?;
-        let now = now_ms();
-        if found.is_some_and(|(_, used)| now.saturating_sub(used) > TOUCH_AFTER_MS) {
-            // Fire and forget: a touch lost to a full queue only shortens a 30-day expiry.
-            let _ = self.tx.try_send(Req::Touch { user: user.to_string(), client: client_id.to_string(), now });
-        }
-        Ok(found.map(|(seq, _)| seq))
+        let cursor = client_id.and_then(|cid| self.touched(user, cid, found));
+        Ok((head, cursor))
     }
 
     async fn cursors(&self, user: &str, limit: usize) -> StoreResult<Vec<(String, u64)>> {

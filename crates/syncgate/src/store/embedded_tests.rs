@@ -266,6 +266,39 @@ async fn cursor_read_touches_last_used() {
     assert_eq!(s.cursor("u", "c").await.unwrap(), Some(1));
 }
 
+/// `head_and_cursor` answers what `read_user(.., u64::MAX, 0)` and `cursor` answer, in one
+/// read, and touches the cursor as `cursor` does.
+#[tokio::test]
+async fn head_and_cursor_is_one_read_of_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let (head, cursor) = s.head_and_cursor("u", Some("phone")).await.unwrap();
+    assert_eq!((head.head, head.first, head.events.len(), cursor), (0, 1, 0, None));
+    s.append_user((0..3).map(|i| ev("u", 1_000 + i, "x")).collect()).await.unwrap();
+    s.set_cursor("u", "phone", 2, 50).await.unwrap();
+    let (head, cursor) = s.head_and_cursor("u", Some("phone")).await.unwrap();
+    let alone = s.read_user("u", u64::MAX, 0).await.unwrap();
+    assert_eq!((head.head, head.first, head.events.len()), (alone.head, alone.first, 0));
+    assert_eq!((head.head, cursor), (3, Some(2)));
+    assert_eq!(s.head_and_cursor("u", Some("laptop")).await.unwrap().1, None);
+    assert_eq!(s.head_and_cursor("u", None).await.unwrap().1, None);
+    // A cursor last used 10 days ago is touched by the read, so a 5-day sweep keeps it.
+    s.write(|reply| super::writer::Req::SetCursor {
+        user: "u".into(),
+        client: "phone".into(),
+        seq: 2,
+        now: now_ms() - 10 * DAY.as_millis() as i64,
+        max_devices: 50,
+        reply,
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.head_and_cursor("u", Some("phone")).await.unwrap().1, Some(2)); // queues a touch
+    s.set_cursor("u", "other", 1, 50).await.unwrap(); // a write behind the touch: it is applied
+    s.sweep(&Retention { cursor_ttl: DAY * 5, ..keep_all() }, now_ms()).await.unwrap();
+    assert_eq!(s.cursor("u", "phone").await.unwrap(), Some(2));
+}
+
 #[tokio::test]
 async fn idempotency_claims_hold_a_key_until_answered_released_or_expired() {
     let dir = tempfile::tempdir().unwrap();

@@ -247,6 +247,18 @@ pub trait Store: Send + Sync + 'static {
     /// client id never seen. Reading touches the cursor (resets its expiry).
     async fn cursor(&self, user: &str, client_id: &str) -> StoreResult<Option<u64>>;
 
+    /// What a connecting device needs first: the head of `user`'s stream (the page of
+    /// `read_user(user, u64::MAX, 0)`) and, with a client id, that device's cursor (as
+    /// `cursor` reads it). A store that can reads both at once.
+    async fn head_and_cursor(&self, user: &str, client_id: Option<&str>) -> StoreResult<(Page, Option<u64>)> {
+        let head = self.read_user(user, u64::MAX, 0).await?;
+        let cursor = match client_id {
+            Some(cid) => self.cursor(user, cid).await?,
+            None => None,
+        };
+        Ok((head, cursor))
+    }
+
     /// Moves a device's cursor to `max(current, seq)` (creating it if needed) and returns
     /// the new value. Never moves a cursor backwards. Creating a cursor when the user
     /// already has `max_devices` forgets the least recently used one (last set or read).

@@ -91,10 +91,10 @@ impl Streams {
     /// head, remembered now so what is published while it is offline later is kept for it;
     /// without a client id, the head (live only).
     pub async fn user_start(&self, user: &str, client_id: Option<&str>, since: Option<&str>) -> Result<Start> {
-        let head = self.store.read_user(user, u64::MAX, 0).await?;
+        let (head, known) = self.store.head_and_cursor(user, if since.is_none() { client_id } else { None }).await?;
         let cursor = match (since, client_id) {
             (Some(s), _) => self.parse_not_ahead(s, StreamKey::User(user), head.head, "this user's stream")?,
-            (None, Some(cid)) => match self.store.cursor(user, cid).await? {
+            (None, Some(cid)) => match known {
                 Some(c) => c.min(head.head),
                 None => self.store.set_cursor(user, cid, head.head, self.max_devices).await?,
             },
