@@ -243,22 +243,26 @@ async fn cursors_never_go_backwards_and_persist() {
     assert_eq!(s.stats().await.unwrap().cursors, 0);
 }
 
-#[tokio::test]
-async fn cursor_read_touches_last_used() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
-    s.set_cursor("u", "c", 1, 50).await.unwrap();
-    // Pretend the cursor was last used 10 days ago.
+/// Sets user `u`'s cursor of `client` to `seq`, as if last used `days` days ago.
+async fn last_used_days_ago(s: &EmbeddedStore, client: &str, seq: u64, days: u32) {
     s.write(|reply| super::writer::Req::SetCursor {
         user: "u".into(),
-        client: "c".into(),
-        seq: 1,
-        now: now_ms() - 10 * DAY.as_millis() as i64,
+        client: client.into(),
+        seq,
+        now: now_ms() - (DAY * days).as_millis() as i64,
         max_devices: 50,
         reply,
     })
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn cursor_read_touches_last_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.set_cursor("u", "c", 1, 50).await.unwrap();
+    last_used_days_ago(&s, "c", 1, 10).await;
     assert_eq!(s.cursor("u", "c").await.unwrap(), Some(1)); // queues a touch
     s.set_cursor("u", "other", 1, 50).await.unwrap(); // a write behind the touch: it is applied
     let retention = Retention { cursor_ttl: DAY * 5, ..keep_all() };
@@ -283,16 +287,7 @@ async fn head_and_cursor_is_one_read_of_both() {
     assert_eq!(s.head_and_cursor("u", Some("laptop")).await.unwrap().1, None);
     assert_eq!(s.head_and_cursor("u", None).await.unwrap().1, None);
     // A cursor last used 10 days ago is touched by the read, so a 5-day sweep keeps it.
-    s.write(|reply| super::writer::Req::SetCursor {
-        user: "u".into(),
-        client: "phone".into(),
-        seq: 2,
-        now: now_ms() - 10 * DAY.as_millis() as i64,
-        max_devices: 50,
-        reply,
-    })
-    .await
-    .unwrap();
+    last_used_days_ago(&s, "phone", 2, 10).await;
     assert_eq!(s.head_and_cursor("u", Some("phone")).await.unwrap().1, Some(2)); // queues a touch
     s.set_cursor("u", "other", 1, 50).await.unwrap(); // a write behind the touch: it is applied
     s.sweep(&Retention { cursor_ttl: DAY * 5, ..keep_all() }, now_ms()).await.unwrap();
