@@ -9,29 +9,6 @@ use syncgate::auth::Auth;
 use syncgate::config::{Config, LogFormat};
 use syncgate::server::{effective_credentials, Server};
 
-/// mimalloc: 20-30 % more HTTP publishes per second than glibc's malloc on the bench
-/// machine, and, tuned as in [`tune_allocator`], less memory per idle connection (see
-/// docs/performance.md, finding 9).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Makes mimalloc commit arena memory as it is used and return freed pages at once, unless
-/// the operator set these options in the environment (`MIMALLOC_ARENA_EAGER_COMMIT`,
-/// `MIMALLOC_PURGE_DELAY`). With its defaults (eager commit, a one-second purge delay) a
-/// node holding 19k idle connections kept 2.6 KiB per connection; with these, 1.8 KiB.
-fn tune_allocator() {
-    // Option numbers of `mi_option_e` in the mimalloc.h that libmimalloc-sys 0.1.49 bundles
-    // (v3); the crate does not export them, hence its exact version in Cargo.toml.
-    const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
-    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    for (option, env) in [(ARENA_EAGER_COMMIT, "MIMALLOC_ARENA_EAGER_COMMIT"), (PURGE_DELAY, "MIMALLOC_PURGE_DELAY")] {
-        if std::env::var_os(env).is_none() {
-            // SAFETY: sets a process-wide allocator option; valid at any time.
-            unsafe { libmimalloc_sys::mi_option_set(option, 0) };
-        }
-    }
-}
-
 #[derive(Parser)]
 #[command(name = "syncgate", version, about = "Real-time sync and push gateway", long_about = None)]
 struct Cli {
@@ -87,7 +64,6 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    tune_allocator();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve { config: None }) {
         Command::Serve { config } => serve(config),
