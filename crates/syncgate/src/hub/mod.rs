@@ -284,21 +284,24 @@ impl Hub {
             return 0;
         };
         let stream = StreamRef::Room(entry.key().clone());
-        let start = self.clock_ns().max(1);
         let members = entry.members.len();
-        let direct = entry.pace.start(start, members);
-        let n = if direct && members >= pace::LARGE {
-            // A direct fan-out takes a while (a system call per member): it runs on a copy of
-            // the member list so that joins and leaves of rooms in this shard do not wait.
-            let list: Vec<Arc<Conn>> = entry.members.values().cloned().collect();
-            drop(entry);
-            let n = pace::each_prefetched(&list, |c| self.offer(c, &stream, seq, ev, Some(c.id) == except, true));
-            if let Some(entry) = self.rooms.get(room) {
-                entry.pace.end_direct(start, self.clock_ns(), members);
+        let n = match self.large_direct(&entry.pace, members) {
+            Some(start) => {
+                // A direct fan-out takes a while (a system call per member): it runs on a copy
+                // of the member list so that joins and leaves of rooms in this shard do not wait.
+                let list: Vec<Arc<Conn>> = entry.members.values().cloned().collect();
+                drop(entry);
+                let offer = |c: &Conn| self.offer(c, &stream, seq, ev, Some(c.id) == except, true);
+                let n = pace::each_prefetched(&list, offer);
+                if let Some(entry) = self.rooms.get(room) {
+                    entry.pace.end_direct(start, self.clock_ns(), list.len());
+                }
+                n
             }
-            n
-        } else {
-            entry.members.values().map(|c| self.offer(c, &stream, seq, ev, Some(c.id) == except, direct)).sum()
+            None => {
+                let direct = members < pace::LARGE;
+                entry.members.values().map(|c| self.offer(c, &stream, seq, ev, Some(c.id) == except, direct)).sum()
+            }
         };
         self.metrics.messages_out.inc_by(n as u64);
         n
@@ -316,22 +319,32 @@ impl Hub {
     }
 
     fn deliver_to_all(&self, ev: &Arc<Event>, filter: Option<&crate::meta::Where>) -> usize {
-        let start = self.clock_ns().max(1);
         let total = self.conns.len();
-        let direct = self.all_pace.start(start, total);
         let wanted = |c: &Conn| filter.is_none_or(|f| c.meta.get().is_some_and(|m| f.matches(m)));
-        let send = |c: &Conn| self.count_offer(c.push_with(Outgoing::Event(ev.clone()), direct));
-        let n = if direct && total >= pace::LARGE {
-            // As in `deliver_room`: no index lock is held while writing.
-            let list: Vec<Arc<Conn>> = self.conns.iter().filter(|c| wanted(c)).map(|c| c.clone()).collect();
-            let n = pace::each_prefetched(&list, send);
-            self.all_pace.end_direct(start, self.clock_ns(), total);
-            n
-        } else {
-            self.conns.iter().filter(|c| wanted(c)).map(|c| send(&c)).sum()
+        let send = |c: &Conn, direct: bool| self.count_offer(c.push_with(Outgoing::Event(ev.clone()), direct));
+        let n = match self.large_direct(&self.all_pace, total) {
+            Some(start) => {
+                // As in `deliver_room`: no index lock is held while writing.
+                let list: Vec<Arc<Conn>> = self.conns.iter().filter(|c| wanted(c)).map(|c| c.clone()).collect();
+                let n = pace::each_prefetched(&list, |c| send(c, true));
+                self.all_pace.end_direct(start, self.clock_ns(), list.len());
+                n
+            }
+            None => self.conns.iter().filter(|c| wanted(c)).map(|c| send(&c, total < pace::LARGE)).sum(),
         };
         self.metrics.messages_out.inc_by(n as u64);
         n
+    }
+
+    /// For a fan-out to `n` connections: when it is large and its stream's pacing lets it
+    /// write directly, the pacing clock at its start. Small fan-outs (always direct) read no
+    /// clock.
+    fn large_direct(&self, pace: &Pace, n: usize) -> Option<u64> {
+        if n < pace::LARGE {
+            return None;
+        }
+        let start = self.clock_ns().max(1);
+        pace.start(start, n).then_some(start)
     }
 
     /// Nanoseconds since the hub started (the pacing clock).
@@ -529,64 +542,4 @@ impl Local for Hub {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::event::{Priority, StreamName};
-    use crate::streams::outbox::{Direct, Sent};
-    use bytes::Bytes;
-
-    /// A socket that takes everything.
-    struct Open;
-    impl Direct for Open {
-        fn try_send(&self, _: &Outgoing) -> Sent {
-            Sent::All
-        }
-    }
-
-    fn ev() -> Arc<Event> {
-        Arc::new(Event::new("1".into(), StreamName::Room("r".into()), "t", Bytes::new(), 0, Priority::Normal))
-    }
-
-    /// Drains the queue as the connection's task would; returns how many items it held.
-    fn drain(c: &Conn) -> usize {
-        let mut v = Vec::new();
-        c.take(&mut v, usize::MAX);
-        c.write_done();
-        v.len()
-    }
-
-    #[test]
-    fn large_fanouts_write_directly_while_quiet_and_queue_while_busy() {
-        let hub = Hub::new(1000, 1000, Arc::new(Metrics::new()));
-        let conns: Vec<Arc<Conn>> = (0..pace::LARGE as u64)
-            .map(|i| {
-                let c = Arc::new(Conn::new(i, "u".into(), None, u64::MAX, 16, StreamPos::resume_from(0)));
-                c.set_direct(Arc::new(Open));
-                hub.admit(c.clone()).unwrap();
-                assert!(hub.join(&c, "big", None));
-                if i < 3 {
-                    assert!(hub.join(&c, "small", None));
-                }
-                c
-            })
-            .collect();
-        let n = conns.len();
-        let queued = |conns: &[Arc<Conn>]| conns.iter().map(|c| drain(c)).sum::<usize>();
-        assert_eq!(hub.deliver_room("big", None, &ev(), None), n);
-        assert_eq!(queued(&conns), 0, "a quiet room's fan-out goes straight into idle sockets");
-        assert_eq!(hub.deliver_all(&ev()), n);
-        assert_eq!(queued(&conns), 0, "so does a quiet broadcast");
-        // While a room (or broadcasting) is busy, a large fan-out queues for the tasks.
-        hub.rooms.get("big").unwrap().pace.make_busy();
-        hub.all_pace.make_busy();
-        assert_eq!(hub.deliver_room("big", None, &ev(), None), n);
-        assert_eq!(queued(&conns), n, "a busy room's fan-out queues");
-        assert_eq!(hub.deliver_all(&ev()), n);
-        assert_eq!(queued(&conns), n);
-        // Small fan-outs and user streams are not paced.
-        assert_eq!(hub.deliver_room("small", None, &ev(), None), 3);
-        assert_eq!(queued(&conns), 0, "a small fan-out goes straight into idle sockets");
-        assert_eq!(hub.deliver_user("u", None, &ev(), None), n);
-        assert_eq!(queued(&conns), 0, "so does a user's own stream");
-    }
-}
+mod tests;

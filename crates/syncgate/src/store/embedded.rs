@@ -37,7 +37,8 @@
 //!
 //! Files: this one holds the API, the layout, the reads and the sweep's planning;
 //! `embedded_writer.rs` the writer thread and every mutation; `embedded_readers.rs` the
-//! reader threads; `embedded_tests.rs` the tests.
+//! reader threads; `embedded_format.rs` the encoding of values, new files and the format 1
+//! conversion; `embedded_tests.rs` the tests.
 
 use std::ops::Bound;
 use std::path::PathBuf;
@@ -51,8 +52,8 @@ use bytes::Bytes;
 use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{IdemRecord, NewEvent, Page, Retention, Store, StoreError, StoreResult, StoreStats, StoredEvent};
-use format::{first_ts, init};
+use super::{IdemRecord, NewEvent, Page, Retention, Store, StoreError, StoreResult, StoreStats};
+use format::{decode_event, decode_idem, encode_event, encode_idem, event_times, first_ts, init};
 use writer::{writer_loop, Req, SweepOp, Tx};
 
 /// Name of the database file inside `EmbeddedOptions::dir`.
@@ -192,64 +193,6 @@ fn now_ms() -> i64 {
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-// Event value: ts i64 | expires_at i64 | kind length u32 | kind | data (little endian).
-// Hand-written: three fixed fields and two byte strings do not need a serde format.
-fn encode_event(ev: &NewEvent, expires: i64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(20 + ev.kind.len() + ev.data.len());
-    v.extend_from_slice(&ev.ts.to_le_bytes());
-    v.extend_from_slice(&expires.to_le_bytes());
-    v.extend_from_slice(&(ev.kind.len() as u32).to_le_bytes());
-    v.extend_from_slice(ev.kind.as_bytes());
-    v.extend_from_slice(&ev.data);
-    v
-}
-
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Internal(format!("corrupt {what} record in {FILE_NAME}"))
-}
-
-fn le8(v: &[u8], at: usize) -> Option<[u8; 8]> {
-    v.get(at..at + 8)?.try_into().ok()
-}
-
-/// (ts, expires_at) of an encoded event.
-fn event_times(v: &[u8]) -> StoreResult<(i64, i64)> {
-    match (le8(v, 0), le8(v, 8)) {
-        (Some(t), Some(e)) => Ok((i64::from_le_bytes(t), i64::from_le_bytes(e))),
-        _ => Err(corrupt("event")),
-    }
-}
-
-fn decode_event(seq: u64, v: &[u8]) -> StoreResult<StoredEvent> {
-    let (ts, _) = event_times(v)?;
-    let len = v.get(16..20).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
-    let kind_end = 20 + len.ok_or_else(|| corrupt("event"))? as usize;
-    let kind = v.get(20..kind_end).and_then(|k| std::str::from_utf8(k).ok());
-    let kind = kind.ok_or_else(|| corrupt("event"))?.to_string();
-    Ok(StoredEvent { seq, kind, data: Bytes::copy_from_slice(&v[kind_end..]), ts })
-}
-
-// Idempotency value: created_ms i64 | request_hash u64 | status u16 | body.
-fn encode_idem(created: i64, r: &IdemRecord) -> Vec<u8> {
-    let mut v = Vec::with_capacity(18 + r.body.len());
-    v.extend_from_slice(&created.to_le_bytes());
-    v.extend_from_slice(&r.request_hash.to_le_bytes());
-    v.extend_from_slice(&r.status.to_le_bytes());
-    v.extend_from_slice(&r.body);
-    v
-}
-
-fn decode_idem(v: &[u8]) -> StoreResult<(i64, IdemRecord)> {
-    let status = v.get(16..18).and_then(|b| b.try_into().ok()).map(u16::from_le_bytes);
-    match (le8(v, 0), le8(v, 8), status) {
-        (Some(c), Some(h), Some(status)) => Ok((
-            i64::from_le_bytes(c),
-            IdemRecord { request_hash: u64::from_le_bytes(h), status, body: Bytes::copy_from_slice(&v[18..]) },
-        )),
-        _ => Err(corrupt("idempotency")),
-    }
 }
 
 /// The redb store. Reads run on its reader threads; writes go to the writer thread.

@@ -1,11 +1,13 @@
-//! The embedded store's file format: creating a new file, checking the format of an
-//! existing one and converting a format 1 file (see the layout in `embedded.rs`).
+//! The embedded store's file format: the encoding of its values, creating a new file,
+//! checking the format of an existing one and converting a format 1 file (see the layout in
+//! `embedded.rs`).
 
+use bytes::Bytes;
 use redb::{Database, ReadableTable};
 
 use super::writer::Tables;
-use super::{event_times, Ctx, EMPTY, FILE_NAME, FORMAT, META, ROOM, USER};
-use crate::store::{StoreError, StoreResult};
+use super::{Ctx, EMPTY, FILE_NAME, FORMAT, META, ROOM, USER};
+use crate::store::{IdemRecord, NewEvent, StoreError, StoreResult, StoredEvent};
 
 /// Creates the tables of a new file, converts a format 1 file, and loads (or, on a new
 /// file, draws) the epoch.
@@ -87,5 +89,63 @@ pub(super) fn first_ts(
     match first.transpose().ctx("read stream")? {
         Some((_, v)) => Ok(Some(event_times(v.value())?.0)),
         None => Ok(None),
+    }
+}
+
+// Event value: ts i64 | expires_at i64 | kind length u32 | kind | data (little endian).
+// Hand-written: three fixed fields and two byte strings do not need a serde format.
+pub(super) fn encode_event(ev: &NewEvent, expires: i64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(20 + ev.kind.len() + ev.data.len());
+    v.extend_from_slice(&ev.ts.to_le_bytes());
+    v.extend_from_slice(&expires.to_le_bytes());
+    v.extend_from_slice(&(ev.kind.len() as u32).to_le_bytes());
+    v.extend_from_slice(ev.kind.as_bytes());
+    v.extend_from_slice(&ev.data);
+    v
+}
+
+pub(super) fn corrupt(what: &str) -> StoreError {
+    StoreError::Internal(format!("corrupt {what} record in {FILE_NAME}"))
+}
+
+pub(super) fn le8(v: &[u8], at: usize) -> Option<[u8; 8]> {
+    v.get(at..at + 8)?.try_into().ok()
+}
+
+/// (ts, expires_at) of an encoded event.
+pub(super) fn event_times(v: &[u8]) -> StoreResult<(i64, i64)> {
+    match (le8(v, 0), le8(v, 8)) {
+        (Some(t), Some(e)) => Ok((i64::from_le_bytes(t), i64::from_le_bytes(e))),
+        _ => Err(corrupt("event")),
+    }
+}
+
+pub(super) fn decode_event(seq: u64, v: &[u8]) -> StoreResult<StoredEvent> {
+    let (ts, _) = event_times(v)?;
+    let len = v.get(16..20).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
+    let kind_end = 20 + len.ok_or_else(|| corrupt("event"))? as usize;
+    let kind = v.get(20..kind_end).and_then(|k| std::str::from_utf8(k).ok());
+    let kind = kind.ok_or_else(|| corrupt("event"))?.to_string();
+    Ok(StoredEvent { seq, kind, data: Bytes::copy_from_slice(&v[kind_end..]), ts })
+}
+
+// Idempotency value: created_ms i64 | request_hash u64 | status u16 | body.
+pub(super) fn encode_idem(created: i64, r: &IdemRecord) -> Vec<u8> {
+    let mut v = Vec::with_capacity(18 + r.body.len());
+    v.extend_from_slice(&created.to_le_bytes());
+    v.extend_from_slice(&r.request_hash.to_le_bytes());
+    v.extend_from_slice(&r.status.to_le_bytes());
+    v.extend_from_slice(&r.body);
+    v
+}
+
+pub(super) fn decode_idem(v: &[u8]) -> StoreResult<(i64, IdemRecord)> {
+    let status = v.get(16..18).and_then(|b| b.try_into().ok()).map(u16::from_le_bytes);
+    match (le8(v, 0), le8(v, 8), status) {
+        (Some(c), Some(h), Some(status)) => Ok((
+            i64::from_le_bytes(c),
+            IdemRecord { request_hash: u64::from_le_bytes(h), status, body: Bytes::copy_from_slice(&v[18..]) },
+        )),
+        _ => Err(corrupt("idempotency")),
     }
 }
