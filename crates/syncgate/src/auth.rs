@@ -6,6 +6,7 @@
 //! Must never: accept a token without `sub` and `exp`, accept a user token as an API key (or
 //! the other way round), or log a secret.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -98,7 +99,8 @@ pub struct Auth {
     issuer: Option<String>,
     audience: Option<String>,
     leeway: u64,
-    api_keys: Vec<Vec<u8>>,
+    /// The configured API keys, each with its fingerprint (computed once, not per request).
+    api_keys: Vec<(Vec<u8>, Arc<str>)>,
     admin_keys: Vec<Vec<u8>>,
 }
 
@@ -133,7 +135,10 @@ impl Auth {
             issuer: (!cfg.issuer.is_empty()).then(|| cfg.issuer.clone()),
             audience: (!cfg.audience.is_empty()).then(|| cfg.audience.clone()),
             leeway: cfg.leeway.as_secs(),
-            api_keys: api_keys.iter().map(|k| k.trim().as_bytes().to_vec()).collect(),
+            api_keys: api_keys
+                .iter()
+                .map(|k| (k.trim().as_bytes().to_vec(), Arc::from(key_fingerprint(k.trim()).as_str())))
+                .collect(),
             admin_keys: Vec::new(),
         })
     }
@@ -240,13 +245,34 @@ impl Auth {
 
     /// Whether `key` is one of the configured API keys (compared in constant time).
     pub fn is_api_key(&self, key: &str) -> bool {
+        self.api_key_fingerprint(key).is_some()
+    }
+
+    /// The fingerprint of `key` if it is one of the configured API keys: every key is
+    /// compared, in constant time, whichever matches.
+    pub fn api_key_fingerprint(&self, key: &str) -> Option<&Arc<str>> {
         let key = key.trim().as_bytes();
-        let mut found = false;
-        for k in &self.api_keys {
-            found |= constant_time_eq(k, key);
+        let mut found = None;
+        for (k, fp) in &self.api_keys {
+            if constant_time_eq(k, key) {
+                found = Some(fp);
+            }
         }
         found
     }
+}
+
+/// A short fingerprint of an API key: the first 6 bytes of its SHA-1, in hex. It scopes
+/// idempotency keys and rate limits per key without keeping the key itself.
+pub fn key_fingerprint(key: &str) -> String {
+    use sha1::{Digest, Sha1};
+    use std::fmt::Write;
+    let d = Sha1::digest(key.as_bytes());
+    let mut s = String::with_capacity(12);
+    for b in &d[..6] {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
 }
 
 /// A plain reason for a refused token (never the JWT library's own wording).
@@ -337,6 +363,12 @@ mod tests {
         assert!(a.is_api_key("api-key-123456"));
         assert!(!a.is_api_key("api-key-12345"));
         assert!(!a.is_api_key(""));
+        // The fingerprint is the key's, computed once; a wrong key has none.
+        let fp = a.api_key_fingerprint(" api-key-123456 ").unwrap();
+        assert_eq!(&**fp, key_fingerprint("api-key-123456"));
+        assert_eq!(fp.len(), 12);
+        assert_ne!(&**fp, key_fingerprint("api-key-12345"));
+        assert!(a.api_key_fingerprint("api-key-1234567").is_none());
     }
 
     fn sign(claims: serde_json::Value) -> String {

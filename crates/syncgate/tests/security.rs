@@ -152,6 +152,37 @@ async fn cors_preflight_is_answered_for_configured_origins_only() {
     s.stop().await;
 }
 
+#[tokio::test]
+async fn cors_by_default_allows_any_origin_without_credentials() {
+    let s = TestServer::start().await;
+    let anon = Api::unauthenticated(&s.base);
+    // A preflight to a path no route has is answered too, never 404 or 405.
+    let r = anon
+        .request(
+            Method::OPTIONS,
+            "/api/v1/no-such-route",
+            None,
+            &[("Origin", "https://any.example"), ("Access-Control-Request-Method", "POST")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204, "{} {:?}", r.text, r.headers);
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(r.header("access-control-max-age"), Some("600"));
+    assert!(r.header("access-control-allow-credentials").is_none());
+    assert!(r.header("x-request-id").is_some_and(|v| v.len() == 36), "{:?}", r.headers);
+    // A plain answer exposes the headers a browser script may read, and varies by origin.
+    let r = s.api.request(Method::GET, "/api/v1/stats", None, &[("Origin", "https://any.example")]).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert!(r.header("access-control-expose-headers").unwrap_or_default().contains("x-request-id"));
+    assert!(r.header("vary").unwrap_or_default().contains("origin"));
+    // A plain OPTIONS (no Access-Control-Request-Method) is no preflight: the route says 405.
+    let r = anon.request(Method::OPTIONS, "/api/v1/stats", None, &[]).await.unwrap();
+    assert_eq!(r.status, 405, "{}", r.text);
+    s.stop().await;
+}
+
 #[cfg(unix)]
 #[tokio::test]
 async fn data_dir_store_and_dev_secrets_are_private() {

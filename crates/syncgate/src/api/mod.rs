@@ -9,6 +9,7 @@
 //! another shape than `{"error":{"code","message"}}`.
 
 mod admin;
+mod cors;
 pub mod error;
 pub mod extract;
 mod offline;
@@ -28,7 +29,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::OpenApi;
 
 use crate::error::Error;
@@ -143,7 +143,11 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/admin/session", get(admin::session).post(admin::sign_in).delete(admin::sign_out))
         .route("/admin", get(crate::admin::assets::index))
         .route("/admin/assets/{file}", get(crate::admin::assets::asset));
-    let sessions = Arc::new(crate::admin::Sessions::new(&node.cfg.admin));
+    let front = Arc::new(Front {
+        node: node.clone(),
+        cors: cors::Cors::new(&node.cfg.server.cors_origins),
+        sessions: Arc::new(crate::admin::Sessions::new(&node.cfg.admin)),
+    });
     Router::new()
         .merge(api)
         .merge(admin)
@@ -154,89 +158,61 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        // Outside the routes' method fallbacks, so a preflight (OPTIONS) to any route is
-        // answered by CORS instead of 405.
-        .layer(cors(&node.cfg.server.cors_origins))
-        .layer(middleware::from_fn(preflight_no_content))
-        .layer(middleware::from_fn_with_state(node.clone(), observe))
-        .layer(axum::Extension(sessions))
+        // One middleware, outside the routes' method fallbacks, so a preflight (OPTIONS) to
+        // any route is answered by CORS instead of 405. (Each layer on the router is cloned
+        // for every request, hence one.)
+        .layer(middleware::from_fn_with_state(front, observe))
         .with_state(node)
 }
 
-fn cors(origins: &[String]) -> CorsLayer {
-    let allow = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
-    };
-    CorsLayer::new()
-        .allow_origin(allow)
-        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
-        .max_age(std::time::Duration::from_secs(600))
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            "x-api-key".parse().unwrap_or(header::AUTHORIZATION),
-            "idempotency-key".parse().unwrap_or(header::AUTHORIZATION),
-            "x-request-id".parse().unwrap_or(header::AUTHORIZATION),
-        ])
-        .expose_headers([
-            "x-request-id".parse().unwrap_or(header::AUTHORIZATION),
-            "retry-after".parse().unwrap_or(header::AUTHORIZATION),
-            "x-ratelimit-limit".parse().unwrap_or(header::AUTHORIZATION),
-            "x-ratelimit-remaining".parse().unwrap_or(header::AUTHORIZATION),
-        ])
-}
-
-/// A CORS preflight (OPTIONS with Access-Control-Request-Method) is answered 204 No
-/// Content: the CORS layer answers it with an empty 200.
-async fn preflight_no_content(req: Request, next: Next) -> Response {
-    let preflight =
-        req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-    let mut resp = next.run(req).await;
-    if preflight && resp.status() == StatusCode::OK {
-        *resp.status_mut() = StatusCode::NO_CONTENT;
-    }
-    resp
+/// What the request middleware needs: the node, CORS, the admin UI's sessions.
+struct Front {
+    node: Arc<Node>,
+    cors: cors::Cors,
+    sessions: Arc<crate::admin::Sessions>,
 }
 
 /// Slot the auth extractors fill with the caller's rate-limit state, for response headers.
 #[derive(Clone, Default)]
 pub struct RateSlot(pub Arc<parking_lot::Mutex<Option<crate::limits::Allowed>>>);
 
-/// Request id, JSON request log, metrics by route and status, rate-limit headers.
-async fn observe(State(node): State<Arc<Node>>, mut req: Request, next: Next) -> Response {
+/// Request id, JSON request log, metrics by route and status, rate-limit headers, CORS.
+async fn observe(State(front): State<Arc<Front>>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_string)
-        // A random (v4) UUID from the thread's RNG: `Uuid::new_v4` asks the kernel each time.
-        .unwrap_or_else(|| uuid::Builder::from_random_bytes(rand::random()).into_uuid().to_string());
+    let node = &front.node;
+    let request_id = match req.headers().get("x-request-id") {
+        Some(v) if !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(u8::is_ascii_graphic) => v.clone(),
+        _ => {
+            // A random (v4) UUID from the thread's RNG: `Uuid::new_v4` asks the kernel each time.
+            let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+            let mut buf = uuid::Uuid::encode_buffer();
+            HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)).unwrap_or(HeaderValue::from_static("-"))
+        }
+    };
     let route =
         req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
     let method = req.method().clone();
+    let allow_origin = front.cors.allow_origin(req.headers());
     let slot = RateSlot::default();
-    req.extensions_mut().insert(slot.clone());
-    let mut resp = next.run(req).await;
+    let mut resp = if cors::Cors::is_preflight(&method, req.headers()) {
+        front.cors.preflight(allow_origin)
+    } else {
+        req.extensions_mut().insert(slot.clone());
+        req.extensions_mut().insert(front.sessions.clone());
+        let mut resp = next.run(req).await;
+        front.cors.decorate(resp.headers_mut(), allow_origin);
+        resp
+    };
     let status = resp.status().as_u16();
     let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        h.insert("x-request-id", v);
-    }
+    h.insert("x-request-id", request_id.clone());
     if let Some(a) = *slot.0.lock() {
         h.entry("x-ratelimit-limit").or_insert(HeaderValue::from(a.limit));
         h.entry("x-ratelimit-remaining").or_insert(HeaderValue::from(a.remaining));
     }
-    node.metrics
-        .http_requests
-        .get_or_create(&HttpLabels { route: route.clone(), method: method_label(&method), status })
-        .inc();
     if route != "/ws" || status != 101 {
         tracing::info!(
-            request_id,
+            request_id = request_id.to_str().unwrap_or_default(),
             method = method_label(&method),
             route,
             status,
@@ -244,6 +220,7 @@ async fn observe(State(node): State<Arc<Node>>, mut req: Request, next: Next) ->
             "http"
         );
     }
+    node.metrics.http_requests.get_or_create(&HttpLabels { route, method: method_label(&method), status }).inc();
     resp
 }
 
