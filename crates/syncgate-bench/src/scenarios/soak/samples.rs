@@ -15,7 +15,7 @@ use crate::sys::{load_average, open_fds, threads};
 use crate::target::ServerSet;
 
 /// One reading of the server.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Sample {
     /// Seconds since the soak began (after the connects).
     pub t_s: f64,
@@ -111,6 +111,7 @@ pub fn record(res: &mut RunResult, samples: &[Sample]) {
     let growth = (last.rss_bytes as f64 - second.rss_bytes as f64) / second.rss_bytes.max(1) as f64 * 100.0;
     let minutes = (last.t_s - second.t_s) / 60.0;
     let per_min = if minutes > 0.0 { growth / minutes } else { 0.0 };
+    let late = late_growth_pct(samples);
     let fd_gap = (last.fds as f64 - last.connections) / last.connections.max(1.0) * 100.0;
     let load_max = samples.iter().map(|s| s.load_average).fold(0.0, f64::max);
     for (k, v) in [
@@ -120,6 +121,7 @@ pub fn record(res: &mut RunResult, samples: &[Sample]) {
         ("rss_max_bytes", rss_max as f64),
         ("rss_growth_pct", growth),
         ("rss_growth_pct_per_min", per_min),
+        ("rss_late_growth_pct", late),
         ("fds_first", first.fds as f64),
         ("fds_last", last.fds as f64),
         ("fds_max", samples.iter().map(|s| s.fds).max().unwrap_or(0) as f64),
@@ -145,6 +147,7 @@ pub fn record(res: &mut RunResult, samples: &[Sample]) {
         ),
     );
     res.show("server RSS growth, 2nd sample to last", format!("{growth:+.2} % ({per_min:+.3} %/min)"));
+    res.show("server RSS growth over the second half of the window", format!("{late:+.2} %"));
     res.show(
         "server open fds first / last (connections)",
         format!("{} / {} ({})", thousands(first.fds as f64), thousands(last.fds as f64), thousands(last.connections)),
@@ -153,9 +156,34 @@ pub fn record(res: &mut RunResult, samples: &[Sample]) {
     res.show("load average (1 min), max of the samples", format!("{load_max:.2}"));
 }
 
+/// RSS growth from the sample at the middle of the window to the last, in percent: unlike
+/// the growth from the 2nd sample, it leaves out the warm-up of bounded caches (the store's
+/// page cache fills in the first minutes), so a leak shows here and a warm-up does not.
+pub fn late_growth_pct(samples: &[Sample]) -> f64 {
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else { return 0.0 };
+    let mid_t = first.t_s + (last.t_s - first.t_s) / 2.0;
+    let mid = samples.iter().find(|s| s.t_s >= mid_t).unwrap_or(last);
+    (last.rss_bytes as f64 - mid.rss_bytes as f64) / mid.rss_bytes.max(1) as f64 * 100.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn late_growth_leaves_out_the_warm_up() {
+        let at = |t_s: f64, mib: u64| Sample { t_s, rss_bytes: mib << 20, ..Sample::default() };
+        // Warm-up to 140 MiB, then flat: the late growth is 0, the growth from the 2nd is not.
+        let warm: Vec<Sample> =
+            [100, 110, 130, 140, 140, 140, 140].iter().enumerate().map(|(i, &m)| at(i as f64 * 60.0, m)).collect();
+        assert_eq!(late_growth_pct(&warm), 0.0);
+        // A steady leak shows in the second half: from the sample at minute 3 (130 MiB) to 150.
+        let leak: Vec<Sample> =
+            [100, 110, 120, 130, 140, 150].iter().enumerate().map(|(i, &m)| at(i as f64 * 60.0, m)).collect();
+        let want = (150.0 - 130.0) / 130.0 * 100.0;
+        assert!((late_growth_pct(&leak) - want).abs() < 1e-9, "{}", late_growth_pct(&leak));
+        assert_eq!(late_growth_pct(&[]), 0.0);
+    }
 
     #[test]
     fn metric_sums_label_sets_and_skips_longer_names() {
