@@ -34,8 +34,10 @@ pub enum AdmitError {
 }
 
 mod pace;
+mod spread;
 
 use pace::Pace;
+use spread::Spreader;
 
 /// A room's members on this node, and how its large fan-outs are paced.
 #[derive(Default)]
@@ -50,6 +52,8 @@ pub struct Hub {
     rooms: DashMap<Arc<str>, Room>,
     /// Pacing of broadcasts (fan-outs to every connection).
     all_pace: Pace,
+    /// Helper threads that write large direct fan-outs with the fan-out's own thread.
+    spreader: Spreader,
     count: AtomicUsize,
     next_id: AtomicU64,
     max_connections: usize,
@@ -80,6 +84,7 @@ impl Hub {
             users: RwLock::new(BTreeMap::new()),
             rooms: DashMap::new(),
             all_pace: Pace::default(),
+            spreader: Spreader::for_this_host(),
             count: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             max_connections,
@@ -256,14 +261,7 @@ impl Hub {
     }
 
     fn count_offer(&self, r: Offer) -> usize {
-        match r {
-            Offer::Sent | Offer::Queued => 1,
-            Offer::Skipped => 0,
-            Offer::Overflow => {
-                self.metrics.slow_consumer_closes.inc();
-                0
-            }
-        }
+        count_offer(&self.metrics, r)
     }
 
     /// Delivers a user-stream event to every local connection of `user`. `seq` is the
@@ -291,10 +289,13 @@ impl Hub {
                 // of the member list so that joins and leaves of rooms in this shard do not wait.
                 let list: Vec<Arc<Conn>> = entry.members.values().cloned().collect();
                 drop(entry);
-                let offer = |c: &Conn| self.offer(c, &stream, seq, ev, Some(c.id) == except, true);
-                let n = pace::each_prefetched(&list, offer);
+                let len = list.len();
+                let (metrics, ev) = (self.metrics.clone(), ev.clone());
+                let offer =
+                    move |c: &Conn| count_offer(&metrics, offer(c, &stream, seq, &ev, Some(c.id) == except, true));
+                let n = self.spreader.run(list, Box::new(offer));
                 if let Some(entry) = self.rooms.get(room) {
-                    entry.pace.end_direct(start, self.clock_ns(), list.len());
+                    entry.pace.end_direct(start, self.clock_ns(), len);
                 }
                 n
             }
@@ -326,8 +327,11 @@ impl Hub {
             Some(start) => {
                 // As in `deliver_room`: no index lock is held while writing.
                 let list: Vec<Arc<Conn>> = self.conns.iter().filter(|c| wanted(c)).map(|c| c.clone()).collect();
-                let n = pace::each_prefetched(&list, |c| send(c, true));
-                self.all_pace.end_direct(start, self.clock_ns(), list.len());
+                let len = list.len();
+                let (metrics, ev) = (self.metrics.clone(), ev.clone());
+                let write = move |c: &Conn| count_offer(&metrics, c.push_with(Outgoing::Event(ev.clone()), true));
+                let n = self.spreader.run(list, Box::new(write));
+                self.all_pace.end_direct(start, self.clock_ns(), len);
                 n
             }
             None => self.conns.iter().filter(|c| wanted(c)).map(|c| send(&c, total < pace::LARGE)).sum(),
@@ -353,12 +357,7 @@ impl Hub {
     }
 
     fn offer(&self, c: &Conn, stream: &StreamRef, seq: Option<u64>, ev: &Arc<Event>, own: bool, direct: bool) -> usize {
-        let r = match seq {
-            Some(seq) => c.offer(stream, seq, ev, own, direct),
-            None if own => Offer::Skipped,
-            None => c.push_with(Outgoing::Event(ev.clone()), direct),
-        };
-        self.count_offer(r)
+        self.count_offer(offer(c, stream, seq, ev, own, direct))
     }
 
     /// Local connections of `user` re-read their user stream from the store once.
@@ -491,6 +490,29 @@ impl Hub {
     /// Whether any connection is still open (used while draining).
     pub fn is_empty(&self) -> bool {
         self.conns.is_empty()
+    }
+}
+
+/// Offers a stream event to one connection: `seq` is the stream position of a persisted
+/// message (None for a transient one, which the publisher's own connection does not get).
+fn offer(c: &Conn, stream: &StreamRef, seq: Option<u64>, ev: &Arc<Event>, own: bool, direct: bool) -> Offer {
+    match seq {
+        Some(seq) => c.offer(stream, seq, ev, own, direct),
+        None if own => Offer::Skipped,
+        None => c.push_with(Outgoing::Event(ev.clone()), direct),
+    }
+}
+
+/// Whether an offer counts as a delivery; an overflow (the connection is closed as a slow
+/// consumer) is counted in the metrics.
+fn count_offer(metrics: &Metrics, r: Offer) -> usize {
+    match r {
+        Offer::Sent | Offer::Queued => 1,
+        Offer::Skipped => 0,
+        Offer::Overflow => {
+            metrics.slow_consumer_closes.inc();
+            0
+        }
     }
 }
 

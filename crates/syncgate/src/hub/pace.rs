@@ -6,13 +6,15 @@
 //! system call for everything that piled up. When a room's messages are far apart nothing
 //! piles up, so direct writes win (measured: 7-8 against 11-12 us of server CPU per
 //! delivery, 5k connections at 10 msg/s); when they come close together, a task that runs
-//! late writes several frames in one call, so queuing wins, and it spreads the writing over
-//! every worker thread where a direct fan-out runs on one (the publisher's, which waits for
-//! it). The rule: a fan-out of [`LARGE`] connections or more goes direct only if
+//! late writes several frames in one call, so queuing wins. (A large direct fan-out runs on
+//! the publisher's thread, which waits for it, and the hub's helper threads: `spread.rs`. All
+//! times here are wall-clock times of the whole fan-out.) The rule: a fan-out of [`LARGE`]
+//! connections or more goes direct only if
 //! - the stream's large fan-outs have come, on average, at least 5/4 of the time a direct
 //!   fan-out to this many connections is expected to take apart (so its direct fan-outs keep
-//!   one thread at most four fifths busy; the average is over the last few intervals, each
-//!   counted as at most twice that bound, so one long pause does not hide a burst after it),
+//!   the threads that write them at most four fifths busy; the average is over the last few
+//!   intervals, each counted as at most twice that bound, so one long pause does not hide a
+//!   burst after it),
 //! - no direct fan-out of the stream is running (two would contend for the same sockets;
 //!   the second one queues), and
 //! - the expected time is at most [`MAX_DIRECT_NS`]: the thread that runs a fan-out (the
