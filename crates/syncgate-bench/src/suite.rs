@@ -377,11 +377,14 @@ fn store_checks(results: &[RunResult], out: &mut Vec<Check>) {
     check("cluster-batch", row, "linear (<= 12x)", growth, "x", &|v| v <= 12.0);
 }
 
-/// The soak target of issue 14: memory and fds flat.
+/// The soak target of issue 14: memory and fds flat. Memory is judged over the second half
+/// of the window: the first minutes fill the store's bounded page cache (the 1-hour run in
+/// docs/performance.md grew 30 % in its first ten minutes and 0.3 % in its second half), so
+/// growth from the start measures the warm-up, not a leak.
 fn soak_checks(results: &[RunResult], out: &mut Vec<Check>) {
     let soak = find(results, "soak", TargetKind::Syncgate);
-    let growth = soak.and_then(|r| r.figure("rss_growth_pct"));
-    let row = "server RSS growth, 2nd sample to last";
+    let growth = soak.and_then(|r| r.figure("rss_late_growth_pct"));
+    let row = "server RSS growth over the second half of the window";
     out.push(Check::new("soak", row, "memory flat: < 5 %", growth, "%", &|v| v < 5.0));
     let fds = soak.and_then(|r| r.figure("fds_minus_connections_pct"));
     let row = "server open fds first / last (connections)";
