@@ -21,7 +21,11 @@
 //!   publisher's request, or a cluster node's broker reader) does nothing else meanwhile,
 //!   so a fan-out too large to write in that time always queues.
 //!
-//! The expected cost per connection is learned from the direct fan-outs themselves.
+//! The expected cost per connection is learned from the direct fan-outs themselves. So that
+//! a stream which measured slow once (the host was busy for a moment) does not queue for as
+//! long as its rate stays the same, a fan-out that would queue only because of that cost goes
+//! direct anyway when the stream's last direct one ended [`PROBE_EVERY_NS`] ago or more, and
+//! it is expected to take at most four times [`MAX_DIRECT_NS`]: it measures again.
 //!
 //! Must never: block, or take a lock: two fan-outs of one room may run at once on two threads
 //! (each connection's own lock keeps its frames whole).
@@ -36,6 +40,13 @@ pub const LARGE: usize = 256;
 
 /// The longest a direct fan-out is expected to take, ns.
 pub const MAX_DIRECT_NS: u64 = 100_000_000;
+
+/// How long after a stream's last direct fan-out one goes direct again to measure the cost
+/// anew, however it was expected to do, ns.
+pub const PROBE_EVERY_NS: u64 = 10_000_000_000;
+
+/// A measuring fan-out is made only when it is expected to take at most this long, ns.
+const MAX_PROBE_NS: u64 = 4 * MAX_DIRECT_NS;
 
 /// What one direct delivery is assumed to cost before any has been measured, ns.
 const FIRST_GUESS_NS: u64 = 4_000;
@@ -82,12 +93,15 @@ impl Pace {
             interval = if interval == u64::MAX { sample } else { (interval / 4) * 3 + sample / 4 };
             self.interval_ns.store(interval, Ordering::Relaxed);
         }
-        if expected > MAX_DIRECT_NS || interval < bound {
-            return false;
-        }
         let until = self.direct_until.load(Ordering::Relaxed);
         if now < until {
             return false;
+        }
+        if expected > MAX_DIRECT_NS || interval < bound {
+            let measure_again = expected <= MAX_PROBE_NS && now.saturating_sub(until) >= PROBE_EVERY_NS;
+            if !measure_again {
+                return false;
+            }
         }
         // Several threads may get here at once; the one that moves `direct_until` wins.
         self.direct_until.compare_exchange(until, now + expected, Ordering::AcqRel, Ordering::Relaxed).is_ok()
@@ -208,6 +222,31 @@ mod tests {
         // ...45 ms apart is not (40 x 5/4 = 50).
         let (direct, _) = run(&p, t, 30, 45 * MS, n, 40 * MS);
         assert!(direct <= 5, "{direct}");
+    }
+
+    #[test]
+    fn a_stream_that_measured_slow_once_is_measured_again() {
+        let p = Pace::default();
+        let n = 19_000;
+        // The first direct fan-out took 400 ms (21 us a connection: the host was busy): the
+        // learned cost now expects about 157 ms, over the bound.
+        assert!(p.start(MS, n));
+        p.end_direct(MS, 401 * MS, n);
+        // One a second, each direct one taking 76 ms (4 us a connection) from now on.
+        let mut t = 1_001 * MS;
+        let mut direct = Vec::new();
+        for _ in 0..70 {
+            let d = p.start(t, n);
+            if d {
+                p.end_direct(t, t + 76 * MS, n);
+            }
+            direct.push(d);
+            t += 1_000 * MS;
+        }
+        assert!(!direct[..9].iter().any(|d| *d), "queued until the first measurement: {direct:?}");
+        let probes = direct[..40].iter().filter(|d| **d).count();
+        assert!((2..=5).contains(&probes), "one measurement every 10 s: {direct:?}");
+        assert!(direct[60..].iter().all(|d| *d), "direct again once measured: {direct:?}");
     }
 
     #[test]
