@@ -78,7 +78,8 @@ struct Common {
     #[arg(long, default_value_t = 128)]
     connect_concurrency: usize,
     /// Drive an already running server at this URL (http://IP:PORT) instead of starting one;
-    /// it must run with the bench's JWT secret and API key (see docs/performance.md).
+    /// it must run with the bench's JWT secret and API key (see docs/performance.md). Its own
+    /// settings apply: `--fsync` cannot change its `store.fsync` (the default, `always`).
     #[arg(long, requires = "pid")]
     url: Option<String>,
     /// Process id of the server given with --url, for the CPU and memory readings.
@@ -369,7 +370,13 @@ async fn run_one(a: RunArgs) -> Result<bool> {
         scenario,
         pinned: a.pin,
     };
-    let r = scenarios::run(&ctx, &spec).await;
+    let mut r = scenarios::run(&ctx, &spec).await;
+    if a.common.url.is_some() {
+        // The bench cannot set a running server's store.fsync: its own settings apply.
+        r.notes.push(
+            "driven at --url: the server's own store.fsync applied, not --fsync (the fsync field is the flag's)".into(),
+        );
+    }
     println!("{}", serde_json::to_string_pretty(&r).context("encoding the result")?);
     for (k, v) in report::brief(&r) {
         eprintln!("  {k}: {v}");
