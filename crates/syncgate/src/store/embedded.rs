@@ -37,7 +37,8 @@
 //!
 //! Files: this one holds the API, the layout, the reads and the sweep's planning;
 //! `embedded_writer.rs` the writer thread and every mutation; `embedded_readers.rs` the
-//! reader threads; `embedded_format.rs` the encoding of values, new files and the format 1
+//! reader threads; `embedded_writeback.rs` the write-back thread of fsync never;
+//! `embedded_format.rs` the encoding of values, new files and the format 1
 //! conversion; `embedded_tests.rs` the tests.
 
 use std::ops::Bound;
@@ -68,7 +69,9 @@ const SCAN_PAGE: usize = 2048;
 /// A cursor read refreshes `last_used` only when it is older than this (expiry is days).
 const TOUCH_AFTER_MS: i64 = 60_000;
 /// With `FsyncPolicy::Never`, one commit in this interval is made durable anyway: redb only
-/// frees pages on durable commits, so the file would otherwise grow without bound.
+/// frees pages on durable commits, so the file would otherwise grow without bound. Meanwhile
+/// a thread starts the file's write-back every 100 ms (`embedded_writeback.rs`), so that
+/// this commit's `fdatasync` has little left to write.
 const NEVER_FLUSH_EVERY: Duration = Duration::from_secs(1);
 const NO_EXPIRY: i64 = i64::MAX;
 /// `oldest_ts` of an empty stream.
@@ -206,6 +209,9 @@ pub struct EmbeddedStore {
     closed: AtomicBool,
     /// Idempotency ttl of the last sweep (24 h until then): older records are not answered.
     idem_ttl_ms: AtomicI64,
+    /// With fsync never: the thread that starts the file's write-back ahead of the durable
+    /// commits (ends when this is dropped).
+    _writeback: Option<writeback::WriteBack>,
 }
 
 impl EmbeddedStore {
@@ -239,6 +245,7 @@ impl EmbeddedStore {
             writer: Mutex::new(Some(writer)),
             closed: AtomicBool::new(false),
             idem_ttl_ms: AtomicI64::new(DEFAULT_IDEM_TTL_MS),
+            _writeback: (opts.fsync == FsyncPolicy::Never).then(|| writeback::WriteBack::start(&path)).flatten(),
         })
     }
 
@@ -576,6 +583,9 @@ mod format;
 
 #[path = "embedded_readers.rs"]
 mod readers;
+
+#[path = "embedded_writeback.rs"]
+mod writeback;
 
 #[cfg(test)]
 #[path = "embedded_tests.rs"]
