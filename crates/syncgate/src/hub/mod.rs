@@ -291,9 +291,9 @@ impl Hub {
                 drop(entry);
                 let len = list.len();
                 let (metrics, ev) = (self.metrics.clone(), ev.clone());
-                let offer =
+                let deliver =
                     move |c: &Conn| count_offer(&metrics, offer(c, &stream, seq, &ev, Some(c.id) == except, true));
-                let n = self.spreader.run(list, Box::new(offer));
+                let n = self.spreader.run(list, Box::new(deliver));
                 if let Some(entry) = self.rooms.get(room) {
                     entry.pace.end_direct(start, self.clock_ns(), len);
                 }

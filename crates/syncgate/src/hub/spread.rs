@@ -69,20 +69,18 @@ impl Drop for Ending<'_> {
 }
 
 impl Job {
-    /// Takes and writes chunks until none is left; returns how many this thread took.
-    fn work(&self) -> usize {
+    /// Takes and writes chunks until none is left.
+    fn work(&self) {
         let total = self.list.len();
-        let mut taken = 0;
         loop {
             let start = self.next.fetch_add(CHUNK, Ordering::Relaxed);
             if start >= total {
-                return taken;
+                return;
             }
             let end = (start + CHUNK).min(total);
             let _ending = Ending { job: self, len: end - start };
             let n = each_prefetched(&self.list[start..end], &self.op);
             self.counted.fetch_add(n, Ordering::Relaxed);
-            taken += 1;
         }
     }
 }

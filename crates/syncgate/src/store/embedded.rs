@@ -245,7 +245,7 @@ impl EmbeddedStore {
             writer: Mutex::new(Some(writer)),
             closed: AtomicBool::new(false),
             idem_ttl_ms: AtomicI64::new(DEFAULT_IDEM_TTL_MS),
-            _writeback: (opts.fsync == FsyncPolicy::Never).then(|| writeback::WriteBack::start(&path)).flatten(),
+            _writeback: if opts.fsync == FsyncPolicy::Never { writeback::WriteBack::start(&path) } else { None },
         })
     }
 
