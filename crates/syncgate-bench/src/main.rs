@@ -88,6 +88,16 @@ struct Common {
     /// Hard limit on any worker process's life, seconds.
     #[arg(long, default_value_t = 1800)]
     worker_deadline_s: u64,
+    /// The embedded store's engine of the syncgate servers started (`store.engine`; default:
+    /// the server's default, redb). Each result notes it when set.
+    #[arg(long, value_enum)]
+    store_engine: Option<EngineArg>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EngineArg {
+    Redb,
+    Lsm,
 }
 
 #[derive(Args)]
@@ -269,6 +279,10 @@ fn ctx(c: &Common, want_node: bool) -> Result<Ctx> {
         local_ips: (0..c.source_ips.max(1)).map(|i| format!("127.0.0.{}", 2 + u16::from(i))).collect(),
         connect_concurrency: c.connect_concurrency,
         worker_deadline: Duration::from_secs(c.worker_deadline_s),
+        store_engine: c.store_engine.map(|e| match e {
+            EngineArg::Redb => "redb",
+            EngineArg::Lsm => "lsm",
+        }),
     })
 }
 

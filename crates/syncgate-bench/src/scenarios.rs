@@ -174,6 +174,8 @@ pub struct Ctx {
     pub connect_concurrency: usize,
     /// Hard limit on a worker's life.
     pub worker_deadline: Duration,
+    /// `store.engine` of the syncgate servers started, if set (`--store-engine`).
+    pub store_engine: Option<&'static str>,
 }
 
 pub fn log(msg: impl AsRef<str>) {
@@ -186,7 +188,11 @@ pub async fn run(ctx: &Ctx, spec: &RunSpec) -> RunResult {
     let started = Instant::now();
     let mut res = RunResult::new(spec);
     log(format!("run {} on {}: {}", spec.id, spec.target.label(), spec.title));
-    let extra = extra_env(spec);
+    let mut extra = extra_env(spec);
+    if let (Some(engine), TargetKind::Syncgate) = (ctx.store_engine, spec.target) {
+        extra.push(("SYNCGATE_STORE__ENGINE".to_string(), engine.to_string()));
+        res.notes.push(format!("store.engine = {engine}"));
+    }
     let pin = crate::sys::Pinning::enter(spec.pinned);
     res.pinned = pin.on();
     let servers = {

@@ -6,14 +6,15 @@
 //!
 //! DIR (default: a new temporary dir) must be on the disk you want to measure: a tmpfs makes
 //! fsync free. Tune with STORE_BENCH_PUBLISHERS (64), STORE_BENCH_SECS (5) and
-//! STORE_BENCH_FSYNC (always; `never` shows the cost of fsync by difference).
+//! STORE_BENCH_FSYNC (always; `never` shows the cost of fsync by difference) and
+//! STORE_BENCH_ENGINE (redb; `lsm` for the LSM engine).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use syncgate::store::embedded::{EmbeddedOptions, EmbeddedStore, FsyncPolicy};
+use syncgate::store::embedded::{EmbeddedOptions, EmbeddedStore, Engine, FsyncPolicy};
 use syncgate::store::{NewEvent, Store, StoreError};
 
 const READ_EVENTS: u64 = 100_000;
@@ -43,10 +44,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok("never") => FsyncPolicy::Never,
         _ => FsyncPolicy::Always,
     };
-    println!("store_bench: dir {}", dir.display());
+    let engine = match std::env::var("STORE_BENCH_ENGINE").as_deref() {
+        Ok("lsm") => Engine::Lsm,
+        _ => Engine::Redb,
+    };
+    println!("store_bench: dir {}, engine {engine:?}, fsync {fsync:?}", dir.display());
 
     // 1. Persisted appends: every answer means the event was fsynced.
     let store = Arc::new(EmbeddedStore::open(EmbeddedOptions {
+        engine,
         fsync,
         max_batch: 1024,
         ..EmbeddedOptions::new(dir.join("appends"))
@@ -90,6 +96,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 2. Reads: one 100k-event stream, written in big batches, read in pages of 500.
     let store = EmbeddedStore::open(EmbeddedOptions {
+        engine,
         fsync: FsyncPolicy::Never,
         max_batch: 4096,
         ..EmbeddedOptions::new(dir.join("reads"))

@@ -32,7 +32,7 @@ use crate::presence::local::LocalPresence;
 use crate::presence::redis::RedisPresence;
 use crate::queue::embedded::{EmbeddedQueue, EmbeddedQueueOptions};
 use crate::queue::redis::RedisQueue;
-use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
+use crate::store::embedded::{EmbeddedOptions, EmbeddedStore, Engine};
 use crate::store::redis::{RedisOptions, RedisStore};
 use crate::webhooks::online::{LocalMarks, RedisMarks};
 
@@ -212,16 +212,22 @@ fn single_node(cfg: &Config, hub: &Arc<Hub>, metrics: &Metrics) -> Result<Backen
     let dir = cfg.server.data_dir.clone();
     let dd = |source| ServerError::DataDir { path: dir.display().to_string(), source };
     create_private_dir(&dir).map_err(dd)?;
-    for name in
-        [crate::store::embedded::FILE_NAME, crate::queue::embedded::FILE_NAME, crate::push::devices_embedded::FILE_NAME]
-    {
+    for name in [crate::queue::embedded::FILE_NAME, crate::push::devices_embedded::FILE_NAME] {
         private_store_file(&dir, name).map_err(dd)?;
+    }
+    // Before creating anything of this engine's: a data dir of the other engine is refused.
+    crate::store::embedded::refuse_other_engine(&dir, cfg.store.engine)?;
+    match cfg.store.engine {
+        Engine::Redb => private_store_file(&dir, crate::store::embedded::FILE_NAME).map_err(dd)?,
+        // fjall creates its files with the process's umask: the directory keeps others out.
+        Engine::Lsm => create_private_dir(&dir.join(crate::store::embedded::LSM_DIR_NAME)).map_err(dd)?,
     }
     let q = &cfg.queue;
     let qopts = EmbeddedQueueOptions { max_jobs: q.max_jobs, max_dead: q.max_dead, fsync: cfg.store.fsync };
     let queue = EmbeddedQueue::open(&dir, qopts).map_err(|e| ServerError::Queue(e.to_string()))?;
     let store = EmbeddedStore::open(EmbeddedOptions {
         dir: dir.clone(),
+        engine: cfg.store.engine,
         fsync: cfg.store.fsync,
         max_batch: 1024,
         cache_bytes: cfg.store.cache_bytes,

@@ -22,7 +22,7 @@ pub use outbound::{ConnectProxy, OnError, PushConfig, QueueConfig, WebhookEndpoi
 pub use push::{PushApns, PushFcm, PushProviders, PushWebPush, PushWebhook};
 pub use rate::{duration, Rate, RateSetting};
 
-use crate::store::embedded::FsyncPolicy;
+use crate::store::embedded::{Engine, FsyncPolicy};
 
 /// The documented default configuration (printed by `syncgate config default`).
 pub const DEFAULT_YAML: &str = include_str!("default.yaml");
@@ -250,6 +250,8 @@ impl Default for Rooms {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
+    /// Engine of the embedded store (single node): `redb` or `lsm`.
+    pub engine: Engine,
     pub fsync: FsyncPolicy,
     #[serde(with = "duration")]
     pub retention: Duration,
@@ -274,6 +276,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         const DAY: u64 = 24 * 3600;
         StoreConfig {
+            engine: Engine::Redb,
             fsync: FsyncPolicy::Always,
             retention: Duration::from_secs(7 * DAY),
             max_stream_len: 10_000,

@@ -1,11 +1,15 @@
-//! Embedded store: redb on local disk, the single-node default.
+//! Embedded store: the single-node default, on local disk, over one of two engines
+//! (`store.engine`): redb (this file's layout; the default) or fjall (`embedded_lsm.rs`).
 //!
-//! Owns: the database file `syncgate.redb` in the data dir, its table layout and value
-//! encoding, the one writer thread with its group commit, and the chunked retention sweep.
+//! Owns: the front shared by both engines (the one writer thread with its group commit, the
+//! reader threads, the chunked retention sweep's planning, the engine traits `Backend` and
+//! `View`), and the redb engine: the database file `syncgate.redb` in the data dir, its
+//! table layout and value encoding.
 //!
 //! Must never: write outside the writer thread, answer a write before its transaction is
-//! committed with the configured durability, run a blocking redb call on an async worker
-//! thread, or hold one write transaction for an unbounded amount of work.
+//! committed with the configured durability, run a blocking engine call on an async worker
+//! thread, hold one write transaction for an unbounded amount of work, or open a data dir
+//! that holds the other engine's data (`refuse_other_engine`).
 //!
 //! Why redb: pure Rust (no C toolchain, unlike RocksDB or SQLite), ACID transactions on
 //! copy-on-write B-trees, MVCC reads that run next to the single writer and only ever see
@@ -35,11 +39,12 @@
 //! transaction (`migrate_v1`). A file of format 2 cannot be opened by a build that reads
 //! format 1.
 //!
-//! Files: this one holds the API, the layout, the reads and the sweep's planning;
-//! `embedded_writer.rs` the writer thread and every mutation; `embedded_readers.rs` the
+//! Files: this one holds the API, the engine traits, the redb layout, its reads and the
+//! sweep's planning; `embedded_lsm.rs` the fjall engine (its keys, reads and mutations);
+//! `embedded_writer.rs` the writer thread and every redb mutation; `embedded_readers.rs` the
 //! reader threads; `embedded_writeback.rs` the write-back thread of fsync never;
 //! `embedded_format.rs` the encoding of values, new files and the format 1
-//! conversion; `embedded_tests.rs` the tests.
+//! conversion; `embedded_tests.rs` the tests (run once per engine).
 
 use std::ops::Bound;
 use std::path::PathBuf;
@@ -50,15 +55,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{IdemRecord, NewEvent, Page, Retention, Store, StoreError, StoreResult, StoreStats};
 use format::{decode_event, decode_idem, encode_event, encode_idem, event_times, first_ts, init};
-use writer::{writer_loop, Req, SweepOp, Tx};
+use writer::{writer_loop, Answer, Req, SweepOp, Tx};
 
 /// Name of the database file inside `EmbeddedOptions::dir`.
 pub const FILE_NAME: &str = "syncgate.redb";
+/// Name of the LSM engine's directory inside `EmbeddedOptions::dir`.
+pub const LSM_DIR_NAME: &str = "syncgate.lsm";
 const FORMAT: &str = "2";
 /// Bound of the writer's request queue: callers wait (backpressure) when it is full.
 const QUEUE: usize = 4096;
@@ -92,10 +99,24 @@ pub enum FsyncPolicy {
     Never,
 }
 
+/// Which embedded storage engine holds the data dir's streams (`store.engine`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// redb: copy-on-write B-trees in one file, `syncgate.redb` (the default).
+    #[default]
+    Redb,
+    /// fjall: a log-structured merge tree in the directory `syncgate.lsm` (a journal that
+    /// every commit appends to, memtables, sorted segment files merged in the background).
+    Lsm,
+}
+
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct EmbeddedOptions {
     /// Data directory; created if missing. Holds `syncgate.redb`.
     pub dir: PathBuf,
+    #[serde(default)]
+    pub engine: Engine,
     #[serde(default)]
     pub fsync: FsyncPolicy,
     /// Most events applied in one group commit.
@@ -118,6 +139,7 @@ impl EmbeddedOptions {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         EmbeddedOptions {
             dir: dir.into(),
+            engine: Engine::Redb,
             fsync: FsyncPolicy::Always,
             max_batch: default_max_batch(),
             cache_bytes: default_cache_bytes(),
@@ -198,41 +220,102 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// The redb store. Reads run on its reader threads; writes go to the writer thread.
+/// User streams or room histories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    User,
+    Room,
+}
+
+/// Counts the stats come from.
+struct Counts {
+    pub messages: u64,
+    pub streams: u64,
+    pub cursors: u64,
+    /// ts of the oldest retained user event.
+    pub oldest_ts: Option<i64>,
+}
+
+/// Cursors are paged through by (user, client).
+type CursorKey = (String, String);
+
+/// One consistent view of an engine's data (a read transaction, a snapshot): it only ever
+/// shows whole committed group commits.
+trait View {
+    fn page(&self, which: Which, stream: &str, after: u64, limit: usize) -> StoreResult<Page>;
+    /// A device's cursor and when it was last used.
+    fn cursor(&self, user: &str, client: &str) -> StoreResult<Option<(u64, i64)>>;
+    fn cursors(&self, user: &str, limit: usize) -> StoreResult<Vec<(String, u64)>>;
+    /// An idempotency record and when it was created.
+    fn idem(&self, key: &str) -> StoreResult<Option<(i64, IdemRecord)>>;
+    fn counts(&self) -> StoreResult<Counts>;
+    /// Of the next `SCAN_PAGE` streams of `which` after `from` (in the engine's key order),
+    /// those holding more than `max_len` events, and where the next page starts (`None`: done).
+    fn long_streams(
+        &self,
+        which: Which,
+        from: Option<&str>,
+        max_len: u64,
+    ) -> StoreResult<(Vec<String>, Option<String>)>;
+    /// Of the next `SCAN_PAGE` cursors after `from`, those last used before `cutoff`, and
+    /// where the next page starts.
+    fn old_cursors(&self, from: Option<&CursorKey>, cutoff: i64) -> StoreResult<(Vec<CursorKey>, Option<CursorKey>)>;
+}
+
+/// A storage engine under the embedded store: consistent views for the readers, and one
+/// group commit at a time from the writer thread.
+trait Backend: Send + Sync + 'static {
+    fn view(&self) -> StoreResult<Box<dyn View + '_>>;
+    /// Applies every request of `batch` in one atomic commit, made durable (on disk, fsynced)
+    /// before it returns if `durable`; answers in the order of `batch`.
+    fn commit(&self, batch: &[Req], durable: bool) -> StoreResult<Vec<Answer>>;
+}
+
+/// The embedded store. Reads run on its reader threads; writes go to the writer thread.
 pub struct EmbeddedStore {
     epoch: String,
     readers: readers::Readers,
-    /// `None` after `close`, so the file is released once in-flight reads finish.
-    db: RwLock<Option<Arc<Database>>>,
+    /// `None` after `close`, so the files are released once in-flight reads finish.
+    db: RwLock<Option<Arc<dyn Backend>>>,
     tx: mpsc::Sender<Req>,
     writer: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
     /// Idempotency ttl of the last sweep (24 h until then): older records are not answered.
     idem_ttl_ms: AtomicI64,
-    /// With fsync never: the thread that starts the file's write-back ahead of the durable
-    /// commits (ends when this is dropped).
+    /// With redb and fsync never: the thread that starts the file's write-back ahead of the
+    /// durable commits (ends when this is dropped).
     _writeback: Option<writeback::WriteBack>,
 }
 
 impl EmbeddedStore {
     /// Opens or creates the store in `opts.dir` and starts its writer thread. Blocking (it
-    /// may recover a file that was not closed cleanly): call it before serving, or from
+    /// may recover files that were not closed cleanly): call it before serving, or from
     /// `spawn_blocking`.
     pub fn open(opts: EmbeddedOptions) -> StoreResult<Self> {
         std::fs::create_dir_all(&opts.dir)
             .map_err(|e| StoreError::Unavailable(format!("cannot create data dir {}: {e}", opts.dir.display())))?;
-        let path = opts.dir.join(FILE_NAME);
-        let db = redb::Builder::new()
-            .set_cache_size(opts.cache_bytes)
-            .create(&path)
-            .ctx(&format!("cannot open {}", path.display()))?;
-        let epoch = init(&db)?;
-        let db = Arc::new(db);
+        refuse_other_engine(&opts.dir, opts.engine)?;
+        let (db, epoch, writeback): (Arc<dyn Backend>, String, _) = match opts.engine {
+            Engine::Redb => {
+                let path = opts.dir.join(FILE_NAME);
+                let db = redb::Builder::new()
+                    .set_cache_size(opts.cache_bytes)
+                    .create(&path)
+                    .ctx(&format!("cannot open {}", path.display()))?;
+                let epoch = init(&db)?;
+                let wb = if opts.fsync == FsyncPolicy::Never { writeback::WriteBack::start(&path) } else { None };
+                (Arc::new(RedbBackend(db)), epoch, wb)
+            }
+            Engine::Lsm => {
+                let (db, epoch) = lsm::LsmBackend::open(&opts.dir.join(LSM_DIR_NAME), opts.cache_bytes)?;
+                (Arc::new(db), epoch, None)
+            }
+        };
         let (tx, rx) = mpsc::channel(QUEUE);
         let (wdb, fsync, max_batch) = (db.clone(), opts.fsync, opts.max_batch.max(1));
         let writer = std::thread::Builder::new()
             .name("syncgate-store".into())
-            .spawn(move || writer_loop(&wdb, rx, fsync, max_batch))
+            .spawn(move || writer_loop(&*wdb, rx, fsync, max_batch))
             .map_err(|e| StoreError::Internal(format!("cannot start the store writer thread: {e}")))?;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let readers = readers::Readers::start(readers::Readers::threads_for(cores))
@@ -245,7 +328,7 @@ impl EmbeddedStore {
             writer: Mutex::new(Some(writer)),
             closed: AtomicBool::new(false),
             idem_ttl_ms: AtomicI64::new(DEFAULT_IDEM_TTL_MS),
-            _writeback: if opts.fsync == FsyncPolicy::Never { writeback::WriteBack::start(&path) } else { None },
+            _writeback: writeback,
         })
     }
 
@@ -278,11 +361,11 @@ impl EmbeddedStore {
         found.map(|(seq, _)| seq)
     }
 
-    /// Runs `f` in a read transaction on a reader thread.
+    /// Runs `f` on one consistent view, on a reader thread.
     async fn read<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&redb::ReadTransaction) -> StoreResult<T> + Send + 'static,
+        F: FnOnce(&dyn View) -> StoreResult<T> + Send + 'static,
     {
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
@@ -290,7 +373,7 @@ impl EmbeddedStore {
         let db = self.db.read().map_err(|_| StoreError::Internal("store lock poisoned".into()))?.clone();
         let db = db.ok_or(StoreError::Closed)?;
         self.readers
-            .run(move || f(&db.begin_read().ctx("begin read")?))
+            .run(move || f(&*db.view()?))
             .await
             .map_err(|_| StoreError::Internal("a store read failed (its reader thread panicked)".into()))?
     }
@@ -308,30 +391,12 @@ impl EmbeddedStore {
     }
 
     /// Trims every stream of `kind` longer than `max_len`; the streams are found by paging
-    /// through the heads table in read transactions (which never block the writer).
-    async fn trim_len(&self, kind: &'static Kind, max_len: u64) -> StoreResult<u64> {
+    /// through the heads in reads (which never block the writer).
+    async fn trim_len(&self, kind: Which, max_len: u64) -> StoreResult<u64> {
         let (mut removed, mut from) = (0, None::<String>);
         loop {
             let start = from.take();
-            let (long, next) = self
-                .read(move |rtx| {
-                    let heads = rtx.open_table(kind.heads).ctx("open heads")?;
-                    let lower = start.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-                    let (mut long, mut last, mut seen) = (Vec::new(), None, 0);
-                    for r in heads.range::<&str>((lower, Bound::Unbounded)).ctx("scan heads")? {
-                        let (k, v) = r.ctx("scan heads")?;
-                        if v.value().1 > max_len {
-                            long.push(k.value().to_string());
-                        }
-                        seen += 1;
-                        if seen == SCAN_PAGE {
-                            last = Some(k.value().to_string());
-                            break;
-                        }
-                    }
-                    Ok((long, last))
-                })
-                .await?;
+            let (long, next) = self.read(move |v| v.long_streams(kind, start.as_deref(), max_len)).await?;
             for group in long.chunks(256) {
                 let op = || SweepOp::TrimLen { kind, streams: group.to_vec(), max_len };
                 removed += self.sweep_loop(op).await?;
@@ -343,32 +408,12 @@ impl EmbeddedStore {
         }
     }
 
-    /// Forgets cursors unused since `cutoff`, paging through the cursor table.
+    /// Forgets cursors unused since `cutoff`, paging through the cursors.
     async fn sweep_cursors(&self, cutoff: i64) -> StoreResult<()> {
-        let mut from = None::<(String, String)>;
+        let mut from = None::<CursorKey>;
         loop {
             let start = from.take();
-            let (old, next) = self
-                .read(move |rtx| {
-                    let cursors = rtx.open_table(CURSORS).ctx("open cursors")?;
-                    let lower =
-                        start.as_ref().map_or(Bound::Unbounded, |(u, c)| Bound::Excluded((u.as_str(), c.as_str())));
-                    let (mut old, mut last, mut seen) = (Vec::new(), None, 0);
-                    for r in cursors.range::<(&str, &str)>((lower, Bound::Unbounded)).ctx("scan cursors")? {
-                        let (k, v) = r.ctx("scan cursors")?;
-                        let (u, c) = k.value();
-                        if v.value().1 < cutoff {
-                            old.push((u.to_string(), c.to_string()));
-                        }
-                        seen += 1;
-                        if seen == SCAN_PAGE {
-                            last = Some((u.to_string(), c.to_string()));
-                            break;
-                        }
-                    }
-                    Ok((old, last))
-                })
-                .await?;
+            let (old, next) = self.read(move |v| v.old_cursors(start.as_ref(), cutoff)).await?;
             for keys in old.chunks(SWEEP_CHUNK) {
                 self.write(|tx| Req::Sweep(SweepOp::Cursors { keys: keys.to_vec(), cutoff }, tx)).await?;
             }
@@ -385,7 +430,7 @@ impl EmbeddedStore {
 }
 
 impl Drop for EmbeddedStore {
-    /// Dropping without `close` still finishes queued writes and releases the file (the
+    /// Dropping without `close` still finishes queued writes and releases the files (the
     /// writer ends when the channel closes); this waits for that, at most one group commit.
     fn drop(&mut self) {
         let (dummy, _) = mpsc::channel(1);
@@ -396,26 +441,133 @@ impl Drop for EmbeddedStore {
     }
 }
 
-/// A device's cursor and when it was last used.
-fn read_cursor(rtx: &redb::ReadTransaction, user: &str, client: &str) -> StoreResult<Option<(u64, i64)>> {
-    let t = rtx.open_table(CURSORS).ctx("open cursors")?;
-    Ok(t.get((user, client)).ctx("read cursor")?.map(|g| g.value()))
+/// A data dir holds one engine's data: opening it with the other engine would start an empty
+/// store (and a new epoch) beside the streams it holds, so that is refused.
+pub fn refuse_other_engine(dir: &std::path::Path, engine: Engine) -> StoreResult<()> {
+    let (other, name, engine) = match engine {
+        Engine::Redb => (LSM_DIR_NAME, "lsm", "redb"),
+        Engine::Lsm => (FILE_NAME, "redb", "lsm"),
+    };
+    if dir.join(other).exists() {
+        return Err(StoreError::Internal(format!(
+            "data dir {} holds a store of engine {name} ({other}); store.engine is {engine}: set store.engine = \
+             \"{name}\", or move {other} away to start an empty store (there is no conversion between engines)",
+            dir.display()
+        )));
+    }
+    Ok(())
 }
 
-fn read_page(rtx: &redb::ReadTransaction, kind: &Kind, stream: &str, after: u64, limit: usize) -> StoreResult<Page> {
-    let head = rtx.open_table(kind.heads).ctx("open heads")?.get(stream).ctx("read head")?.map_or(0, |g| g.value().0);
-    let events = rtx.open_table(kind.events).ctx("open events")?;
-    let all = (stream, 0u64)..=(stream, u64::MAX);
-    let first = events.range(all).ctx("read stream")?.next().transpose().ctx("read stream")?;
-    let first = first.map_or(head + 1, |(k, _)| k.value().1);
-    let mut out = Vec::with_capacity(limit.min(1024));
-    if limit > 0 && after < u64::MAX {
-        for r in events.range((stream, after + 1)..=(stream, u64::MAX)).ctx("read stream")?.take(limit) {
-            let (k, v) = r.ctx("read stream")?;
-            out.push(decode_event(k.value().1, v.value())?);
-        }
+/// The redb engine: one file, one write transaction per group commit.
+struct RedbBackend(Database);
+
+impl Backend for RedbBackend {
+    fn view(&self) -> StoreResult<Box<dyn View + '_>> {
+        Ok(Box::new(self.0.begin_read().ctx("begin read")?))
     }
-    Ok(Page { events: out, head, first })
+
+    fn commit(&self, batch: &[Req], durable: bool) -> StoreResult<Vec<Answer>> {
+        writer::commit_batch(&self.0, batch, if durable { Durability::Immediate } else { Durability::None })
+    }
+}
+
+fn kind_of(which: Which) -> &'static Kind {
+    match which {
+        Which::User => &USER,
+        Which::Room => &ROOM,
+    }
+}
+
+impl View for redb::ReadTransaction {
+    fn page(&self, which: Which, stream: &str, after: u64, limit: usize) -> StoreResult<Page> {
+        let kind = kind_of(which);
+        let head =
+            self.open_table(kind.heads).ctx("open heads")?.get(stream).ctx("read head")?.map_or(0, |g| g.value().0);
+        let events = self.open_table(kind.events).ctx("open events")?;
+        let all = (stream, 0u64)..=(stream, u64::MAX);
+        let first = events.range(all).ctx("read stream")?.next().transpose().ctx("read stream")?;
+        let first = first.map_or(head + 1, |(k, _)| k.value().1);
+        let mut out = Vec::with_capacity(limit.min(1024));
+        if limit > 0 && after < u64::MAX {
+            for r in events.range((stream, after + 1)..=(stream, u64::MAX)).ctx("read stream")?.take(limit) {
+                let (k, v) = r.ctx("read stream")?;
+                out.push(decode_event(k.value().1, v.value())?);
+            }
+        }
+        Ok(Page { events: out, head, first })
+    }
+
+    fn cursor(&self, user: &str, client: &str) -> StoreResult<Option<(u64, i64)>> {
+        let t = self.open_table(CURSORS).ctx("open cursors")?;
+        Ok(t.get((user, client)).ctx("read cursor")?.map(|g| g.value()))
+    }
+
+    fn cursors(&self, user: &str, limit: usize) -> StoreResult<Vec<(String, u64)>> {
+        let t = self.open_table(CURSORS).ctx("open cursors")?;
+        let mut out = Vec::new();
+        for r in t.range::<(&str, &str)>((user, "")..).ctx("scan cursors")? {
+            let (k, v) = r.ctx("scan cursors")?;
+            let (ku, kc) = k.value();
+            if ku != user || out.len() >= limit {
+                break;
+            }
+            out.push((kc.to_string(), v.value().0));
+        }
+        Ok(out)
+    }
+
+    fn idem(&self, key: &str) -> StoreResult<Option<(i64, IdemRecord)>> {
+        let t = self.open_table(IDEM).ctx("open idempotency")?;
+        t.get(key).ctx("read idempotency")?.map(|g| decode_idem(g.value())).transpose()
+    }
+
+    fn counts(&self) -> StoreResult<Counts> {
+        let counters = self.open_table(COUNTERS).ctx("open counters")?;
+        let get = |k: &str| -> StoreResult<u64> { Ok(counters.get(k).ctx("read counter")?.map_or(0, |g| g.value())) };
+        let age = self.open_table(USER.age).ctx("open age index")?;
+        let oldest_ts = age.first().ctx("read age index")?.map(|(k, _)| k.value().0);
+        Ok(Counts { messages: get(C_MESSAGES)?, streams: get(C_STREAMS)?, cursors: get(C_CURSORS)?, oldest_ts })
+    }
+
+    fn long_streams(
+        &self,
+        which: Which,
+        from: Option<&str>,
+        max_len: u64,
+    ) -> StoreResult<(Vec<String>, Option<String>)> {
+        let heads = self.open_table(kind_of(which).heads).ctx("open heads")?;
+        let lower = from.map_or(Bound::Unbounded, Bound::Excluded);
+        let (mut long, mut seen) = (Vec::new(), 0);
+        for r in heads.range::<&str>((lower, Bound::Unbounded)).ctx("scan heads")? {
+            let (k, v) = r.ctx("scan heads")?;
+            if v.value().1 > max_len {
+                long.push(k.value().to_string());
+            }
+            seen += 1;
+            if seen == SCAN_PAGE {
+                return Ok((long, Some(k.value().to_string())));
+            }
+        }
+        Ok((long, None))
+    }
+
+    fn old_cursors(&self, from: Option<&CursorKey>, cutoff: i64) -> StoreResult<(Vec<CursorKey>, Option<CursorKey>)> {
+        let cursors = self.open_table(CURSORS).ctx("open cursors")?;
+        let lower = from.map_or(Bound::Unbounded, |(u, c)| Bound::Excluded((u.as_str(), c.as_str())));
+        let (mut old, mut seen) = (Vec::new(), 0);
+        for r in cursors.range::<(&str, &str)>((lower, Bound::Unbounded)).ctx("scan cursors")? {
+            let (k, v) = r.ctx("scan cursors")?;
+            let (u, c) = k.value();
+            if v.value().1 < cutoff {
+                old.push((u.to_string(), c.to_string()));
+            }
+            seen += 1;
+            if seen == SCAN_PAGE {
+                return Ok((old, Some((u.to_string(), c.to_string()))));
+            }
+        }
+        Ok((old, None))
+    }
 }
 
 #[async_trait]
@@ -433,7 +585,7 @@ impl Store for EmbeddedStore {
 
     async fn read_user(&self, user: &str, after: u64, limit: usize) -> StoreResult<Page> {
         let user = user.to_string();
-        self.read(move |rtx| read_page(rtx, &USER, &user, after, limit)).await
+        self.read(move |v| v.page(Which::User, &user, after, limit)).await
     }
 
     async fn append_room(&self, event: NewEvent) -> StoreResult<u64> {
@@ -442,22 +594,22 @@ impl Store for EmbeddedStore {
 
     async fn read_room(&self, room: &str, after: u64, limit: usize) -> StoreResult<Page> {
         let room = room.to_string();
-        self.read(move |rtx| read_page(rtx, &ROOM, &room, after, limit)).await
+        self.read(move |v| v.page(Which::Room, &room, after, limit)).await
     }
 
     async fn cursor(&self, user: &str, client_id: &str) -> StoreResult<Option<u64>> {
         let (u, c) = (user.to_string(), client_id.to_string());
-        let found = self.read(move |rtx| read_cursor(rtx, &u, &c)).await?;
+        let found = self.read(move |v| v.cursor(&u, &c)).await?;
         Ok(self.touched(user, client_id, found))
     }
 
     async fn head_and_cursor(&self, user: &str, client_id: Option<&str>) -> StoreResult<(Page, Option<u64>)> {
         let (u, c) = (user.to_string(), client_id.map(str::to_string));
         let (head, found) = self
-            .read(move |rtx| {
-                let head = read_page(rtx, &USER, &u, u64::MAX, 0)?;
+            .read(move |v| {
+                let head = v.page(Which::User, &u, u64::MAX, 0)?;
                 let found = match &c {
-                    Some(c) => read_cursor(rtx, &u, c)?,
+                    Some(c) => v.cursor(&u, c)?,
                     None => None,
                 };
                 Ok((head, found))
@@ -469,20 +621,7 @@ impl Store for EmbeddedStore {
 
     async fn cursors(&self, user: &str, limit: usize) -> StoreResult<Vec<(String, u64)>> {
         let u = user.to_string();
-        self.read(move |rtx| {
-            let t = rtx.open_table(CURSORS).ctx("open cursors")?;
-            let mut out = Vec::new();
-            for r in t.range::<(&str, &str)>((u.as_str(), "")..).ctx("scan cursors")? {
-                let (k, v) = r.ctx("scan cursors")?;
-                let (ku, kc) = k.value();
-                if ku != u || out.len() >= limit {
-                    break;
-                }
-                out.push((kc.to_string(), v.value().0));
-            }
-            Ok(out)
-        })
-        .await
+        self.read(move |v| v.cursors(&u, limit)).await
     }
 
     async fn set_cursor(&self, user: &str, client_id: &str, seq: u64, max_devices: usize) -> StoreResult<u64> {
@@ -492,12 +631,8 @@ impl Store for EmbeddedStore {
 
     async fn idem_get(&self, key: &str) -> StoreResult<Option<IdemRecord>> {
         let (key, ttl, now) = (key.to_string(), self.idem_ttl_ms.load(Ordering::Relaxed), now_ms());
-        self.read(move |rtx| {
-            let t = rtx.open_table(IDEM).ctx("open idempotency")?;
-            let found = t.get(key.as_str()).ctx("read idempotency")?.map(|g| decode_idem(g.value())).transpose()?;
-            Ok(found.filter(|(created, _)| created.saturating_add(ttl) > now).map(|(_, r)| r))
-        })
-        .await
+        let found = self.read(move |v| v.idem(&key)).await?;
+        Ok(found.filter(|(created, _)| created.saturating_add(ttl) > now).map(|(_, r)| r))
     }
 
     async fn idem_put(&self, key: &str, record: IdemRecord) -> StoreResult<Option<IdemRecord>> {
@@ -520,28 +655,23 @@ impl Store for EmbeddedStore {
 
     async fn stats(&self) -> StoreResult<StoreStats> {
         let now = now_ms();
-        self.read(move |rtx| {
-            let counters = rtx.open_table(COUNTERS).ctx("open counters")?;
-            let get =
-                |k: &str| -> StoreResult<u64> { Ok(counters.get(k).ctx("read counter")?.map_or(0, |g| g.value())) };
-            let age = rtx.open_table(USER.age).ctx("open age index")?;
-            let oldest = age.first().ctx("read age index")?.map(|(k, _)| k.value().0);
-            Ok(StoreStats {
-                stored_messages: get(C_MESSAGES)?,
-                streams: get(C_STREAMS)?,
-                oldest_age_ms: oldest.map(|ts| u64::try_from(now.saturating_sub(ts)).unwrap_or(0)),
-                cursors: get(C_CURSORS)?,
-            })
+        let c = self.read(|v| v.counts()).await?;
+        Ok(StoreStats {
+            stored_messages: c.messages,
+            streams: c.streams,
+            oldest_age_ms: c.oldest_ts.map(|ts| u64::try_from(now.saturating_sub(ts)).unwrap_or(0)),
+            cursors: c.cursors,
         })
-        .await
     }
 
     /// Counts removed messages of user streams and room histories alike.
     async fn sweep(&self, retention: &Retention, now_ms: i64) -> StoreResult<u64> {
         self.idem_ttl_ms.store(ms(retention.idempotency_ttl), Ordering::Relaxed);
         let mut removed = 0;
-        let kinds =
-            [(&USER, retention.max_age, retention.max_len), (&ROOM, retention.room_max_age, retention.room_max_len)];
+        let kinds = [
+            (Which::User, retention.max_age, retention.max_len),
+            (Which::Room, retention.room_max_age, retention.room_max_len),
+        ];
         for (kind, max_age, max_len) in kinds {
             removed += self.sweep_loop(|| SweepOp::Expired { kind, now: now_ms }).await?;
             let cutoff = now_ms.saturating_sub(ms(max_age));
@@ -575,6 +705,9 @@ impl Store for EmbeddedStore {
     }
 }
 
+#[path = "embedded_lsm.rs"]
+mod lsm;
+
 #[path = "embedded_writer.rs"]
 mod writer;
 
@@ -587,9 +720,18 @@ mod readers;
 #[path = "embedded_writeback.rs"]
 mod writeback;
 
+/// The store's tests, run once per engine (`ENGINE`).
 #[cfg(test)]
-#[path = "embedded_tests.rs"]
-mod tests;
+mod tests_redb {
+    const ENGINE: super::Engine = super::Engine::Redb;
+    include!("embedded_tests.rs");
+}
+
+#[cfg(test)]
+mod tests_lsm {
+    const ENGINE: super::Engine = super::Engine::Lsm;
+    include!("embedded_tests.rs");
+}
 
 #[cfg(test)]
 #[path = "embedded_v1_tests.rs"]

@@ -1,5 +1,6 @@
-//! Tests of the embedded store: numbering, paging, retention, cursors, idempotency, epoch,
-//! stats, shutdown and crash recovery (a child process killed with SIGKILL).
+// Tests of the embedded store: numbering, paging, retention, cursors, idempotency, epoch,
+// stats, shutdown and crash recovery (a child process killed with SIGKILL). Included once
+// per engine: `ENGINE` is the engine under test.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -16,7 +17,7 @@ use crate::store::{IdemRecord, NewEvent, Retention, Store, StoreError};
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
 fn opts(dir: &Path, fsync: FsyncPolicy) -> EmbeddedOptions {
-    EmbeddedOptions { dir: dir.to_path_buf(), fsync, ..EmbeddedOptions::new(dir) }
+    EmbeddedOptions { dir: dir.to_path_buf(), engine: ENGINE, fsync, ..EmbeddedOptions::new(dir) }
 }
 
 fn open(dir: &Path) -> EmbeddedStore {
@@ -448,9 +449,11 @@ fn fsync_policy_reads_snake_case() {
 }
 
 const CRASH_CHILD_DIR: &str = "SYNCGATE_STORE_CRASH_CHILD_DIR";
+const CRASH_CHILD_NEVER: &str = "SYNCGATE_STORE_CRASH_CHILD_FSYNC_NEVER";
 
 /// Runs only as the child of `killed_process_keeps_answered_appends`: appends from several
-/// tasks with `FsyncPolicy::Always` and prints every answered seq, until it is killed.
+/// tasks (with `FsyncPolicy::Always`, or `Never` if `CRASH_CHILD_NEVER` is set) and prints
+/// every answered seq, until it is killed.
 #[test]
 fn crash_child() {
     let Some(dir) = std::env::var_os(CRASH_CHILD_DIR) else {
@@ -458,7 +461,8 @@ fn crash_child() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
-        let s = Arc::new(EmbeddedStore::open(opts(Path::new(&dir), FsyncPolicy::Always)).unwrap());
+        let fsync = if std::env::var_os(CRASH_CHILD_NEVER).is_some() { FsyncPolicy::Never } else { FsyncPolicy::Always };
+        let s = Arc::new(EmbeddedStore::open(opts(Path::new(&dir), fsync)).unwrap());
         for t in 0..8 {
             let s = s.clone();
             tokio::spawn(async move {
@@ -475,9 +479,27 @@ fn crash_child() {
 
 #[test]
 fn killed_process_keeps_answered_appends() {
+    kill_child_and_check(false);
+}
+
+/// With fsync never, the lsm engine still hands every commit's journal to the OS before
+/// answering, so a killed process loses nothing answered (redb's non-durable commits are
+/// lost to a crash of the process too, as documented for `FsyncPolicy::Never`).
+#[test]
+fn killed_process_keeps_answered_appends_with_fsync_never_on_lsm() {
+    if ENGINE == super::Engine::Lsm {
+        kill_child_and_check(true);
+    }
+}
+
+fn kill_child_and_check(fsync_never: bool) {
     let dir = tempfile::tempdir().unwrap();
     let module = module_path!().split_once("::").map_or(module_path!(), |(_, m)| m);
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    if fsync_never {
+        cmd.env(CRASH_CHILD_NEVER, "1");
+    }
+    let mut child = cmd
         .args([&format!("{module}::crash_child"), "--exact", "--nocapture", "--test-threads=1"])
         .env(CRASH_CHILD_DIR, dir.path())
         .stdout(Stdio::piped())
@@ -528,4 +550,20 @@ async fn a_writer_panic_does_not_hang_callers() {
     let after = tokio::time::timeout(limit, s.append_user(vec![ev("a", now_ms(), "x")])).await.unwrap();
     assert!(matches!(after, Err(StoreError::Unavailable(_))), "{after:?}");
     assert!(s.read_user("a", 0, 10).await.is_ok()); // reads still work
+}
+
+#[tokio::test]
+async fn a_data_dir_of_the_other_engine_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = if ENGINE == super::Engine::Lsm { super::Engine::Redb } else { super::Engine::Lsm };
+    let s = EmbeddedStore::open(EmbeddedOptions { engine: other, ..opts(dir.path(), FsyncPolicy::Never) }).unwrap();
+    s.append_user(vec![ev("a", now_ms(), "kept")]).await.unwrap();
+    s.close().await.unwrap();
+    drop(s);
+    let e = EmbeddedStore::open(opts(dir.path(), FsyncPolicy::Never)).err().expect("refused");
+    assert!(e.to_string().contains("store.engine"), "{e}");
+    // Nothing was created beside the other engine's data, which still opens with its stream.
+    let s = EmbeddedStore::open(EmbeddedOptions { engine: other, ..opts(dir.path(), FsyncPolicy::Never) }).unwrap();
+    assert_eq!(seqs(&s.read_user("a", 0, 10).await.unwrap()), vec![1]);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }

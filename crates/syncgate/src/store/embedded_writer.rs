@@ -1,5 +1,6 @@
 //! The write side of the embedded store: the requests, the writer thread with its group
-//! commit, and every table mutation (appends, cursors, idempotency, sweep deletions).
+//! commit (shared by both engines: it hands each batch to `Backend::commit`), and every
+//! mutation of the redb engine (appends, cursors, idempotency, sweep deletions).
 //!
 //! Must never: answer a request before the transaction holding it is committed, or do more
 //! than `SWEEP_CHUNK` deletions for one sweep request.
@@ -11,9 +12,9 @@ use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    decode_idem, dup, encode_event, encode_idem, event_times, first_ts, ms, Ctx, FsyncPolicy, Head, Kind, COUNTERS,
-    CURSORS, C_CURSORS, C_MESSAGES, C_STREAMS, EMPTY, IDEM, IDEM_TIME, NEVER_FLUSH_EVERY, NO_EXPIRY, ROOM, SWEEP_CHUNK,
-    USER,
+    decode_idem, dup, encode_event, encode_idem, event_times, first_ts, ms, Backend, Ctx, FsyncPolicy, Head, Kind,
+    Which, COUNTERS, CURSORS, C_CURSORS, C_MESSAGES, C_STREAMS, EMPTY, IDEM, IDEM_TIME, NEVER_FLUSH_EVERY, NO_EXPIRY,
+    ROOM, SWEEP_CHUNK, USER,
 };
 use crate::store::{IdemRecord, NewEvent, StoreError, StoreResult};
 
@@ -22,9 +23,9 @@ pub(super) type Tx<T> = oneshot::Sender<StoreResult<T>>;
 /// Deletions a sweep asks of the writer; each removes at most `SWEEP_CHUNK` records and
 /// answers `(removed, more_to_do)`.
 pub(super) enum SweepOp {
-    Expired { kind: &'static Kind, now: i64 },
-    Older { kind: &'static Kind, cutoff: i64 },
-    TrimLen { kind: &'static Kind, streams: Vec<String>, max_len: u64 },
+    Expired { kind: Which, now: i64 },
+    Older { kind: Which, cutoff: i64 },
+    TrimLen { kind: Which, streams: Vec<String>, max_len: u64 },
     Cursors { keys: Vec<(String, String)>, cutoff: i64 },
     Idem { cutoff: i64 },
 }
@@ -68,7 +69,7 @@ pub(super) enum Req {
     Panic(Tx<()>),
 }
 
-enum Answer {
+pub(super) enum Answer {
     Seqs(Vec<u64>),
     Seq(u64),
     Idem(Option<IdemRecord>),
@@ -110,7 +111,7 @@ impl Req {
     }
 }
 
-pub(super) fn writer_loop(db: &Database, mut rx: mpsc::Receiver<Req>, fsync: FsyncPolicy, max_batch: usize) {
+pub(super) fn writer_loop(db: &dyn Backend, mut rx: mpsc::Receiver<Req>, fsync: FsyncPolicy, max_batch: usize) {
     let mut last_durable = Instant::now();
     let mut unflushed = false;
     let mut batch = Vec::new();
@@ -125,7 +126,7 @@ pub(super) fn writer_loop(db: &Database, mut rx: mpsc::Receiver<Req>, fsync: Fsy
             batch.push(r);
         }
         let durable = fsync == FsyncPolicy::Always || closing || last_durable.elapsed() >= NEVER_FLUSH_EVERY;
-        let result = commit_batch(db, &batch, if durable { Durability::Immediate } else { Durability::None });
+        let result = db.commit(&batch, durable);
         match result {
             Ok(answers) => batch.drain(..).zip(answers).for_each(|(req, a)| req.answer(Ok(a))),
             Err(e) => batch.drain(..).for_each(|req| req.answer(Err(dup(&e)))),
@@ -139,12 +140,12 @@ pub(super) fn writer_loop(db: &Database, mut rx: mpsc::Receiver<Req>, fsync: Fsy
         }
     }
     if unflushed {
-        let _ = commit_batch(db, &[], Durability::Immediate); // best effort on drop
+        let _ = db.commit(&[], true); // best effort on drop
     }
 }
 
 /// Applies a batch in one transaction. Any error aborts the whole transaction.
-fn commit_batch(db: &Database, batch: &[Req], durability: Durability) -> StoreResult<Vec<Answer>> {
+pub(super) fn commit_batch(db: &Database, batch: &[Req], durability: Durability) -> StoreResult<Vec<Answer>> {
     let mut txn = db.begin_write().ctx("begin write")?;
     txn.set_durability(durability);
     let answers = {
@@ -388,11 +389,10 @@ impl<'t> Tables<'t> {
         })
     }
 
-    fn kind(&mut self, k: &Kind) -> &mut KindTables<'t> {
-        if std::ptr::eq(k, &USER) {
-            &mut self.user
-        } else {
-            &mut self.room
+    fn kind(&mut self, k: Which) -> &mut KindTables<'t> {
+        match k {
+            Which::User => &mut self.user,
+            Which::Room => &mut self.room,
         }
     }
 
@@ -489,9 +489,9 @@ impl<'t> Tables<'t> {
 
     fn sweep(&mut self, op: &SweepOp) -> StoreResult<(u64, bool)> {
         match op {
-            SweepOp::Expired { kind, now } => self.kind(kind).drop_expired(now.saturating_add(1)),
-            SweepOp::Older { kind, cutoff } => self.kind(kind).drop_older(*cutoff),
-            SweepOp::TrimLen { kind, streams, max_len } => self.kind(kind).trim(streams, *max_len),
+            SweepOp::Expired { kind, now } => self.kind(*kind).drop_expired(now.saturating_add(1)),
+            SweepOp::Older { kind, cutoff } => self.kind(*kind).drop_older(*cutoff),
+            SweepOp::TrimLen { kind, streams, max_len } => self.kind(*kind).trim(streams, *max_len),
             SweepOp::Cursors { keys, cutoff } => {
                 let mut removed = 0;
                 for (u, c) in keys {

@@ -224,7 +224,7 @@ pub struct Retention {
     pub idempotency_ttl: Duration,
 }
 
-/// Durable storage behind the hub. Implementations: `embedded::EmbeddedStore` (redb).
+/// Durable storage behind the hub. Implementations: `embedded::EmbeddedStore` (redb or fjall).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The epoch of this store (see [`EventId`]).
