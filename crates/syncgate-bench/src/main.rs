@@ -89,7 +89,7 @@ struct Common {
     #[arg(long, default_value_t = 1800)]
     worker_deadline_s: u64,
     /// The embedded store's engine of the syncgate servers started (`store.engine`; default:
-    /// the server's default, redb). Each result notes it when set.
+    /// the server's default, `auto`: lsm on the bench's new data dirs). Each result notes it when set.
     #[arg(long, value_enum)]
     store_engine: Option<EngineArg>,
 }

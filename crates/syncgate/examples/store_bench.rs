@@ -7,7 +7,7 @@
 //! DIR (default: a new temporary dir) must be on the disk you want to measure: a tmpfs makes
 //! fsync free. Tune with STORE_BENCH_PUBLISHERS (64), STORE_BENCH_SECS (5) and
 //! STORE_BENCH_FSYNC (always; `never` shows the cost of fsync by difference) and
-//! STORE_BENCH_ENGINE (redb; `lsm` for the LSM engine).
+//! STORE_BENCH_ENGINE (lsm; `redb` for the B-tree engine).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -45,8 +45,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => FsyncPolicy::Always,
     };
     let engine = match std::env::var("STORE_BENCH_ENGINE").as_deref() {
-        Ok("lsm") => Engine::Lsm,
-        _ => Engine::Redb,
+        Ok("redb") => Engine::Redb,
+        _ => Engine::Lsm,
     };
     println!("store_bench: dir {}, engine {engine:?}, fsync {fsync:?}", dir.display());
 

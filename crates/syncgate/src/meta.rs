@@ -60,17 +60,15 @@ impl ConnMeta {
         node: &str,
         trusted_proxies: &[String],
         headers: &axum::http::HeaderMap,
-        uri: &axum::http::Uri,
+        app_version_query: Option<&str>,
         peer: Option<SocketAddr>,
         meta_claim: Option<&Value>,
         max_name_bytes: usize,
     ) -> Result<ConnMeta, String> {
         let meta = check_meta(meta_claim)?;
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-        let from_query = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
-            .ok()
-            .and_then(|q| q.0.into_iter().find(|(k, _)| k == "app_version").map(|(_, v)| v));
-        let app_version = from_query.or_else(|| header("x-app-version").map(str::to_string)).filter(|v| !v.is_empty());
+        let app_version =
+            app_version_query.or_else(|| header("x-app-version")).filter(|v| !v.is_empty()).map(str::to_string);
         if let Some(v) = &app_version {
             if v.len() > max_name_bytes || v.chars().any(char::is_control) {
                 return Err(format!("app_version must be 1 to {max_name_bytes} bytes without control characters"));

@@ -35,6 +35,9 @@ pub struct KindLabels {
 pub struct Metrics {
     registry: Registry,
     pub connections: Gauge,
+    /// The embedded store's block cache in use and its memtables (engine `lsm`), set at scrape.
+    pub store_cache_bytes: Gauge,
+    pub store_write_buffer_bytes: Gauge,
     pub connections_total: Counter,
     pub connections_refused: Family<KindLabels, Counter>,
     pub messages_in: Family<KindLabels, Counter>,
@@ -46,6 +49,8 @@ pub struct Metrics {
     pub heartbeat_timeouts: Counter,
     pub client_errors: Family<KindLabels, Counter>,
     pub replayed: Counter,
+    /// Times the heap's free pages were handed back to the kernel after connection churn.
+    pub memory_trims: Counter,
     pub trimmed: Counter<u64, AtomicU64>,
     pub queue: std::sync::Arc<crate::queue::metrics::QueueMetrics>,
     /// Requests answered 503 (or let through, by `limits.presence_failure`) because the
@@ -64,6 +69,8 @@ impl Metrics {
         let mut registry = Registry::with_prefix("syncgate");
         let m = Metrics {
             connections: Gauge::default(),
+            store_cache_bytes: Gauge::default(),
+            store_write_buffer_bytes: Gauge::default(),
             connections_total: Counter::default(),
             connections_refused: Family::default(),
             messages_in: Family::default(),
@@ -75,6 +82,7 @@ impl Metrics {
             heartbeat_timeouts: Counter::default(),
             client_errors: Family::default(),
             replayed: Counter::default(),
+            memory_trims: Counter::default(),
             trimmed: Counter::default(),
             queue: Default::default(),
             dependency_failures: Family::default(),
@@ -110,9 +118,24 @@ impl Metrics {
         registry.register("client_errors", "Error frames sent to clients, by code", m.client_errors.clone());
         registry.register("replayed_messages", "Stored messages replayed to resuming connections", m.replayed.clone());
         registry.register(
+            "memory_trims",
+            "Times free heap memory was returned to the kernel after connection churn",
+            m.memory_trims.clone(),
+        );
+        registry.register(
             "trimmed_messages",
             "Messages a resuming connection missed because retention removed them",
             m.trimmed.clone(),
+        );
+        registry.register(
+            "store_cache_bytes",
+            "Bytes of the embedded store's block cache in use (engine lsm; 0 otherwise)",
+            m.store_cache_bytes.clone(),
+        );
+        registry.register(
+            "store_write_buffer_bytes",
+            "Bytes of written data the embedded store holds beside its cache: its memtables (engine lsm; 0 otherwise)",
+            m.store_write_buffer_bytes.clone(),
         );
         m.queue.register(&mut registry);
         registry.register(

@@ -299,6 +299,7 @@ impl Node {
     pub fn spawn_housekeeping(self: &Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         let node = self.clone();
         let sd = shutdown.clone();
+        let shutdown_memory = shutdown.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(node.cfg.heartbeat.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -340,5 +341,93 @@ impl Node {
                 }
             }
         });
+        self.spawn_memory_return(shutdown_memory);
+    }
+
+    /// After a burst of connects or disconnects, hands the heap's free pages back to the
+    /// kernel. Each upgrade in flight holds its HTTP buffers (several KiB) until its socket
+    /// is handed to the connection task, so a reconnect storm leaves the allocator with
+    /// megabytes of freed memory in the middle of its heap, which glibc keeps resident.
+    /// Checked every `TRIM_EVERY`; trims only when, since the last trim, at least
+    /// `TRIM_CHURN` connections were accepted or the open ones fell by as many, so a quiet
+    /// node never pays for it.
+    fn spawn_memory_return(self: &Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+        const TRIM_CHURN: u64 = 1024;
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TRIM_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let figures = |n: &Node| (n.metrics.connections_total.get(), n.metrics.connections.get().max(0) as u64);
+            let mut last = figures(&node);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => {
+                        let now = figures(&node);
+                        if trim_due(last, now, TRIM_CHURN) {
+                            last = now;
+                            node.metrics.memory_trims.inc();
+                            let _ = tokio::task::spawn_blocking(return_free_memory).await;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Whether connections accepted since `last` plus the fall in open connections since then
+/// (each figure a pair: accepted ever, open now) reach `churn`.
+fn trim_due(last: (u64, u64), now: (u64, u64), churn: u64) -> bool {
+    now.0.saturating_sub(last.0) + last.1.saturating_sub(now.1) >= churn
+}
+
+/// Returns the allocator's free pages to the kernel (glibc's `malloc_trim`; elsewhere a
+/// no-op).
+fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and releases the allocator's own free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use super::*;
+
+    #[test]
+    fn a_trim_is_due_after_enough_opens_or_closes() {
+        assert!(!trim_due((10, 5), (10, 5), 1024));
+        assert!(!trim_due((10, 5), (1033, 1028), 1024), "1,023 opened");
+        assert!(trim_due((10, 5), (1034, 1029), 1024), "1,024 opened");
+        assert!(trim_due((2000, 1500), (2000, 476), 1024), "1,024 closed");
+        assert!(!trim_due((0, 0), (600, 100), 1024));
+        assert!(!trim_due((0, 0), (1000, 0), 1024), "opened and closed again: 1,000");
+        assert!(trim_due((0, 600), (500, 0), 1024), "500 accepted and the open ones fell by 600");
+    }
+
+    fn rss_kib() -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * 4
+    }
+
+    /// Freed memory in the middle of the heap stays resident until it is returned; then RSS
+    /// falls by most of it.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn returning_free_memory_lowers_rss() {
+        // 64 MiB in 16 KiB blocks (below glibc's mmap threshold: on the heap), then all but
+        // the last freed, which pins the heap's top so free alone cannot shrink it.
+        let mut blocks: Vec<Vec<u8>> = (0..4096).map(|i| vec![i as u8; 16 * 1024]).collect();
+        let last = blocks.pop();
+        drop(blocks);
+        let before = rss_kib();
+        return_free_memory();
+        let after = rss_kib();
+        drop(last);
+        assert!(before.saturating_sub(after) > 32 * 1024, "RSS {before} KiB -> {after} KiB");
     }
 }

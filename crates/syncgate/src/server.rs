@@ -217,17 +217,19 @@ fn single_node(cfg: &Config, hub: &Arc<Hub>, metrics: &Metrics) -> Result<Backen
     }
     // Before creating anything of this engine's: a data dir of the other engine is refused.
     crate::store::embedded::refuse_other_engine(&dir, cfg.store.engine)?;
-    match cfg.store.engine {
+    let engine = cfg.store.engine.resolve(&dir);
+    match engine {
         Engine::Redb => private_store_file(&dir, crate::store::embedded::FILE_NAME).map_err(dd)?,
         // fjall creates its files with the process's umask: the directory keeps others out.
-        Engine::Lsm => create_private_dir(&dir.join(crate::store::embedded::LSM_DIR_NAME)).map_err(dd)?,
+        _ => create_private_dir(&dir.join(crate::store::embedded::LSM_DIR_NAME)).map_err(dd)?,
     }
+    tracing::info!(engine = engine.name(), setting = cfg.store.engine.name(), "embedded store engine");
     let q = &cfg.queue;
     let qopts = EmbeddedQueueOptions { max_jobs: q.max_jobs, max_dead: q.max_dead, fsync: cfg.store.fsync };
     let queue = EmbeddedQueue::open(&dir, qopts).map_err(|e| ServerError::Queue(e.to_string()))?;
     let store = EmbeddedStore::open(EmbeddedOptions {
         dir: dir.clone(),
-        engine: cfg.store.engine,
+        engine,
         fsync: cfg.store.fsync,
         max_batch: 1024,
         cache_bytes: cfg.store.cache_bytes,
@@ -294,6 +296,18 @@ async fn cluster(
     })
 }
 
+/// Binds `addr` and listens with `backlog` (tokio's own `bind` listens with 128: a few
+/// hundred devices reconnecting at once would overflow it, and the kernel drops their
+/// SYNs, which the clients only retry after a second).
+pub fn listen(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
+    let addr: SocketAddr =
+        addr.parse().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}")))?;
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// A bound, ready-to-run node.
 pub struct Server {
     pub node: Arc<Node>,
@@ -319,8 +333,7 @@ impl Server {
         } else {
             cluster(&cfg, &hub, &instance, &background, &metrics).await?
         };
-        let listener = TcpListener::bind(&cfg.server.listen)
-            .await
+        let listener = listen(&cfg.server.listen, cfg.server.listen_backlog)
             .map_err(|source| ServerError::Listen { addr: cfg.server.listen.clone(), source })?;
         let node = Arc::new(Node::new(cfg.clone(), instance, hub, backends, auth, metrics));
         crate::webhooks::install(&node);
@@ -405,5 +418,41 @@ impl Server {
         node.store.close().await?;
         tracing::info!("shutdown complete");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// How many of `tries` connections complete their handshake against a listener of
+    /// `backlog` that never accepts.
+    async fn completed(backlog: u32, tries: usize) -> usize {
+        let listener = super::listen("127.0.0.1:0", backlog).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut open = Vec::new();
+        for _ in 0..tries {
+            let connect = tokio::net::TcpStream::connect(addr);
+            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
+                open.push(s);
+            }
+        }
+        open.len()
+    }
+
+    /// The backlog asked for is the one the kernel applies: with nothing accepting, a
+    /// listener of backlog 2 takes about that many connections and drops the next SYNs,
+    /// one of 64 takes them all.
+    #[tokio::test]
+    async fn listen_applies_the_backlog() {
+        let small = completed(2, 8).await;
+        assert!((1..=4).contains(&small), "backlog 2 completed {small} of 8 handshakes");
+        assert_eq!(completed(64, 8).await, 8);
+    }
+
+    #[test]
+    fn listen_refuses_a_bad_address() {
+        let e = super::listen("localhost:80", 16).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
     }
 }

@@ -202,5 +202,15 @@ async fn metrics_are_exposed_with_syncgate_names() {
     ] {
         assert!(m.contains(name), "missing {name} in\n{m}");
     }
+    // A new data dir is on the lsm engine, which reports its memory: the publish sits in a
+    // memtable, and the offline stats say the same.
+    let gauge = |name: &str| -> u64 {
+        let line = m.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in\n{m}"));
+        line[name.len()..].trim().parse().unwrap()
+    };
+    assert!(gauge("syncgate_store_write_buffer_bytes ") > 0, "{m}");
+    assert!(gauge("syncgate_store_cache_bytes ") <= 64 << 20, "{m}");
+    let st = s.api.request(syncgate_client::Method::GET, "/api/v1/offline/stats", None, &[]).await.unwrap();
+    assert!(st.body["write_buffer_bytes"].as_u64().is_some_and(|b| b > 0), "{}", st.text);
     s.stop().await;
 }

@@ -123,6 +123,28 @@ async fn gets(d: &mut Device, kind: &str, wait: Duration) -> bool {
     matches!(d.try_next_event(wait).await, Ok(Some(e)) if e.kind == kind)
 }
 
+/// `?app_version=` is recorded and wins over the header; given twice, the upgrade is refused
+/// with 400 and nothing is admitted.
+#[tokio::test]
+async fn app_version_from_the_query_wins_and_twice_is_refused() {
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Error as WsError};
+    let s = TestServer::start().await;
+    let token = token_with_meta("quinn", json!({"tier": 1}));
+    let ws = s.base.replacen("http", "ws", 1);
+    let mut req = format!("{ws}/ws?token={token}&client_id=q&app_version=9.9").into_client_request().unwrap();
+    req.headers_mut().insert("x-app-version", "1.0".parse().unwrap());
+    let (_open, _) = tokio_tungstenite::connect_async(req).await.expect("connects");
+    let list = connections(&s, "quinn").await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["app_version"], "9.9");
+    match tokio_tungstenite::connect_async(format!("{ws}/ws?token={token}&app_version=1&app_version=2")).await {
+        Err(WsError::Http(r)) => assert_eq!(r.status(), 400),
+        other => panic!("expected a 400 refusal, got {other:?}"),
+    }
+    assert_eq!(connections(&s, "quinn").await.len(), 1);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn broadcast_where_matches_values_lists_and_app_version() {
     let s = TestServer::start().await;

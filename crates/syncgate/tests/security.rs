@@ -195,8 +195,20 @@ async fn data_dir_store_and_dev_secrets_are_private() {
     let server = syncgate::server::Server::build(cfg.clone()).await.expect("builds");
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700, "data dir");
-    assert_eq!(mode(&dir.join("syncgate.redb")), 0o600, "store file");
-    assert_eq!(mode(&dir.join("dev-secrets.json")), 0o600, "dev secrets");
+    // A new data dir gets the lsm engine: its directory keeps others out of fjall's files.
+    assert_eq!(mode(&dir.join("syncgate.lsm")), 0o700, "store directory");
+    assert!(!dir.join("syncgate.redb").exists());
+    for name in ["outbound.redb", "push.redb", "dev-secrets.json"] {
+        assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+    }
+    server.node.store.close().await.unwrap();
+    drop(server);
+    // On the redb engine the store is one file, 0600.
+    let redb_dir = tmp.path().join("data-redb");
+    let mut redb_cfg = test_config(&redb_dir);
+    redb_cfg.store.engine = syncgate::store::embedded::Engine::Redb;
+    let server = syncgate::server::Server::build(redb_cfg).await.expect("builds");
+    assert_eq!(mode(&redb_dir.join("syncgate.redb")), 0o600, "store file");
     server.node.store.close().await.unwrap();
     drop(server);
     std::fs::set_permissions(dir.join("dev-secrets.json"), std::fs::Permissions::from_mode(0o644)).unwrap();

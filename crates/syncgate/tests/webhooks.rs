@@ -51,7 +51,8 @@ async fn presence_and_connection_events_are_signed_and_sent_once_with_the_grace(
         c.webhooks.endpoints = vec![endpoint(&url, &[])];
     })
     .await;
-    let (mut a, welcome) = s.device("alice", &[]).await;
+    let opts = DeviceOptions::new(s.token("alice", &[])).header("x-app-version", "4.2.0");
+    let (mut a, welcome) = Device::connect(&s.base, opts).await.expect("device connects");
     let hits = rx.wait(LONG, "online and connect", |h| h.len() >= 2).await;
     let online = hits.iter().find(|h| h.kind() == "user.online").expect("user.online");
     assert_eq!(online.body["data"]["user_id"], "alice");
@@ -63,6 +64,7 @@ async fn presence_and_connection_events_are_signed_and_sent_once_with_the_grace(
     assert_eq!(connect.body["data"]["user_id"], "alice");
     assert_eq!(connect.body["data"]["node"], s.node.instance_id.as_str());
     assert!(connect.body["data"]["ip"].as_str().unwrap().starts_with("127."));
+    assert_eq!(connect.body["data"]["app_version"], "4.2.0");
 
     // A second device, then a quick reconnect: no second user.online, no user.offline.
     let (b, _) = s.device("alice", &[]).await;

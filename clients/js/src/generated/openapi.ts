@@ -746,6 +746,11 @@ export interface components {
             nodes: components["schemas"]["NodeFigures"][];
         };
         OfflineStatsAnswer: {
+            /**
+             * Format: int64
+             * @description Bytes of the embedded store's block cache in use (engine `lsm` only).
+             */
+            cache_bytes?: number | null;
             /** Format: int64 */
             cursors: number;
             /**
@@ -757,6 +762,12 @@ export interface components {
             stored_messages: number;
             /** Format: int64 */
             streams: number;
+            /**
+             * Format: int64
+             * @description Bytes of written data the embedded store holds beside its cache: its memtables
+             *     (engine `lsm` only).
+             */
+            write_buffer_bytes?: number | null;
         };
         OkAnswer: {
             ok: boolean;

@@ -273,6 +273,10 @@ pub async fn ready(State(node): State<Arc<Node>>) -> Response {
 
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
 pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    if let Some((cache, buffer)) = node.store.memory() {
+        node.metrics.store_cache_bytes.set(i64::try_from(cache).unwrap_or(i64::MAX));
+        node.metrics.store_write_buffer_bytes.set(i64::try_from(buffer).unwrap_or(i64::MAX));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], node.metrics.render()).into_response()
 }
 

@@ -123,6 +123,11 @@ pub struct OfflineStatsAnswer {
     /// Null when nothing is stored.
     oldest_age_ms: Option<u64>,
     cursors: u64,
+    /// Bytes of the embedded store's block cache in use (engine `lsm` only).
+    cache_bytes: Option<u64>,
+    /// Bytes of written data the embedded store holds beside its cache: its memtables
+    /// (engine `lsm` only).
+    write_buffer_bytes: Option<u64>,
 }
 
 #[derive(ToSchema)]

@@ -73,6 +73,9 @@ pub struct ServerConfig {
     /// How long a request body may take to arrive once its headers are in (then 408).
     #[serde(with = "duration")]
     pub body_timeout: Duration,
+    /// Connections the kernel may hold fully open for the listener before it accepts them
+    /// (`listen(2)`'s backlog; Linux caps it at `net.core.somaxconn`).
+    pub listen_backlog: u32,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +88,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
             body_timeout: Duration::from_secs(30),
+            listen_backlog: 4096,
         }
     }
 }
@@ -250,7 +254,8 @@ impl Default for Rooms {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// Engine of the embedded store (single node): `redb` or `lsm`.
+    /// Engine of the embedded store (single node): `auto` (the data dir's engine; `lsm` for
+    /// a new one), `redb` or `lsm`.
     pub engine: Engine,
     pub fsync: FsyncPolicy,
     #[serde(with = "duration")]
@@ -276,7 +281,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         const DAY: u64 = 24 * 3600;
         StoreConfig {
-            engine: Engine::Redb,
+            engine: Engine::Auto,
             fsync: FsyncPolicy::Always,
             retention: Duration::from_secs(7 * DAY),
             max_stream_len: 10_000,
@@ -399,6 +404,9 @@ impl Config {
         }
         if l.max_frame_bytes < 128 {
             return key("limits.max_frame_bytes", "must be at least 128".into());
+        }
+        if !(1..=65_535).contains(&self.server.listen_backlog) {
+            return key("server.listen_backlog", format!("{} is not between 1 and 65535", self.server.listen_backlog));
         }
         if self.server.body_timeout.is_zero() {
             return key("server.body_timeout", "must be more than 0".into());
@@ -559,6 +567,10 @@ mod tests {
         assert!(e.contains("store.cache_bytes") && e.contains("1 MiB"), "{e}");
         let c = Config::load_from(None, env(&[("SYNCGATE_STORE__CACHE_BYTES", "1048576")])).unwrap();
         assert_eq!(c.store.cache_bytes, 1 << 20);
+        let e = Config::from_yaml("server:\n  listen_backlog: 0\n").unwrap_err().to_string();
+        assert!(e.contains("server.listen_backlog") && e.contains("between 1 and 65535"), "{e}");
+        let c = Config::load_from(None, env(&[("SYNCGATE_SERVER__LISTEN_BACKLOG", "512")])).unwrap();
+        assert_eq!(c.server.listen_backlog, 512);
         let e = Config::load_from(None, env(&[("SYNCGATE_NOPE", "1")])).unwrap_err().to_string();
         assert!(e.contains("SYNCGATE_NOPE"), "{e}");
     }

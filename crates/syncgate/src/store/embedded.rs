@@ -102,17 +102,41 @@ pub enum FsyncPolicy {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Engine {
-    /// redb: copy-on-write B-trees in one file, `syncgate.redb` (the default).
+    /// The default: the engine of the data already in the data dir (`redb` if it holds
+    /// `syncgate.redb`), and `lsm` for a data dir without a store. See [`Engine::resolve`].
     #[default]
+    Auto,
+    /// redb: copy-on-write B-trees in one file, `syncgate.redb`.
     Redb,
     /// fjall: a log-structured merge tree in the directory `syncgate.lsm` (a journal that
     /// every commit appends to, memtables, sorted segment files merged in the background).
     Lsm,
 }
 
+impl Engine {
+    /// The engine that opens `dir`: an explicit choice as it is; `Auto` keeps a data dir's
+    /// redb store on redb (stores made before `lsm` became the default), and picks `lsm`
+    /// for everything else, a new data dir included.
+    pub fn resolve(self, dir: &std::path::Path) -> Engine {
+        match self {
+            Engine::Auto if dir.join(FILE_NAME).exists() && !dir.join(LSM_DIR_NAME).exists() => Engine::Redb,
+            Engine::Auto => Engine::Lsm,
+            chosen => chosen,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Auto => "auto",
+            Engine::Redb => "redb",
+            Engine::Lsm => "lsm",
+        }
+    }
+}
+
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct EmbeddedOptions {
-    /// Data directory; created if missing. Holds `syncgate.redb`.
+    /// Data directory; created if missing. Holds `syncgate.redb` or `syncgate.lsm`.
     pub dir: PathBuf,
     #[serde(default)]
     pub engine: Engine,
@@ -138,7 +162,7 @@ impl EmbeddedOptions {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         EmbeddedOptions {
             dir: dir.into(),
-            engine: Engine::Redb,
+            engine: Engine::Auto,
             fsync: FsyncPolicy::Always,
             max_batch: default_max_batch(),
             cache_bytes: default_cache_bytes(),
@@ -268,6 +292,11 @@ trait Backend: Send + Sync + 'static {
     /// Applies every request of `batch` in one atomic commit, made durable (on disk, fsynced)
     /// before it returns if `durable`; answers in the order of `batch`.
     fn commit(&self, batch: &[Req], durable: bool) -> StoreResult<Vec<Answer>>;
+    /// Memory the engine reports, if it does: (block cache in use, written data held beside
+    /// the cache). fjall: its cache and its active and sealed memtables; redb: none.
+    fn memory(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// The embedded store. Reads run on its reader threads; writes go to the writer thread.
@@ -293,8 +322,10 @@ impl EmbeddedStore {
     pub fn open(opts: EmbeddedOptions) -> StoreResult<Self> {
         std::fs::create_dir_all(&opts.dir)
             .map_err(|e| StoreError::Unavailable(format!("cannot create data dir {}: {e}", opts.dir.display())))?;
+        let engine = opts.engine.resolve(&opts.dir);
         refuse_other_engine(&opts.dir, opts.engine)?;
-        let (db, epoch, writeback): (Arc<dyn Backend>, String, _) = match opts.engine {
+        let (db, epoch, writeback): (Arc<dyn Backend>, String, _) = match engine {
+            Engine::Auto => unreachable!("Engine::resolve never answers Auto"),
             Engine::Redb => {
                 let path = opts.dir.join(FILE_NAME);
                 let db = redb::Builder::new()
@@ -443,13 +474,17 @@ impl Drop for EmbeddedStore {
 /// A data dir holds one engine's data: opening it with the other engine would start an empty
 /// store (and a new epoch) beside the streams it holds, so that is refused.
 pub fn refuse_other_engine(dir: &std::path::Path, engine: Engine) -> StoreResult<()> {
-    let (other, name, engine) = match engine {
-        Engine::Redb => (LSM_DIR_NAME, "lsm", "redb"),
-        Engine::Lsm => (FILE_NAME, "redb", "lsm"),
+    let (other, name) = match engine.resolve(dir) {
+        Engine::Redb => (LSM_DIR_NAME, "lsm"),
+        _ => (FILE_NAME, "redb"),
     };
     if dir.join(other).exists() {
+        let setting = match engine {
+            Engine::Auto => format!("auto, which picks {} here", engine.resolve(dir).name()),
+            chosen => chosen.name().to_string(),
+        };
         return Err(StoreError::Internal(format!(
-            "data dir {} holds a store of engine {name} ({other}); store.engine is {engine}: set store.engine = \
+            "data dir {} holds a store of engine {name} ({other}); store.engine is {setting}: set store.engine = \
              \"{name}\", or move {other} away to start an empty store (there is no conversion between engines)",
             dir.display()
         )));
@@ -461,6 +496,11 @@ pub fn refuse_other_engine(dir: &std::path::Path, engine: Engine) -> StoreResult
 impl Store for EmbeddedStore {
     fn epoch(&self) -> &str {
         &self.epoch
+    }
+
+    /// `None` on redb (it reports nothing), and once closed.
+    fn memory(&self) -> Option<(u64, u64)> {
+        self.db.read().ok().and_then(|d| d.as_ref().and_then(|d| d.memory()))
     }
 
     async fn append_user(&self, events: Vec<NewEvent>) -> StoreResult<Vec<u64>> {
@@ -548,6 +588,8 @@ impl Store for EmbeddedStore {
             streams: c.streams,
             oldest_age_ms: c.oldest_ts.map(|ts| u64::try_from(now.saturating_sub(ts)).unwrap_or(0)),
             cursors: c.cursors,
+            cache_bytes: self.memory().map(|m| m.0),
+            write_buffer_bytes: self.memory().map(|m| m.1),
         })
     }
 

@@ -362,6 +362,62 @@ async fn epoch_is_kept_and_new_after_wipe() {
     assert_ne!(s.epoch(), epoch);
 }
 
+/// Group commits of appends only and groups that mix in cursor writes and reads (which must
+/// see the group's own writes) leave the same store: every seq once and in order, the
+/// highest cursor, exact counts and age entries, also after a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_and_append_only_groups_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(EmbeddedStore::open(opts(dir.path(), FsyncPolicy::Never)).unwrap());
+    let old = now_ms() - 60_000;
+    let mut tasks = Vec::new();
+    for t in 0..24u64 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..30u64 {
+                let user = format!("m{}", (t + i) % 4);
+                let seq = s.append_user(vec![ev(&user, old, "x"), ev(&format!("solo{t}"), old, "y")]).await.unwrap();
+                if t % 3 == 0 {
+                    // Two writes of one cursor key, and a read, in what is often one group.
+                    let (a, b) = tokio::join!(
+                        s.set_cursor(&user, "phone", seq[0], 50),
+                        s.set_cursor(&user, "phone", seq[0].saturating_sub(1), 50)
+                    );
+                    assert!(a.unwrap() >= seq[0] && b.unwrap() >= seq[0]);
+                    assert!(s.cursor(&user, "phone").await.unwrap().unwrap() >= seq[0]);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let check = |s: Arc<EmbeddedStore>| async move {
+        for u in 0..4 {
+            let page = s.read_user(&format!("m{u}"), 0, 1000).await.unwrap();
+            assert_eq!(seqs(&page), (1..=180).collect::<Vec<_>>(), "user m{u}");
+            assert_eq!((page.head, page.first), (180, 1));
+            let cursor = s.cursor(&format!("m{u}"), "phone").await.unwrap().unwrap();
+            assert!(cursor <= 180 && cursor > 0, "cursor {cursor}");
+        }
+        for t in 0..24 {
+            assert_eq!(s.read_user(&format!("solo{t}"), 0, 100).await.unwrap().head, 30);
+        }
+        let st = s.stats().await.unwrap();
+        assert_eq!((st.stored_messages, st.streams, st.cursors), (4 * 180 + 24 * 30, 28, 4));
+        assert!(st.oldest_age_ms.unwrap() >= 60_000);
+    };
+    check(s.clone()).await;
+    Arc::try_unwrap(s).ok().unwrap().close().await.unwrap();
+    let s = Arc::new(EmbeddedStore::open(opts(dir.path(), FsyncPolicy::Never)).unwrap());
+    check(s.clone()).await;
+    // Every stream got its age entry: a sweep by age empties them all.
+    let retention = Retention { max_age: Duration::from_secs(30), ..keep_all() };
+    while s.sweep(&retention, now_ms()).await.unwrap() > 0 {}
+    let st = s.stats().await.unwrap();
+    assert_eq!((st.stored_messages, st.streams, st.oldest_age_ms), (0, 0, None));
+}
+
 #[tokio::test]
 async fn stats_count_messages_streams_age_and_cursors() {
     let dir = tempfile::tempdir().unwrap();
@@ -566,4 +622,89 @@ async fn a_data_dir_of_the_other_engine_is_refused() {
     let s = EmbeddedStore::open(EmbeddedOptions { engine: other, ..opts(dir.path(), FsyncPolicy::Never) }).unwrap();
     assert_eq!(seqs(&s.read_user("a", 0, 10).await.unwrap()), vec![1]);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[tokio::test]
+async fn auto_opens_the_engine_of_the_data_dir_and_lsm_for_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.append_user(vec![ev("a", now_ms(), "kept")]).await.unwrap();
+    s.close().await.unwrap();
+    drop(s);
+    let auto = || EmbeddedOptions { engine: super::Engine::Auto, ..opts(dir.path(), FsyncPolicy::Never) };
+    assert_eq!(super::Engine::Auto.resolve(dir.path()), ENGINE);
+    let s = EmbeddedStore::open(auto()).unwrap();
+    assert_eq!(seqs(&s.read_user("a", 0, 10).await.unwrap()), vec![1]);
+    assert_eq!(s.append_user(vec![ev("a", now_ms(), "next")]).await.unwrap(), vec![2]);
+    s.close().await.unwrap();
+    drop(s);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no second store beside the first");
+    // A new data dir gets lsm.
+    let fresh = tempfile::tempdir().unwrap();
+    let s = EmbeddedStore::open(EmbeddedOptions { engine: super::Engine::Auto, ..opts(fresh.path(), FsyncPolicy::Never) })
+        .unwrap();
+    s.close().await.unwrap();
+    drop(s);
+    assert!(fresh.path().join(super::LSM_DIR_NAME).is_dir());
+    assert!(!fresh.path().join(super::FILE_NAME).exists());
+    // Both engines' data in one dir: auto refuses rather than guess.
+    std::fs::write(fresh.path().join(super::FILE_NAME), b"").unwrap();
+    let e = EmbeddedStore::open(EmbeddedOptions { engine: super::Engine::Auto, ..opts(fresh.path(), FsyncPolicy::Never) })
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("store.engine is auto"), "{e}");
+}
+
+#[tokio::test]
+async fn memory_outside_the_cache_stays_bounded_while_writing_much_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = EmbeddedStore::open(opts(dir.path(), FsyncPolicy::Never)).unwrap();
+    // 128 MiB of events over 64 streams, in batches of 64 events of 4 KiB. The bound is six
+    // memtables: the events' keyspace's active one and up to four sealed and flushing (fjall
+    // stalls writes at four), and one for the heads and the rest; with fjall's default
+    // memtable (64 MiB) the events' active one alone would exceed it.
+    let data = "x".repeat(4096);
+    let (mut most, bound) = (0, 6 * super::lsm::MEMTABLE_BYTES);
+    for round in 0..512 {
+        let evs = (0..64).map(|i| ev(&format!("u{i}"), now_ms(), &data)).collect();
+        s.append_user(evs).await.unwrap();
+        most = most.max(s.memory().map_or(0, |m| m.1));
+        assert!(most <= bound, "round {round}: {most} bytes of memtables, bound {bound}");
+    }
+    if ENGINE == super::Engine::Lsm {
+        // The memtables did fill, and were flushed on the way: far below the 128 MiB written.
+        assert!(most >= super::lsm::MEMTABLE_BYTES / 2, "{most}");
+        let stats = s.stats().await.unwrap();
+        assert!(stats.write_buffer_bytes.is_some_and(|b| b <= bound), "{stats:?}");
+        assert!(stats.cache_bytes.is_some_and(|b| b <= 64 << 20), "{stats:?}");
+    } else {
+        assert_eq!(most, 0);
+        assert!(s.stats().await.unwrap().write_buffer_bytes.is_none());
+    }
+    assert_eq!(s.read_user("u7", 0, 1000).await.unwrap().events.len(), 512);
+}
+
+#[tokio::test]
+async fn numbering_stays_exact_past_the_writer_s_head_cache() {
+    if ENGINE != super::Engine::Lsm {
+        return; // the head cache is the lsm engine's
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let streams = super::lsm::HEAD_CACHE + 2_000;
+    // Two rounds over more streams than the cache holds (it starts again empty on the way),
+    // one more append to a stream now cached and to one that is not, and a reopen.
+    for round in 1..=2u64 {
+        for chunk in (0..streams).collect::<Vec<_>>().chunks(4_096) {
+            let seqs = s.append_user(chunk.iter().map(|i| ev(&format!("s{i}"), now_ms(), "x")).collect()).await.unwrap();
+            assert!(seqs.iter().all(|&q| q == round), "round {round}: {seqs:?}");
+        }
+    }
+    assert_eq!(s.append_user(vec![ev("s7", now_ms(), "y")]).await.unwrap(), vec![3]);
+    assert_eq!(s.append_user(vec![ev(&format!("s{}", streams - 1), now_ms(), "y")]).await.unwrap(), vec![3]);
+    assert_eq!(seqs(&s.read_user("s7", 0, 10).await.unwrap()), vec![1, 2, 3]);
+    s.close().await.unwrap();
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(s.append_user(vec![ev("s7", now_ms(), "z")]).await.unwrap(), vec![4]);
 }

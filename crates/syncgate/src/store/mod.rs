@@ -205,6 +205,12 @@ pub struct StoreStats {
     pub streams: u64,
     pub oldest_age_ms: Option<u64>,
     pub cursors: u64,
+    /// Bytes of the embedded store's block cache in use (engine `lsm`; absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_bytes: Option<u64>,
+    /// Bytes of written data held in memory beside the cache: fjall's memtables (engine `lsm`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_buffer_bytes: Option<u64>,
 }
 
 /// Retention settings, applied by `sweep`.
@@ -287,6 +293,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counters for the offline stats endpoint.
     async fn stats(&self) -> StoreResult<StoreStats>;
+
+    /// Memory the store's engine reports, if it does: (block cache in use, written data held
+    /// beside the cache). Cheap: read at every scrape of `/metrics`.
+    fn memory(&self) -> Option<(u64, u64)> {
+        None
+    }
 
     /// Applies retention (age, length, cursor and idempotency expiry). Returns how many
     /// messages were removed.

@@ -139,6 +139,7 @@ impl Inner {
             streams: shards.iter().map(|s| s.0).sum(),
             oldest_age_ms: oldest.map(|ts| u64::try_from(now.saturating_sub(ts)).unwrap_or(0)),
             cursors: counters.1.unwrap_or(0).max(0) as u64,
+            ..StoreStats::default()
         })
     }
 

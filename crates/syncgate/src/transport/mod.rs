@@ -43,6 +43,7 @@ struct WsQuery {
     token: Option<String>,
     client_id: Option<String>,
     since: Option<String>,
+    app_version: Option<String>,
 }
 
 fn refuse(node: &Node, reason: &'static str, err: Error) -> Response {
@@ -88,7 +89,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
         &node.instance_id,
         &node.cfg.server.trusted_proxies,
         req.headers(),
-        req.uri(),
+        query.app_version.as_deref(),
         peer,
         claims.meta.as_ref(),
         node.cfg.limits.max_name_bytes,
@@ -195,7 +196,10 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
         node.hub.remove(&conn);
         return ApiError::from(Error::internal("connection cannot be upgraded")).into_response();
     };
-    let info = crate::webhooks::ConnInfo::of(&node, &conn, req.uri(), req.headers(), peer, proxy_meta);
+    let info = node
+        .events
+        .tracks_connections()
+        .then(|| crate::webhooks::ConnInfo::of(&node, &conn, req.headers(), peer, proxy_meta));
     let session = Session::new(node.clone(), conn.clone(), claims);
     let fut = async move {
         let stream = match on_upgrade.await {
@@ -210,7 +214,9 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
             return;
         };
         let _ = stream.set_nodelay(true);
-        node.events.connected(info);
+        if let Some(info) = info {
+            node.events.connected(info);
+        }
         let deflate = deflate.map(|_| deflate::Settings {
             min_bytes: node.cfg.compression.min_bytes,
             level: node.cfg.compression.level,

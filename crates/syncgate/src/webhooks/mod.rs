@@ -92,15 +92,17 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
+    /// What the connect and disconnect events say of `conn`; its app version is the one its
+    /// metadata took from the upgrade request (`ConnMeta::at_upgrade`).
     pub fn of(
         node: &crate::node::Node,
         conn: &crate::hub::Conn,
-        uri: &axum::http::Uri,
         headers: &axum::http::HeaderMap,
         peer: Option<std::net::SocketAddr>,
         meta: Option<serde_json::Map<String, serde_json::Value>>,
     ) -> ConnInfo {
         let ua = headers.get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok());
+        let app_version = conn.meta.get().and_then(|m| m.app_version.as_deref()).filter(|v| v.len() <= 64);
         ConnInfo {
             conn_id: conn.id.to_string(),
             user_id: conn.user.to_string(),
@@ -108,7 +110,7 @@ impl ConnInfo {
             node: node.instance_id.clone(),
             ip: peer.map(|p| p.ip().to_string()),
             user_agent: ua.map(str::to_string),
-            app_version: app_version(uri, headers),
+            app_version: app_version.map(str::to_string),
             connected_at: now_ms(),
             meta,
         }
@@ -221,6 +223,12 @@ impl Events {
     fn spawn_emit(self: &Arc<Self>, event: &'static str, data: serde_json::Value, priority: Priority) {
         let me = self.clone();
         tokio::spawn(async move { me.emit(event, data, priority).await });
+    }
+
+    /// Whether [`Events::connected`] does anything: connect or disconnect events or presence
+    /// events are configured. Without them nothing is built per connection for them.
+    pub fn tracks_connections(&self) -> bool {
+        self.track
     }
 
     /// A connection was admitted and upgraded on this node.

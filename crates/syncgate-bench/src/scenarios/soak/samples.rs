@@ -25,6 +25,9 @@ pub struct Sample {
     pub threads: u64,
     /// `syncgate_websocket_connections` from /metrics.
     pub connections: f64,
+    /// The embedded store's block cache in use plus its memtables (`syncgate_store_cache_bytes`
+    /// + `syncgate_store_write_buffer_bytes`; 0 when the server reports neither).
+    pub store_bytes: u64,
     /// Connections the devices have open.
     pub devices_open: u64,
     /// Since the previous sample.
@@ -80,16 +83,21 @@ pub async fn sample(
         fds: pids.iter().map(|p| open_fds(*p)).sum(),
         threads: pids.iter().map(|p| threads(*p)).sum(),
         connections: metric(&page, "syncgate_websocket_connections").unwrap_or(f64::NAN),
+        store_bytes: ["syncgate_store_cache_bytes", "syncgate_store_write_buffer_bytes"]
+            .iter()
+            .map(|m| metric(&page, m).unwrap_or(0.0) as u64)
+            .sum(),
         devices_open: tick.open,
         deliveries_per_s: rate(tick.received, prev.map(|p| (p.1, p.0.t_s))),
         publishes_per_s: rate(published, prev.map(|p| (p.2, p.0.t_s))),
         load_average: load_average(),
     };
     log(format!(
-        "  soak t={:.0}s rss={:.1} MiB fds={} threads={} connections={} (devices {}) deliveries/s={:.0} \
-         publishes/s={:.1} load={:.2}",
+        "  soak t={:.0}s rss={:.1} MiB (store cache and memtables {:.1}) fds={} threads={} connections={} \
+         (devices {}) deliveries/s={:.0} publishes/s={:.1} load={:.2}",
         s.t_s,
         s.rss_bytes as f64 / 1048576.0,
+        s.store_bytes as f64 / 1048576.0,
         s.fds,
         s.threads,
         s.connections,
@@ -112,6 +120,11 @@ pub fn record(res: &mut RunResult, samples: &[Sample]) {
     let minutes = (last.t_s - second.t_s) / 60.0;
     let per_min = if minutes > 0.0 { growth / minutes } else { 0.0 };
     let late = late_growth_pct(samples);
+    // The same without the store's bounded cache and memtables, which fill during the first
+    // minutes: what is left is the connections, the hub and the allocator's own.
+    let outside: Vec<Sample> =
+        samples.iter().map(|s| Sample { rss_bytes: s.rss_bytes.saturating_sub(s.store_bytes), ..*s }).collect();
+    let late_outside = late_growth_pct(&outside);
     let fd_gap = (last.fds as f64 - last.connections) / last.connections.max(1.0) * 100.0;
     let load_max = samples.iter().map(|s| s.load_average).fold(0.0, f64::max);
     for (k, v) in [
@@ -122,6 +135,8 @@ pub fn record(res: &mut RunResult, samples: &[Sample]) {
         ("rss_growth_pct", growth),
         ("rss_growth_pct_per_min", per_min),
         ("rss_late_growth_pct", late),
+        ("rss_outside_store_late_growth_pct", late_outside),
+        ("store_bytes_last", last.store_bytes as f64),
         ("fds_first", first.fds as f64),
         ("fds_last", last.fds as f64),
         ("fds_max", samples.iter().map(|s| s.fds).max().unwrap_or(0) as f64),
@@ -148,6 +163,18 @@ pub fn record(res: &mut RunResult, samples: &[Sample]) {
     );
     res.show("server RSS growth, 2nd sample to last", format!("{growth:+.2} % ({per_min:+.3} %/min)"));
     res.show("server RSS growth over the second half of the window", format!("{late:+.2} %"));
+    if samples.iter().any(|s| s.store_bytes > 0) {
+        res.show(
+            "store cache and memtables first / 2nd / last (engine lsm)",
+            format!(
+                "{:.1} / {:.1} / {:.1} MiB",
+                mib(first.store_bytes),
+                mib(second.store_bytes),
+                mib(last.store_bytes)
+            ),
+        );
+        res.show("server RSS less those, growth over the second half", format!("{late_outside:+.2} %"));
+    }
     res.show(
         "server open fds first / last (connections)",
         format!("{} / {} ({})", thousands(first.fds as f64), thousands(last.fds as f64), thousands(last.connections)),
