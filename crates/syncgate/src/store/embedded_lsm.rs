@@ -50,6 +50,19 @@ const FORMAT: &[u8] = b"lsm-1";
 /// keyspace is created: fjall keeps it in the directory's metadata.
 pub(super) const MEMTABLE_BYTES: u64 = 8 << 20;
 
+/// fjall's write buffer (every keyspace's memtables, active and sealed) above which the writer
+/// waits for flushes before its next group commit. fjall rotates a full memtable and stalls
+/// writes at four sealed ones, but the rotation runs on its worker threads when they get to
+/// it: with flushes under way, a write rate above theirs grows the active memtable past
+/// `MEMTABLE_BYTES` meanwhile. Waiting here keeps the write buffer within this plus one
+/// group commit.
+pub(super) const WRITE_BUFFER_BYTES: u64 = 5 * MEMTABLE_BYTES;
+
+/// The longest the writer waits for flushes before one group commit. A flush that fails
+/// poisons the database, and the next commit then reports it; a flush slower than this lets
+/// one more group in.
+const FLUSH_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Maps a fjall error to a `StoreError`: I/O trouble (and a journal that failed to persist,
 /// after which fjall refuses writes) is `Unavailable`, anything else `Internal`.
 trait Fx<T> {
@@ -220,6 +233,39 @@ impl LsmBackend {
         Ok((b, epoch))
     }
 
+    fn keyspaces(&self) -> [&SingleWriterTxKeyspace; 12] {
+        let (u, r) = (&self.user, &self.room);
+        [
+            &u.events,
+            &u.heads,
+            &u.age,
+            &u.expiry,
+            &r.events,
+            &r.heads,
+            &r.age,
+            &r.expiry,
+            &self.cursors,
+            &self.idem,
+            &self.idem_time,
+            &self.counters,
+        ]
+    }
+
+    /// Waits while the write buffer is above [`WRITE_BUFFER_BYTES`] and a flush that will
+    /// shrink it is under way (a keyspace has a sealed memtable), for at most
+    /// [`FLUSH_WAIT_MAX`]. With no sealed memtable nothing would shrink it, so it does not
+    /// wait: the excess is then in active memtables, each below its rotation size or about to
+    /// be rotated.
+    fn wait_for_flushes(&self) {
+        let start = std::time::Instant::now();
+        while self.db.write_buffer_size() > WRITE_BUFFER_BYTES
+            && start.elapsed() < FLUSH_WAIT_MAX
+            && self.keyspaces().iter().any(|k| k.inner().sealed_memtable_count() > 0)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     fn spaces(&self, which: Which) -> &Spaces {
         match which {
             Which::User => &self.user,
@@ -237,6 +283,7 @@ impl Backend for LsmBackend {
         // Not durable (fsync never): the journal is still handed to the OS, so a crash of the
         // process loses nothing answered; one of the machine, up to the last durable commit.
         let mode = if durable { PersistMode::SyncAll } else { PersistMode::Buffer };
+        self.wait_for_flushes();
         let mut cache = self.heads.lock().unwrap_or_else(|p| p.into_inner());
         let mut ops = if Ops::batch_can_take(batch) {
             // The writer thread is the only writer, so bypassing the transaction's lock is safe.
