@@ -50,6 +50,20 @@ const FORMAT: &[u8] = b"lsm-1";
 /// keyspace is created: fjall keeps it in the directory's metadata.
 pub(super) const MEMTABLE_BYTES: u64 = 8 << 20;
 
+/// The same for the keyspaces of small records, most of them written again and again (heads,
+/// cursors, counters, the age, expiry and idempotency indexes). Every write of a key is one
+/// more entry in the memtable's skiplist until its flush, so 8 MiB of 40-byte head records
+/// is well over 100,000 entries for a few thousand streams, and each insert searches all of
+/// them; at 1 MiB the skiplist stays an eighth as large (docs/performance.md, finding 21).
+pub(super) const SMALL_MEMTABLE_BYTES: u64 = 1 << 20;
+
+/// fjall's background threads (flushes and compactions). fjall's default is one per core up
+/// to four; with two, on a 2-core host, its first worker hands each compaction message it
+/// receives back to the queue (so that it stays free for flushes) and, while the other
+/// worker is busy, receives the same message again at once: a busy loop for as long as the
+/// other one works. Four is fjall's own default on a host of four cores or more.
+const FJALL_WORKERS: usize = 4;
+
 /// fjall's write buffer (every keyspace's memtables, active and sealed) above which the writer
 /// waits for flushes before its next group commit. fjall rotates a full memtable and stalls
 /// writes at four sealed ones, but the rotation runs on its worker threads when they get to
@@ -186,9 +200,15 @@ impl LsmBackend {
     /// engine's directory; answers it with the store's epoch.
     pub(super) fn open(dir: &Path, cache_bytes: usize) -> StoreResult<(Self, String)> {
         let what = format!("cannot open {}", dir.display());
-        let db = SingleWriterTxDatabase::builder(dir).cache_size(cache_bytes as u64).open().fx(&what)?;
-        let opts = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
-        let ks = |name: &str| db.keyspace(name, opts).fx(&what);
+        let db = SingleWriterTxDatabase::builder(dir)
+            .cache_size(cache_bytes as u64)
+            .worker_threads(FJALL_WORKERS)
+            .open()
+            .fx(&what)?;
+        let ks = |name: &str| {
+            let size = if name.ends_with("_events") { MEMTABLE_BYTES } else { SMALL_MEMTABLE_BYTES };
+            db.keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(size)).fx(&what)
+        };
         let spaces = |p: &str| -> StoreResult<Spaces> {
             Ok(Spaces {
                 events: ks(&format!("{p}_events"))?,
