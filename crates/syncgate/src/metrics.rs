@@ -57,6 +57,8 @@ pub struct Metrics {
     /// broker or presence could not serve, by path.
     pub dependency_failures: Family<KindLabels, Counter>,
     pub push: std::sync::Arc<crate::push::metrics::PushMetrics>,
+    /// The embedded store's writer thread (group commits, flush waits).
+    pub store: std::sync::Arc<crate::store::embedded::metrics::WriterMetrics>,
 }
 
 impl Metrics {
@@ -87,6 +89,7 @@ impl Metrics {
             queue: Default::default(),
             dependency_failures: Family::default(),
             push: Default::default(),
+            store: Default::default(),
             registry: Registry::default(),
         };
         registry.register("websocket_connections", "Open WebSocket connections", m.connections.clone());
@@ -144,6 +147,7 @@ impl Metrics {
             m.dependency_failures.clone(),
         );
         m.push.register(&mut registry);
+        m.store.register(&mut registry);
         Metrics { registry, ..m }
     }
 

@@ -227,13 +227,16 @@ fn single_node(cfg: &Config, hub: &Arc<Hub>, metrics: &Metrics) -> Result<Backen
     let q = &cfg.queue;
     let qopts = EmbeddedQueueOptions { max_jobs: q.max_jobs, max_dead: q.max_dead, fsync: cfg.store.fsync };
     let queue = EmbeddedQueue::open(&dir, qopts).map_err(|e| ServerError::Queue(e.to_string()))?;
-    let store = EmbeddedStore::open(EmbeddedOptions {
-        dir: dir.clone(),
-        engine,
-        fsync: cfg.store.fsync,
-        max_batch: 1024,
-        cache_bytes: cfg.store.cache_bytes,
-    })?;
+    let store = EmbeddedStore::open_with_metrics(
+        EmbeddedOptions {
+            dir: dir.clone(),
+            engine,
+            fsync: cfg.store.fsync,
+            max_batch: 1024,
+            cache_bytes: cfg.store.cache_bytes,
+        },
+        metrics.store.clone(),
+    )?;
     let devices = Arc::new(crate::push::devices_embedded::EmbeddedDevices::open(&dir)?);
     Ok(Backends {
         push: Arc::new(crate::push::Push::new(&cfg.push, devices, metrics.push.clone())?),

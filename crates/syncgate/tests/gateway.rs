@@ -210,6 +210,15 @@ async fn metrics_are_exposed_with_syncgate_names() {
     };
     assert!(gauge("syncgate_store_write_buffer_bytes ") > 0, "{m}");
     assert!(gauge("syncgate_store_cache_bytes ") <= 64 << 20, "{m}");
+    // The publish was one request of a group commit, timed.
+    assert!(gauge("syncgate_store_commit_requests_total ") >= 1, "{m}");
+    let commits: u64 = m
+        .lines()
+        .filter(|l| l.starts_with("syncgate_store_commit_seconds_count{durable="))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(commits >= 1, "{m}");
+    assert!(m.contains("syncgate_store_flush_wait_seconds_total 0"), "{m}");
     let st = s.api.request(syncgate_client::Method::GET, "/api/v1/offline/stats", None, &[]).await.unwrap();
     assert!(st.body["write_buffer_bytes"].as_u64().is_some_and(|b| b > 0), "{}", st.text);
     s.stop().await;

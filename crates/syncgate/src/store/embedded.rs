@@ -292,6 +292,11 @@ trait Backend: Send + Sync + 'static {
     /// Applies every request of `batch` in one atomic commit, made durable (on disk, fsynced)
     /// before it returns if `durable`; answers in the order of `batch`.
     fn commit(&self, batch: &[Req], durable: bool) -> StoreResult<Vec<Answer>>;
+    /// Called before each group commit: waits while the engine holds more written data in
+    /// memory than it should and is making room; answers how long it waited.
+    fn make_room(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
     /// Memory the engine reports, if it does: (block cache in use, written data held beside
     /// the cache). fjall: its cache and its active and sealed memtables; redb: none.
     fn memory(&self) -> Option<(u64, u64)> {
@@ -320,6 +325,12 @@ impl EmbeddedStore {
     /// may recover files that were not closed cleanly): call it before serving, or from
     /// `spawn_blocking`.
     pub fn open(opts: EmbeddedOptions) -> StoreResult<Self> {
+        Self::open_with_metrics(opts, Default::default())
+    }
+
+    /// As [`EmbeddedStore::open`], with the writer thread's figures kept in `metrics` (the
+    /// node's, registered in its registry).
+    pub fn open_with_metrics(opts: EmbeddedOptions, metrics: Arc<metrics::WriterMetrics>) -> StoreResult<Self> {
         std::fs::create_dir_all(&opts.dir)
             .map_err(|e| StoreError::Unavailable(format!("cannot create data dir {}: {e}", opts.dir.display())))?;
         let engine = opts.engine.resolve(&opts.dir);
@@ -345,7 +356,7 @@ impl EmbeddedStore {
         let (wdb, fsync, max_batch) = (db.clone(), opts.fsync, opts.max_batch.max(1));
         let writer = std::thread::Builder::new()
             .name("syncgate-store".into())
-            .spawn(move || writer_loop(&*wdb, rx, fsync, max_batch))
+            .spawn(move || writer_loop(&*wdb, rx, fsync, max_batch, &metrics))
             .map_err(|e| StoreError::Internal(format!("cannot start the store writer thread: {e}")))?;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let readers = readers::Readers::start(readers::Readers::threads_for(cores))
@@ -651,6 +662,9 @@ mod readers;
 
 #[path = "embedded_writeback.rs"]
 mod writeback;
+
+#[path = "embedded_metrics.rs"]
+pub mod metrics;
 
 /// The store's tests, run once per engine (`ENGINE`).
 #[cfg(test)]

@@ -275,14 +275,21 @@ impl LsmBackend {
     /// shrink it is under way (a keyspace has a sealed memtable), for at most
     /// [`FLUSH_WAIT_MAX`]. With no sealed memtable nothing would shrink it, so it does not
     /// wait: the excess is then in active memtables, each below its rotation size or about to
-    /// be rotated.
-    fn wait_for_flushes(&self) {
+    /// be rotated. Answers how long it waited (zero when it did not).
+    fn wait_for_flushes(&self) -> std::time::Duration {
         let start = std::time::Instant::now();
+        let mut waited = false;
         while self.db.write_buffer_size() > WRITE_BUFFER_BYTES
             && start.elapsed() < FLUSH_WAIT_MAX
             && self.keyspaces().iter().any(|k| k.inner().sealed_memtable_count() > 0)
         {
+            waited = true;
             std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if waited {
+            start.elapsed()
+        } else {
+            std::time::Duration::ZERO
         }
     }
 
@@ -303,7 +310,6 @@ impl Backend for LsmBackend {
         // Not durable (fsync never): the journal is still handed to the OS, so a crash of the
         // process loses nothing answered; one of the machine, up to the last durable commit.
         let mode = if durable { PersistMode::SyncAll } else { PersistMode::Buffer };
-        self.wait_for_flushes();
         let mut cache = self.heads.lock().unwrap_or_else(|p| p.into_inner());
         let mut ops = if Ops::batch_can_take(batch) {
             // The writer thread is the only writer, so bypassing the transaction's lock is safe.
@@ -326,6 +332,10 @@ impl Backend for LsmBackend {
         };
         cache.commit(written);
         Ok(answers)
+    }
+
+    fn make_room(&self) -> std::time::Duration {
+        self.wait_for_flushes()
     }
 
     fn memory(&self) -> Option<(u64, u64)> {

@@ -111,7 +111,13 @@ impl Req {
     }
 }
 
-pub(super) fn writer_loop(db: &dyn Backend, mut rx: mpsc::Receiver<Req>, fsync: FsyncPolicy, max_batch: usize) {
+pub(super) fn writer_loop(
+    db: &dyn Backend,
+    mut rx: mpsc::Receiver<Req>,
+    fsync: FsyncPolicy,
+    max_batch: usize,
+    metrics: &super::metrics::WriterMetrics,
+) {
     let mut last_durable = Instant::now();
     let mut unflushed = false;
     let mut batch = Vec::new();
@@ -125,8 +131,11 @@ pub(super) fn writer_loop(db: &dyn Backend, mut rx: mpsc::Receiver<Req>, fsync: 
             closing = matches!(r, Req::Close(_));
             batch.push(r);
         }
+        metrics.waited(db.make_room());
         let durable = fsync == FsyncPolicy::Always || closing || last_durable.elapsed() >= NEVER_FLUSH_EVERY;
+        let start = Instant::now();
         let result = db.commit(&batch, durable);
+        metrics.committed(batch.len(), durable, start.elapsed());
         match result {
             Ok(answers) => batch.drain(..).zip(answers).for_each(|(req, a)| req.answer(Ok(a))),
             Err(e) => batch.drain(..).for_each(|req| req.answer(Err(dup(&e)))),
