@@ -710,3 +710,32 @@ async fn numbering_stays_exact_past_the_writer_s_head_cache() {
     let s = open(dir.path());
     assert_eq!(s.append_user(vec![ev("s7", now_ms(), "z")]).await.unwrap(), vec![4]);
 }
+
+#[tokio::test]
+async fn small_records_are_flushed_in_small_memtables() {
+    if ENGINE != super::Engine::Lsm {
+        return; // memtables are the lsm engine's
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = std::sync::Arc::new(EmbeddedStore::open(opts(dir.path(), FsyncPolicy::Never)).unwrap());
+    // 256,000 cursor writes (each a new version of one of 1,000 keys, some 50 bytes with
+    // fjall's own), far more than one 8 MiB memtable: the cursors' keyspace seals its
+    // memtable at 1 MiB, so the write buffer stays within a few of those (fjall stalls at
+    // four sealed), under what one memtable of the events' size would hold by itself.
+    let bound = 6 * super::lsm::SMALL_MEMTABLE_BYTES;
+    assert!(bound < super::lsm::MEMTABLE_BYTES);
+    let mut most = 0;
+    for round in 1..=256u64 {
+        let writes = (0..1000).map(|i| {
+            let s = s.clone();
+            async move { s.set_cursor(&format!("user-{i}"), "phone", round, 10).await }
+        });
+        for r in futures_util::future::join_all(writes).await {
+            assert_eq!(r.unwrap(), round);
+        }
+        most = most.max(s.memory().map_or(0, |m| m.1));
+        assert!(most <= bound, "round {round}: {most} bytes of memtables, bound {bound}");
+    }
+    assert!(most >= super::lsm::SMALL_MEMTABLE_BYTES / 2, "the memtables did fill: {most}");
+    assert_eq!(s.cursor("user-7", "phone").await.unwrap(), Some(256));
+}
