@@ -18,7 +18,7 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DurableLabels {
     /// `true` for a commit made durable before it returned (every commit with `store.fsync:
-    /// always`; once a second with `never`), `false` otherwise.
+    /// always`; at most one a second with `never`), `false` otherwise.
     pub durable: &'static str,
 }
 
