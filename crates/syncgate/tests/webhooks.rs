@@ -314,7 +314,7 @@ async fn proxy_server(rx: &Receiver, on_error: OnError, timeout: Duration) -> Te
 }
 
 async fn upgrade_status(s: &TestServer, user: &str) -> Result<Device, u16> {
-    let opts = DeviceOptions::new(s.token(user, &[])).client_id("dev-1");
+    let opts = DeviceOptions::new(s.token(user, &[])).client_id("dev-1").header("X-App-Version", "5.1.0");
     match Device::connect(&s.base, opts).await {
         Ok((d, _)) => Ok(d),
         Err(e) => Err(e.http_status().expect("an HTTP refusal")),
@@ -334,6 +334,7 @@ async fn the_connect_proxy_admits_refuses_and_follows_on_error() {
     assert_eq!(hit.path, "/proxy");
     assert_eq!((hit.body["user_id"].as_str(), hit.body["client_id"].as_str()), (Some("kim"), Some("dev-1")));
     assert_eq!(hit.body["claims"]["sub"], "kim");
+    assert_eq!(hit.body["app_version"], "5.1.0", "the app version the connection's metadata took");
     // The proxy's meta is the connection's: in its record, and matched by `where`.
     let conns = s.api.request(Method::GET, "/api/v1/users/kim/connections", None, &[]).await.unwrap();
     assert_eq!(conns.body["connections"][0]["meta"]["plan"], "pro", "{}", conns.text);

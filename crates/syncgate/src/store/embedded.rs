@@ -594,13 +594,14 @@ impl Store for EmbeddedStore {
     async fn stats(&self) -> StoreResult<StoreStats> {
         let now = now_ms();
         let c = self.read(|v| v.counts()).await?;
+        let memory = self.memory();
         Ok(StoreStats {
             stored_messages: c.messages,
             streams: c.streams,
             oldest_age_ms: c.oldest_ts.map(|ts| u64::try_from(now.saturating_sub(ts)).unwrap_or(0)),
             cursors: c.cursors,
-            cache_bytes: self.memory().map(|m| m.0),
-            write_buffer_bytes: self.memory().map(|m| m.1),
+            cache_bytes: memory.map(|m| m.0),
+            write_buffer_bytes: memory.map(|m| m.1),
         })
     }
 

@@ -110,8 +110,9 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
         }
     }
     // 3b. The app's connect proxy, when configured: it may refuse, or add rooms and meta.
+    let app_version = meta.app_version.as_deref();
     let proxy_meta =
-        match crate::webhooks::proxy::check(&node, req.headers(), req.uri(), peer, &mut claims, client_id.as_deref())
+        match crate::webhooks::proxy::check(&node, req.headers(), app_version, peer, &mut claims, client_id.as_deref())
             .await
         {
             Ok(meta) => meta,

@@ -102,7 +102,7 @@ impl ConnInfo {
         meta: Option<serde_json::Map<String, serde_json::Value>>,
     ) -> ConnInfo {
         let ua = headers.get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok());
-        let app_version = conn.meta.get().and_then(|m| m.app_version.as_deref()).filter(|v| v.len() <= 64);
+        let app_version = hook_app_version(conn.meta.get().and_then(|m| m.app_version.as_deref()));
         ConnInfo {
             conn_id: conn.id.to_string(),
             user_id: conn.user.to_string(),
@@ -117,12 +117,11 @@ impl ConnInfo {
     }
 }
 
-/// `?app_version=` or the `X-App-Version` header of an upgrade request.
-pub fn app_version(uri: &axum::http::Uri, headers: &axum::http::HeaderMap) -> Option<String> {
-    let q = axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(uri).ok();
-    q.and_then(|q| q.0.get("app_version").cloned())
-        .or_else(|| headers.get("x-app-version").and_then(|v| v.to_str().ok()).map(str::to_string))
-        .filter(|v| !v.is_empty() && v.len() <= 64)
+/// A connection's app version as the app's hooks get it (connect proxy, connect and
+/// disconnect events): the one its metadata took from the upgrade request
+/// (`ConnMeta::at_upgrade`), when it is at most 64 bytes.
+pub fn hook_app_version(meta_app_version: Option<&str>) -> Option<&str> {
+    meta_app_version.filter(|v| v.len() <= 64)
 }
 
 /// The gateway's events, turned into webhook jobs. Cheap when no endpoint is configured:

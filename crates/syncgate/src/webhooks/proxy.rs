@@ -71,7 +71,7 @@ pub async fn ask(http: &reqwest::Client, cfg: &ConnectProxy, req: &ProxyRequest<
 pub async fn check(
     node: &crate::node::Node,
     h: &axum::http::HeaderMap,
-    uri: &axum::http::Uri,
+    app_version: Option<&str>,
     peer: Option<std::net::SocketAddr>,
     claims: &mut crate::auth::Claims,
     client_id: Option<&str>,
@@ -81,13 +81,12 @@ pub async fn check(
         return Ok(None);
     }
     let ua = h.get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok());
-    let app_version = super::app_version(uri, h);
     let body = ProxyRequest {
         user_id: &claims.sub,
         client_id,
         ip: peer.map(|p| p.ip().to_string()),
         user_agent: ua,
-        app_version: app_version.as_deref(),
+        app_version: super::hook_app_version(app_version),
         claims: serde_json::to_value(&*claims).unwrap_or_default(),
     };
     match ask(&node.events.http, cfg, &body).await {
