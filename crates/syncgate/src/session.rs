@@ -50,6 +50,9 @@ pub struct Session {
     /// Created on the first frame: most connections of a push gateway never send one.
     limiter: Option<Box<FrameLimiter>>,
     strikes: u32,
+    /// Room patterns the connect proxy granted at the upgrade, added to every token's
+    /// (the first and each `refresh`); none for most connections.
+    proxy_rooms: Option<Box<[Box<str>]>>,
 }
 
 /// What the operations of a session need: cheap to clone into a `Later` future.
@@ -71,8 +74,13 @@ enum Io {
 type Reply = Result<Vec<(&'static str, serde_json::Value)>>;
 
 impl Session {
-    pub fn new(node: Arc<Node>, conn: Arc<Conn>, claims: Claims) -> Self {
-        Session { ops: Ops { node, conn, grants: claims.into_grants() }, limiter: None, strikes: 0 }
+    /// A session for an admitted connection: its token's claims and the room patterns the
+    /// connect proxy granted (`proxy_rooms`, empty without a proxy).
+    pub fn new(node: Arc<Node>, conn: Arc<Conn>, claims: Claims, proxy_rooms: Vec<String>) -> Self {
+        let proxy_rooms: Option<Box<[Box<str>]>> =
+            (!proxy_rooms.is_empty()).then(|| proxy_rooms.into_iter().map(String::into_boxed_str).collect());
+        let grants = with_rooms(claims, proxy_rooms.as_deref()).into_grants();
+        Session { ops: Ops { node, conn, grants }, limiter: None, strikes: 0, proxy_rooms }
     }
 
     pub fn conn(&self) -> &Arc<Conn> {
@@ -181,9 +189,15 @@ impl Session {
         }
         self.ops.conn.token_exp.store(claims.exp, Ordering::Relaxed);
         let exp = claims.exp;
-        self.ops.grants = claims.into_grants();
+        self.ops.grants = with_rooms(claims, self.proxy_rooms.as_deref()).into_grants();
         Ok(vec![("exp", json!(exp))])
     }
+}
+
+/// `claims` with the connect proxy's room patterns added to the token's.
+fn with_rooms(mut claims: Claims, proxy_rooms: Option<&[Box<str>]>) -> Claims {
+    claims.rooms.extend(proxy_rooms.unwrap_or_default().iter().map(|r| r.to_string()));
+    claims
 }
 
 impl Ops {

@@ -66,6 +66,27 @@ async fn connections_record_metadata_and_forwarded_for_only_from_trusted_proxies
     s.stop().await;
 }
 
+/// Behind a trusted proxy, the per-address connect limit counts each client address (the
+/// one the connection records), not the proxy's: one busy client does not lock out others.
+#[tokio::test]
+async fn connect_rate_per_ip_counts_the_forwarded_client_behind_a_trusted_proxy() {
+    let s = TestServer::with(|c| {
+        c.server.trusted_proxies = vec!["127.0.0.0/8".into()];
+        c.rate_limits.ws_connect_per_ip = "2/min burst 2".parse().unwrap();
+    })
+    .await;
+    let from = |ip: &'static str| [("x-forwarded-for", ip)];
+    let _a = device(&s, "alice", "a1", json!({}), &from("203.0.113.7")).await;
+    let _b = device(&s, "bob", "b1", json!({}), &from("203.0.113.7")).await;
+    let third = DeviceOptions::new(token_with_meta("carol", json!({}))).header("x-forwarded-for", "203.0.113.7");
+    let refused = Device::connect(&s.base, third).await.err().expect("the third connect from one address is refused");
+    assert_eq!(refused.http_status(), Some(429));
+    // Another client behind the same proxy has its own budget.
+    let _c = device(&s, "carol", "c1", json!({}), &from("203.0.113.8")).await;
+    assert_eq!(connections(&s, "carol").await[0]["ip"], "203.0.113.8");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn meta_claim_over_1_kib_or_not_an_object_is_refused_at_upgrade() {
     let s = TestServer::start().await;

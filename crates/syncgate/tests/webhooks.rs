@@ -14,7 +14,7 @@ use reqwest::Method;
 use serde_json::json;
 use syncgate::config::{Config, OnError};
 use syncgate::queue::{now_ms, JobKind, NewJob, Priority};
-use syncgate_client::{Device, DeviceOptions};
+use syncgate_client::{Device, DeviceOptions, Frame};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -330,6 +330,13 @@ async fn the_connect_proxy_admits_refuses_and_follows_on_error() {
     let mut d = upgrade_status(&s, "kim").await.expect("admitted");
     let reply = d.join("vip", None).await.unwrap();
     assert!(format!("{reply:?}").contains("vip"), "{reply:?}");
+    // A refreshed token (without the room) keeps what the proxy granted.
+    d.leave("vip").await.unwrap();
+    let fresh = s.token("kim", &[]);
+    let refreshed = d.request(json!({"op": "refresh", "token": fresh}), LONG).await.unwrap();
+    assert!(matches!(refreshed, Frame::Reply(_)), "{refreshed:?}");
+    let rejoined = d.join("vip", None).await.unwrap();
+    assert!(matches!(rejoined, Frame::Reply(_)), "the proxy's room survives a refresh: {rejoined:?}");
     let hit = &rx.hits()[0];
     assert_eq!(hit.path, "/proxy");
     assert_eq!((hit.body["user_id"].as_str(), hit.body["client_id"].as_str()), (Some("kim"), Some("dev-1")));
@@ -452,5 +459,29 @@ async fn a_full_queue_refuses_delayed_publishes_with_503_and_counts_them() {
     assert_eq!((st["delayed"].as_u64(), st["max_jobs"].as_u64()), (Some(2), Some(2)), "{st}");
     let m = s.api.metrics().await.unwrap().text;
     assert!(m.contains("syncgate_queue_full_total 1"), "metrics lack the refusal");
+    s.stop().await;
+}
+
+/// The connect proxy and the connect event see the client's address as the connection
+/// records it: from `X-Forwarded-For` when the peer is a trusted proxy.
+#[tokio::test]
+async fn hooks_get_the_forwarded_client_address_from_a_trusted_proxy() {
+    let rx = Receiver::start().await;
+    let (url, proxy) = (rx.url(), format!("http://{}/proxy", rx.addr));
+    let s = TestServer::with(move |c| {
+        fast(c);
+        c.server.trusted_proxies = vec!["127.0.0.0/8".into()];
+        c.webhooks.endpoints = vec![endpoint(&url, &[])];
+        c.webhooks.connect_proxy.url = proxy;
+    })
+    .await;
+    rx.set(|b| b.answer = Some(json!({"allow": true})));
+    let opts = DeviceOptions::new(s.token("lena", &[])).header("x-forwarded-for", "198.51.100.4");
+    let (_d, _) = Device::connect(&s.base, opts).await.expect("device connects");
+    let hits = rx.wait(LONG, "proxy and connect", |h| h.iter().any(|h| h.kind() == "connect")).await;
+    let asked = hits.iter().find(|h| h.path == "/proxy").expect("the proxy was asked");
+    assert_eq!(asked.body["ip"], "198.51.100.4");
+    let connect = hits.iter().find(|h| h.kind() == "connect").expect("connect");
+    assert_eq!(connect.body["data"]["ip"], "198.51.100.4");
     s.stop().await;
 }

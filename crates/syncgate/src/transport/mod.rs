@@ -63,7 +63,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
     }
     // 1. Authentication.
     let token = query.token.clone().filter(|t| !t.is_empty()).or_else(|| bearer(req.headers())).unwrap_or_default();
-    let mut claims = match node.auth.verify(&token) {
+    let claims = match node.auth.verify(&token) {
         Ok(c) => c,
         Err(e) => {
             let msg = match e {
@@ -111,15 +111,15 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
     }
     // 3b. The app's connect proxy, when configured: it may refuse, or add rooms and meta.
     let app_version = meta.app_version.as_deref();
-    let proxy_meta =
-        match crate::webhooks::proxy::check(&node, req.headers(), app_version, peer, &mut claims, client_id.as_deref())
+    let granted =
+        match crate::webhooks::proxy::check(&node, req.headers(), app_version, meta.ip, &claims, client_id.as_deref())
             .await
         {
-            Ok(meta) => meta,
+            Ok(g) => g,
             Err(e) => return refuse(&node, "connect_proxy", e),
         };
     // The proxy's meta extends the token's (its keys win), within the same bound.
-    if let Some(extra) = &proxy_meta {
+    if let Some(extra) = &granted.meta {
         if let Err(e) = meta.extend(extra) {
             return refuse(&node, "connect_proxy", Error::unavailable(e));
         }
@@ -146,7 +146,9 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
     if let Err(r) = node.limits.ws_connect_user.check(&user, &node.metrics) {
         return ApiError::rate_limited(r, "too many connection attempts for this user").into_response();
     }
-    if let Some(ip) = peer.map(|p| p.ip()) {
+    // The client's address as the connection records it (`X-Forwarded-For` only from
+    // `server.trusted_proxies`): behind a proxy, each client has its own budget.
+    if let Some(ip) = meta.ip {
         if let Err(r) = node.limits.ws_connect_ip.check(&ip, &node.metrics) {
             return ApiError::rate_limited(r, "too many connection attempts from this address").into_response();
         }
@@ -200,8 +202,8 @@ pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
     let info = node
         .events
         .tracks_connections()
-        .then(|| crate::webhooks::ConnInfo::of(&node, &conn, req.headers(), peer, proxy_meta));
-    let session = Session::new(node.clone(), conn.clone(), claims);
+        .then(|| crate::webhooks::ConnInfo::of(&node, &conn, req.headers(), granted.meta));
+    let session = Session::new(node.clone(), conn.clone(), claims, granted.rooms);
     let fut = async move {
         let stream = match on_upgrade.await {
             Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {

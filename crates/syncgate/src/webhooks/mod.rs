@@ -92,23 +92,24 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
-    /// What the connect and disconnect events say of `conn`; its app version is the one its
-    /// metadata took from the upgrade request (`ConnMeta::at_upgrade`).
+    /// What the connect and disconnect events say of `conn`; its address and app version are
+    /// the ones its metadata took from the upgrade request (`ConnMeta::at_upgrade`: the
+    /// address honours `server.trusted_proxies`, as the connections API shows it).
     pub fn of(
         node: &crate::node::Node,
         conn: &crate::hub::Conn,
         headers: &axum::http::HeaderMap,
-        peer: Option<std::net::SocketAddr>,
         meta: Option<serde_json::Map<String, serde_json::Value>>,
     ) -> ConnInfo {
         let ua = headers.get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok());
-        let app_version = hook_app_version(conn.meta.get().and_then(|m| m.app_version.as_deref()));
+        let recorded = conn.meta.get();
+        let app_version = hook_app_version(recorded.and_then(|m| m.app_version.as_deref()));
         ConnInfo {
             conn_id: conn.id.to_string(),
             user_id: conn.user.to_string(),
             client_id: conn.client_id.as_deref().map(str::to_string),
             node: node.instance_id.clone(),
-            ip: peer.map(|p| p.ip().to_string()),
+            ip: recorded.and_then(|m| m.ip).map(|ip| ip.to_string()),
             user_agent: ua.map(str::to_string),
             app_version: app_version.map(str::to_string),
             connected_at: now_ms(),

@@ -65,35 +65,41 @@ pub async fn ask(http: &reqwest::Client, cfg: &ConnectProxy, req: &ProxyRequest<
     }
 }
 
-/// Runs the connect proxy for an upgrade request, if one is configured. On admission, the
-/// proxy's rooms are added to `claims` and its meta returned; otherwise the error to answer
-/// (403 refused, 503 proxy failed with `on_error: reject`).
+/// What the connect proxy added to an admitted connection, on top of its token.
+#[derive(Debug, Default)]
+pub struct Granted {
+    /// Room patterns the connection may join besides the token's (kept across `refresh`).
+    pub rooms: Vec<String>,
+    /// Meta keys added to the token's `meta` claim (its keys win).
+    pub meta: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Runs the connect proxy for an upgrade request, if one is configured: what it granted, or
+/// the error to answer (403 refused, 503 proxy failed with `on_error: reject`). Without a
+/// proxy, nothing is granted.
 pub async fn check(
     node: &crate::node::Node,
     h: &axum::http::HeaderMap,
     app_version: Option<&str>,
-    peer: Option<std::net::SocketAddr>,
-    claims: &mut crate::auth::Claims,
+    ip: Option<std::net::IpAddr>,
+    claims: &crate::auth::Claims,
     client_id: Option<&str>,
-) -> Result<Option<serde_json::Map<String, serde_json::Value>>, crate::error::Error> {
+) -> Result<Granted, crate::error::Error> {
     let cfg = &node.cfg.webhooks.connect_proxy;
     if cfg.url.is_empty() {
-        return Ok(None);
+        return Ok(Granted::default());
     }
     let ua = h.get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok());
     let body = ProxyRequest {
         user_id: &claims.sub,
         client_id,
-        ip: peer.map(|p| p.ip().to_string()),
+        ip: ip.map(|ip| ip.to_string()),
         user_agent: ua,
         app_version: super::hook_app_version(app_version),
-        claims: serde_json::to_value(&*claims).unwrap_or_default(),
+        claims: serde_json::to_value(claims).unwrap_or_default(),
     };
     match ask(&node.events.http, cfg, &body).await {
-        Decision::Allow { rooms, meta } => {
-            claims.rooms.extend(rooms);
-            Ok(meta)
-        }
+        Decision::Allow { rooms, meta } => Ok(Granted { rooms, meta }),
         Decision::Refuse => Err(crate::error::Error::forbidden("the connection was refused by the app")),
         Decision::Failed(why) => {
             tracing::warn!(error = %why, "connect proxy failed; refusing (on_error: reject)");
