@@ -93,7 +93,14 @@ impl Node {
         let streams = Streams::new(store.clone(), cfg.limits.max_devices_per_user, metrics.clone());
         let workers = crate::queue::Workers::new(queue, &cfg.queue, metrics.queue.clone());
         let events =
-            Arc::new(crate::webhooks::Events::new(&cfg, &instance_id, workers.clone(), presence.clone(), online));
+            Arc::new(crate::webhooks::Events::new(
+            &cfg,
+            &instance_id,
+            workers.clone(),
+            presence.clone(),
+            online,
+            store.clone(),
+        ));
         Node {
             cfg,
             instance_id,

@@ -281,6 +281,42 @@ async fn client_messages_of_configured_types_are_forwarded() {
     s.stop().await;
 }
 
+/// A device that comes back within `push.delay`, acks the message and leaves again has it:
+/// no `message.undelivered` (the contract: "no device of the user acked").
+#[tokio::test]
+async fn a_message_acked_within_the_delay_is_not_reported_undelivered() {
+    let rx = Receiver::start().await;
+    let url = rx.url();
+    let s = TestServer::with(|c| {
+        fast(c);
+        c.push.delay = Duration::from_millis(1500);
+        c.webhooks.endpoints = vec![endpoint(&url, &["message.undelivered"])];
+    })
+    .await;
+    let (d, _) = s.device_with("kai", "phone").await;
+    drop(d);
+    let end = std::time::Instant::now() + LONG;
+    while s.api.user_online("kai").await.unwrap().body["connections"] != 0 {
+        assert!(std::time::Instant::now() < end, "kai is still connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let acked = common::publish(&s.api, "kai", "note", json!({"n": 1})).await;
+    let unacked = common::publish(&s.api, "lou", "note", json!({"n": 2})).await;
+    let (mut d, welcome) = s.device_with("kai", "phone").await;
+    assert_eq!(welcome.resumed, 1);
+    let ev = d.next_event(LONG).await.unwrap();
+    assert_eq!(ev.id, acked);
+    d.ack(&ev.id).await.unwrap();
+    drop(d);
+    // lou's check (queued just after kai's) reports; kai's must have found the ack.
+    let hits = rx.wait(LONG, "lou undelivered", |h| !h.is_empty()).await;
+    assert_eq!(hits[0].body["data"]["id"], unacked.as_str());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ids: Vec<_> = rx.hits().iter().map(|h| h.body["data"]["id"].clone()).collect();
+    assert_eq!(ids, vec![json!(unacked)], "kai's acked message is not undelivered");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn a_persisted_message_to_an_offline_user_is_reported_undelivered() {
     let rx = Receiver::start().await;

@@ -4,8 +4,8 @@
 //! - `offline`: `webhooks.offline_grace` after a user's connection closed: if the user has
 //!   no connection anywhere and this check clears the online mark, `user.offline` goes out.
 //! - `undelivered`: `push.delay` after a persisted message to a user who had no connection:
-//!   if the user still has none, `message.undelivered` goes out and the undelivered hooks
-//!   (push) are told.
+//!   if the user still has none and no device of the user acked the message (a cursor at or
+//!   past it), `message.undelivered` goes out and the undelivered hooks (push) are told.
 
 use std::sync::Weak;
 
@@ -58,6 +58,12 @@ impl Runner for CheckRunner {
                     Ok(0) => {}
                     Ok(_) => return Outcome::Done,
                     Err(e) => return retry(e.to_string()),
+                }
+                // A device that came and went within the delay and acked it has it.
+                match ev.acked(&message).await {
+                    Ok(true) => return Outcome::Done,
+                    Ok(false) => {}
+                    Err(e) => return retry(format!("reading the devices' cursors: {e}")),
                 }
                 let prio = Priority::of_publish(&message.priority).unwrap_or(Priority::Normal);
                 for hook in ev.undelivered_hooks() {

@@ -142,6 +142,10 @@ pub struct Events {
     track: bool,
     presence_events: bool,
     hooks: RwLock<Vec<Arc<dyn UndeliveredHook>>>,
+    /// The user streams' store: an undelivered check reads the devices' cursors (acks).
+    store: Arc<dyn crate::store::Store>,
+    /// Device cursors kept per user (`limits.max_devices_per_user`): all of them are read.
+    max_devices: usize,
     pub http: reqwest::Client,
 }
 
@@ -152,6 +156,7 @@ impl Events {
         workers: Arc<Workers>,
         presence: Arc<dyn Presence>,
         online: Arc<dyn OnlineMarks>,
+        store: Arc<dyn crate::store::Store>,
     ) -> Events {
         let endpoints: Vec<Endpoint> = cfg
             .webhooks
@@ -183,6 +188,8 @@ impl Events {
             track,
             presence_events,
             hooks: RwLock::new(Vec::new()),
+            store,
+            max_devices: cfg.limits.max_devices_per_user,
             http: reqwest::Client::builder()
                 .user_agent(concat!("syncgate/", env!("CARGO_PKG_VERSION")))
                 .build()
@@ -335,6 +342,16 @@ impl Events {
                 }
             }
         });
+    }
+
+    /// Whether a device of the message's user has acked it (its cursor is at or past the
+    /// message): then it was delivered, whatever the user's connections are now.
+    pub(crate) async fn acked(&self, msg: &Undelivered) -> Result<bool, String> {
+        let key = crate::store::StreamKey::User(&msg.user_id);
+        // An id of another epoch is of a store since reset: no device can have acked it.
+        let Ok(seq) = crate::store::EventId::parse(&msg.id, self.store.epoch(), key) else { return Ok(false) };
+        let cursors = self.store.cursors(&msg.user_id, self.max_devices).await.map_err(|e| e.to_string())?;
+        Ok(cursors.iter().any(|(_, c)| *c >= seq))
     }
 
     pub(crate) fn presence(&self) -> &Arc<dyn Presence> {
