@@ -92,8 +92,7 @@ impl Node {
         let Backends { store, broker, presence, queue, online, push } = backends;
         let streams = Streams::new(store.clone(), cfg.limits.max_devices_per_user, metrics.clone());
         let workers = crate::queue::Workers::new(queue, &cfg.queue, metrics.queue.clone());
-        let events =
-            Arc::new(crate::webhooks::Events::new(
+        let events = Arc::new(crate::webhooks::Events::new(
             &cfg,
             &instance_id,
             workers.clone(),

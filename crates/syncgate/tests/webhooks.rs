@@ -204,6 +204,18 @@ async fn client_errors_dead_letter_at_once_and_408_429_are_retried() {
     let statuses: Vec<u16> = hits[1..].iter().map(|h| h.status).collect();
     assert_eq!(statuses, [408, 429, 200]);
     assert_eq!(queue_stats(&s).await["dead"], 1);
+
+    // A redirect is not followed (the signed POST goes only to the configured URL): it is
+    // a permanent failure, like any other non-2xx that is not retried.
+    for (n, status) in [307u16, 308, 302].into_iter().enumerate() {
+        rx.set(|b| b.script = [status].into());
+        let before = rx.hits().len();
+        let (_g, _) = s.device(&format!("gus{n}"), &[]).await;
+        wait_stats(&s, "redirect dead at once", |st| st["dead"] == 2 + n as u64).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let after: Vec<(String, u16)> = rx.hits()[before..].iter().map(|h| (h.path.clone(), h.status)).collect();
+        assert_eq!(after, [("/hooks".to_string(), status)], "not followed to /redirected");
+    }
     s.stop().await;
 }
 

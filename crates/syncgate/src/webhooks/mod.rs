@@ -190,7 +190,10 @@ impl Events {
             hooks: RwLock::new(Vec::new()),
             store,
             max_devices: cfg.limits.max_devices_per_user,
+            // Redirects are not followed: a signed webhook (or a connect check) goes to the
+            // configured URL only; a 3xx is an answer like any other.
             http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
                 .user_agent(concat!("syncgate/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .unwrap_or_default(),

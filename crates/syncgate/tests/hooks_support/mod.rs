@@ -98,6 +98,8 @@ async fn handle(State(st): State<St>, uri: axum::http::Uri, headers: HeaderMap, 
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     match answer {
         Some(a) if status == 200 => (code, axum::Json(a)).into_response(),
+        // A redirect names a path on this receiver (a client that follows it comes back).
+        _ if code.is_redirection() => (code, [("location", "/redirected")]).into_response(),
         _ => code.into_response(),
     }
 }
