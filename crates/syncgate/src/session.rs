@@ -31,6 +31,7 @@ use crate::metrics::KindLabels;
 use crate::node::{now_ms, Message, Node};
 use crate::protocol::{self, ClientOp};
 use crate::store::{EventId, StreamKey};
+use crate::streams::Outgoing;
 
 /// The close a session asks for.
 pub type CloseRequest = Close;
@@ -90,25 +91,45 @@ impl Session {
     /// Counts a data frame against the rate limit. `Err(Some(close))` when the connection
     /// has gone on flooding past the strike count.
     fn admit_frame(&mut self, reference: Option<&RawValue>) -> std::result::Result<(), Option<CloseRequest>> {
+        self.ops.node.metrics.frames_in.inc();
+        if self.over_limit()? {
+            self.ops.send_error(&Error::new(Code::RateLimitExceeded, "too many frames; slow down"), reference);
+            return Err(None);
+        }
+        Ok(())
+    }
+
+    /// Takes one frame from the rate limit: Ok(false) within it, Ok(true) over it (a strike),
+    /// `Err(close)` once the strikes in a row reach `rate_limits.client_frames_strikes`.
+    fn over_limit(&mut self) -> std::result::Result<bool, Option<CloseRequest>> {
         let node = &self.ops.node;
-        node.metrics.frames_in.inc();
         if self.limiter.is_none() {
             self.limiter = node.limits.frame_limiter();
         }
         let Some(l) = &self.limiter else {
-            return Ok(());
+            return Ok(false);
         };
         if l.check().is_ok() {
             self.strikes = 0;
-            return Ok(());
+            return Ok(false);
         }
         node.metrics.rate_limited.get_or_create(&crate::metrics::LimitLabels { limiter: "client_frames" }).inc();
         self.strikes += 1;
         if self.strikes >= node.limits.frame_strikes {
             return Err(Some(Close::new(close::RATE_LIMITED, "rate limited")));
         }
-        self.ops.send_error(&Error::new(Code::RateLimitExceeded, "too many frames; slow down"), reference);
-        Err(None)
+        Ok(true)
+    }
+
+    /// A WebSocket ping: answered with a pong (RFC 6455 section 5.5.2), and counted toward
+    /// `rate_limits.client_frames` like a data frame, so that a flood of pings is closed
+    /// with 4029 after the strikes (a ping over the limit is still answered).
+    pub fn on_ping(&mut self, payload: Bytes) -> Option<CloseRequest> {
+        if let Err(close) = self.over_limit() {
+            return close;
+        }
+        self.ops.conn.push(Outgoing::Pong(payload));
+        None
     }
 
     /// A binary frame: not part of the protocol; refused, the connection stays.

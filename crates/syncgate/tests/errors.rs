@@ -7,7 +7,7 @@ use common::*;
 use serde_json::json;
 use std::time::Duration;
 use syncgate::config::RateSetting;
-use syncgate_client::{tungstenite::Message, Device, DeviceOptions, Method};
+use syncgate_client::{tungstenite::Message, Device, DeviceOptions, Frame, Method};
 
 async fn refused(s: &TestServer, opts: DeviceOptions) -> (u16, String) {
     match Device::connect(&s.base, opts).await {
@@ -110,6 +110,39 @@ async fn flooding_socket_gets_rate_limit_errors_then_4029() {
     };
     assert_eq!(close, Some(4029));
     assert!(codes.iter().any(|c| c == "rate_limit_exceeded"), "{codes:?}");
+    s.stop().await;
+}
+
+/// WebSocket ping control frames count toward `rate_limits.client_frames` too: each is
+/// answered (RFC 6455), but a flood of them is closed with 4029 after the strikes.
+#[tokio::test]
+async fn flooding_websocket_pings_is_closed_with_4029() {
+    let s = TestServer::with(|c| {
+        c.rate_limits.client_frames = "5/s burst 5".parse().unwrap();
+        c.rate_limits.client_frames_strikes = 3;
+    })
+    .await;
+    let (mut d, _) = s.device("alice", &[]).await;
+    for _ in 0..20 {
+        if d.send_raw(Message::Ping(b"p".to_vec().into())).await.is_err() {
+            break;
+        }
+    }
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(5), d.recv()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => break e.close_code(),
+            Err(_) => break None,
+        }
+    };
+    assert_eq!(close, Some(4029), "a ping flood is closed");
+    // Within the limit, pings are answered and the connection stays.
+    let (mut e, _) = s.device("bob", &[]).await;
+    for _ in 0..3 {
+        e.send_raw(Message::Ping(b"q".to_vec().into())).await.unwrap();
+    }
+    let reply = e.ping().await.unwrap();
+    assert!(matches!(reply, Frame::Pong { .. }), "{reply:?}");
     s.stop().await;
 }
 

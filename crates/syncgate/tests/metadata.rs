@@ -79,7 +79,7 @@ async fn connect_rate_per_ip_counts_the_forwarded_client_behind_a_trusted_proxy(
     let _a = device(&s, "alice", "a1", json!({}), &from("203.0.113.7")).await;
     let _b = device(&s, "bob", "b1", json!({}), &from("203.0.113.7")).await;
     let third = DeviceOptions::new(token_with_meta("carol", json!({}))).header("x-forwarded-for", "203.0.113.7");
-    let refused = Device::connect(&s.base, third).await.err().expect("the third connect from one address is refused");
+    let refused = Device::connect(&s.base, third).await.expect_err("the third connect from one address is refused");
     assert_eq!(refused.http_status(), Some(429));
     // Another client behind the same proxy has its own budget.
     let _c = device(&s, "carol", "c1", json!({}), &from("203.0.113.8")).await;

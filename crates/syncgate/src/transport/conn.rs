@@ -239,7 +239,9 @@ impl Io {
                     }
                 }
                 Incoming::Ping(p) => {
-                    session.conn().push(Outgoing::Pong(p));
+                    if let Some(c) = session.on_ping(p) {
+                        return Input::Close(c);
+                    }
                 }
                 Incoming::Pong => {}
                 Incoming::Close(code) => {
