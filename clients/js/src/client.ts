@@ -7,12 +7,13 @@
  * the handlers once each and in order, batched acks, and rooms rejoined after reconnects.
  *
  * Must never: hand an event over again once its handler resolved, move a checkpoint past
- * an event whose handler failed, or reconnect after close().
+ * an event whose handler failed, take a transient id (`EPOCH.tN`) as a checkpoint, `since`
+ * or ack, or reconnect after close().
  */
 
 import { backoffDelay } from "./backoff.js";
 import { SyncgateError } from "./errors.js";
-import { isHandled, jwtExp } from "./ids.js";
+import { isHandled, isTransientId, jwtExp } from "./ids.js";
 import { type CheckpointStorage, defaultStorage } from "./storage.js";
 
 export type State = "connecting" | "connected" | "disconnected";
@@ -192,6 +193,9 @@ export class Client {
 
   /** Joins a room now and after every reconnect, resuming after the last handled room event. */
   async join(room: string, opts: { since?: string } = {}): Promise<Reply> {
+    if (opts.since !== undefined && isTransientId(opts.since)) {
+      throw new SyncgateError("invalid_request", `since ${opts.since} is a transient event's id: it is in no stream`);
+    }
     if (opts.since !== undefined) await this.storage.setItem(this.key(`room:${room}`), opts.since);
     this.rooms.add(room);
     await this.whenConnected();
@@ -246,7 +250,7 @@ export class Client {
       url = new URL(this.opts.url);
       url.searchParams.set("token", token);
       if (this.opts.clientId) url.searchParams.set("client_id", this.opts.clientId);
-      const since = await this.storage.getItem(this.key("user"));
+      const since = await this.checkpoint("user");
       if (since) url.searchParams.set("since", since);
       const WS = await webSocketImpl(this.opts.WebSocket);
       if (this.stopped || gen !== this.gen) return;
@@ -360,7 +364,7 @@ export class Client {
     const gen = this.gen;
     // The welcome's position is the first checkpoint: a device that reconnects before any
     // event arrived resumes from it rather than from wherever the stream is then.
-    if (w.position && !(await this.storage.getItem(this.key("user")))) {
+    if (w.position && !(await this.checkpoint("user"))) {
       await this.storage.setItem(this.key("user"), w.position);
     }
     if (gen !== this.gen) return;
@@ -405,9 +409,11 @@ export class Client {
       while (this.queue.length > 0) {
         const gen = this.gen;
         const ev = this.queue.shift()!;
-        const persisted = ev.stream === "user" || ev.stream.startsWith("room:");
+        // A transient event (`persist: false`) is handed over but is in no stream: it is not
+        // skipped, checkpointed nor acked, and the stream's checkpoint stays where it was.
+        const persisted = (ev.stream === "user" || ev.stream.startsWith("room:")) && !isTransientId(ev.id);
         const key = this.key(ev.stream);
-        if (persisted && isHandled(ev.id, await this.storage.getItem(key))) continue;
+        if (persisted && isHandled(ev.id, await this.checkpoint(ev.stream))) continue;
         try {
           await Promise.all([...this.handlers.event].map((h) => h(ev)));
         } catch (e) {
@@ -466,10 +472,10 @@ export class Client {
 
   private async sendJoin(room: string): Promise<Reply> {
     const key = this.key(`room:${room}`);
-    const since = await this.storage.getItem(key);
+    const since = await this.checkpoint(`room:${room}`);
     const r = await this.request({ op: "join", room, ...(since ? { since } : {}) });
     // The join's position is the room's first checkpoint (same reason as the welcome's).
-    if (typeof r.position === "string" && !(await this.storage.getItem(key))) await this.storage.setItem(key, r.position);
+    if (typeof r.position === "string" && !(await this.checkpoint(`room:${room}`))) await this.storage.setItem(key, r.position);
     return r;
   }
 
@@ -528,6 +534,12 @@ export class Client {
 
   private key(stream: string): string {
     return `syncgate:${this.opts.clientId ?? "-"}:${stream}`;
+  }
+
+  /** The stream's checkpoint; a transient id (earlier versions of this SDK saved them) counts as none. */
+  private async checkpoint(stream: string): Promise<string | null> {
+    const id = await this.storage.getItem(this.key(stream));
+    return id && !isTransientId(id) ? id : null;
   }
 
   private setState(s: State): void {

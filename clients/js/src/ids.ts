@@ -1,7 +1,8 @@
 /**
  * Event ids, as far as the SDK must read them: a persisted event's id is
  * `EPOCH.TAG.SEQ` (SEQ grows within a stream); transient ids (`EPOCH.tN`) are in no stream.
- * Used only to tell whether an id was already handled; ids are still sent back as given.
+ * Used only to tell whether an id was already handled and whether it can be a checkpoint;
+ * ids are still sent back as given.
  */
 
 export interface StreamPosition {
@@ -16,6 +17,16 @@ export function parseId(id: string): StreamPosition | null {
   const seq = Number(parts[2]);
   if (!Number.isSafeInteger(seq) || seq < 0) return null;
   return { stream: `${parts[0]}.${parts[1]}`, seq };
+}
+
+/**
+ * Whether `id` is a transient event's (`persist: false`, broadcasts): `EPOCH.tN`, two
+ * dot-separated parts, the second starting with `t` (docs/protocol.md, "Event ids"). Such an
+ * id is in no stream: the server refuses it as `since` and in `ack`.
+ */
+export function isTransientId(id: string): boolean {
+  const parts = id.split(".");
+  return parts.length === 2 && parts[1].startsWith("t");
 }
 
 /** Whether `id` is at or before `checkpoint` in the same stream. */

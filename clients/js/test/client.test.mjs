@@ -315,3 +315,66 @@ test("Node: a checkpoint of another store epoch (store reset) is dropped, and th
   const id = await server.publish(user, "fav.added", { after: "reset" });
   await waitFor(() => again.got.some((e) => e.id === id), "delivering after the reset");
 });
+
+test("a transient event (persist: false) is handed over but is no checkpoint: the device resumes after the last persisted one", async (t) => {
+  const user = uniqueUser();
+  const room = `chat:${user}`;
+  // The `ws` socket, recording the URLs it opened and the frames it sent.
+  const { WebSocket: WS } = await import("ws");
+  const urls = [];
+  const sent = [];
+  class Recording extends WS {
+    constructor(url, ...rest) {
+      super(url, ...rest);
+      urls.push(new URL(url));
+    }
+    send(data, ...rest) {
+      sent.push(JSON.parse(String(data)));
+      return super.send(data, ...rest);
+    }
+  }
+  const storage = new MemoryStorage();
+  const d = device(t, user, { storage, WebSocket: Recording, minReconnectDelayMs: 1500, maxReconnectDelayMs: 1500 });
+  await d.c.connect();
+  await d.c.join(room);
+  const pubUser = async (persist, n) => {
+    const r = await server.api("POST", "/api/v1/events", { user_id: user, type: "fav.added", data: { n }, persist });
+    assert.equal(r.status, 202, JSON.stringify(r.body));
+    return r.body.id;
+  };
+  const pubRoom = async (persist, n) => {
+    const r = await server.api("POST", `/api/v1/rooms/${room}/events`, { type: "msg", data: { n }, persist });
+    assert.equal(r.status, 202, JSON.stringify(r.body));
+    return r.body.id;
+  };
+  const transient = (id) => id.split(".").length === 2 && id.split(".")[1].startsWith("t");
+  const p1 = await pubUser(true, 1);
+  const r1 = await pubRoom(true, 1);
+  await waitFor(() => d.got.length === 2, "two persisted events");
+  const t1 = await pubUser(false, 2);
+  const rt1 = await pubRoom(false, 2);
+  assert.ok(transient(t1) && transient(rt1), `transient ids: ${t1} ${rt1}`);
+  await waitFor(() => d.got.length === 4, "two transient events");
+  const count = async () => (await server.api("GET", `/api/v1/offline/count?user_id=${user}&client_id=dev-1`)).body.count;
+  await waitFor(async () => (await count()) === 0, "the persisted event acked");
+  await sleep(300); // past another ack delay
+  assert.equal(await storage.getItem(`syncgate:dev-1:user`), p1, "user checkpoint");
+  assert.equal(await storage.getItem(`syncgate:dev-1:room:${room}`), r1, "room checkpoint");
+
+  // Away (kicked with 4009; back after 1.5 s) while one event of each stream is published.
+  await server.api("POST", `/api/v1/users/${user}/disconnect`);
+  await waitFor(() => d.c.state !== "connected", "disconnected");
+  const p2 = await pubUser(true, 3);
+  const r2 = await pubRoom(true, 3);
+  await waitFor(() => d.got.length >= 6, "the two missed events");
+  await sleep(400);
+  const of = (stream) => ids(d.got.filter((e) => e.stream === stream));
+  assert.deepEqual(of("user"), [p1, t1, p2], "user stream: each once");
+  assert.deepEqual(of(`room:${room}`), [r1, rt1, r2], "room: each once");
+  assert.deepEqual(d.errors, [], "no refused ack, join or connect");
+  assert.equal(d.states.filter((s) => s === "connecting").length, 2, `one connect, one reconnect: ${d.states}`);
+  assert.deepEqual(urls.map((u) => u.searchParams.get("since")).slice(1), [p1], "resumed with the persisted id");
+  assert.ok(!sent.some((f) => f.op === "ack" && transient(f.id)), "no transient ack");
+  assert.deepEqual(sent.filter((f) => f.op === "join").map((f) => f.since), [undefined, r1], "rejoined after the persisted room id");
+  await waitFor(async () => (await count()) === 0, "acked to the last");
+});

@@ -5,7 +5,8 @@
 //!
 //! Owns: the application-facing half (builder, [`Delivery`], requests); the connection
 //! loop is in `client_task`. Must never: hand over again an event whose delivery was
-//! done, or move a checkpoint past an event whose delivery was dropped undone.
+//! done, move a checkpoint past an event whose delivery was dropped undone, or take a
+//! transient event's id (`EPOCH.tN`) as a checkpoint, `since` or ack.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,7 +18,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::client_task::{self, Cmd};
-use crate::cursor::{is_handled, CursorStore, MemoryCursorStore};
+use crate::cursor::{is_handled, is_transient, CursorStore, MemoryCursorStore};
 use crate::error::{Error, Result};
 use crate::frame::{Event, Reply};
 
@@ -151,11 +152,16 @@ impl Shared {
         format!("syncgate:{}:{stream}", self.client_id.as_deref().unwrap_or("-"))
     }
 
+    /// The stream's checkpoint; a transient id (earlier versions of this crate saved them)
+    /// counts as none.
     pub fn checkpoint(&self, stream: &str) -> Option<String> {
-        self.store.load(&self.key(stream)).ok().flatten()
+        self.store.load(&self.key(stream)).ok().flatten().filter(|id| !is_transient(id))
     }
 
     fn mark_done(&self, ev: &Event) -> Result<()> {
+        if is_transient(&ev.id) {
+            return Ok(()); // in no stream: neither a checkpoint nor acked
+        }
         let key = self.key(&ev.stream);
         if !is_handled(&ev.id, self.checkpoint(&ev.stream).as_deref()) {
             self.store.save(&key, &ev.id)?;
@@ -223,7 +229,7 @@ impl Client {
             if gen <= self.shared.failed_gen.load(Ordering::Acquire) {
                 continue; // after a dropped delivery: it comes again, from a new connection
             }
-            let persisted = event.stream == "user" || event.stream.starts_with("room:");
+            let persisted = (event.stream == "user" || event.stream.starts_with("room:")) && !is_transient(&event.id);
             if persisted && is_handled(&event.id, self.shared.checkpoint(&event.stream).as_deref()) {
                 continue;
             }
@@ -251,8 +257,11 @@ impl Client {
     }
 
     /// Joins `room` now and after every reconnect, resuming after the last handled room
-    /// event (or after `since`, when given).
+    /// event (or after `since`, when given; a transient event's id is refused).
     pub async fn join(&self, room: &str, since: Option<&str>) -> Result<Reply> {
+        if let Some(s) = since.filter(|s| is_transient(s)) {
+            return Err(Error::InvalidInput(format!("since {s} is a transient event's id: it is in no stream")));
+        }
         let (tx, rx) = oneshot::channel();
         self.call(Cmd::Join { room: room.into(), since: since.map(Into::into), reply: tx }, rx).await
     }
@@ -288,7 +297,8 @@ impl Client {
 }
 
 /// One event handed to the application. Call [`done`](Delivery::done) once it is processed:
-/// its id becomes the stream's checkpoint and is acked. Dropped without `done` (e.g. on an
+/// its id becomes the stream's checkpoint and is acked (not a transient event's: those are
+/// in no stream). Dropped without `done` (e.g. on an
 /// error), the event is not acked and comes again after a reconnect.
 pub struct Delivery {
     event: Event,

@@ -93,6 +93,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Whether `id` is a transient event's (`persist: false`, broadcasts): `EPOCH.tN`, two
+/// dot-separated parts, the second starting with `t` (docs/protocol.md, "Event ids"). Such
+/// an id is in no stream: the server refuses it as `since` and in `ack`, so it is never a
+/// checkpoint.
+pub(crate) fn is_transient(id: &str) -> bool {
+    let mut parts = id.split('.');
+    matches!((parts.next(), parts.next(), parts.next()), (Some(_), Some(n), None) if n.starts_with('t'))
+}
+
 /// Whether `id` is at or before `checkpoint` in the same stream (ids are `EPOCH.TAG.SEQ`;
 /// transient ids are in no stream and never count as handled).
 pub(crate) fn is_handled(id: &str, checkpoint: Option<&str>) -> bool {
@@ -121,6 +130,16 @@ mod tests {
         assert!(!is_handled("e.2.3", Some("e.1.10")));
         assert!(!is_handled("e.t5", Some("e.1.10")));
         assert!(!is_handled("e.1.1", None));
+    }
+
+    #[test]
+    fn transient_ids_are_told_apart_from_stream_ids() {
+        for id in ["e77ca684.t1", "e77ca684.t42"] {
+            assert!(is_transient(id), "{id}");
+        }
+        for id in ["e77ca684.374535.3", "e77ca684.000074.1", "e77ca684.t1.2", "e77ca684", ""] {
+            assert!(!is_transient(id), "{id}");
+        }
     }
 
     #[test]

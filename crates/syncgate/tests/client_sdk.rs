@@ -213,3 +213,82 @@ async fn a_token_source_is_renewed_in_place_before_exp_and_again_after_4001() {
     c.close().await;
     s.stop().await;
 }
+
+/// A transient event (`persist: false`, id `EPOCH.tN`) is handed over but is no checkpoint:
+/// after a reconnect the client resumes after the last persisted event, of the user stream
+/// and of a room, instead of sending the transient id as `since` (refused with 400, or by
+/// the join) and being handed earlier events again.
+#[tokio::test]
+async fn a_transient_event_is_handed_over_but_the_client_resumes_after_the_last_persisted_one() {
+    let s = TestServer::start().await;
+    let store: Arc<dyn CursorStore> = Arc::new(MemoryCursorStore::new());
+    let mut c = Client::builder(&s.base)
+        .token(s.token("fi", &["club"]))
+        .client_id("phone")
+        .storage(store.clone())
+        .reconnect_delays(Duration::from_millis(1500), Duration::from_millis(1500))
+        .connect()
+        .unwrap();
+    c.join("club", None).await.expect("joined");
+    let to_room = |persist: bool, k: i32| {
+        let api = s.api.clone();
+        async move {
+            let r = api.publish_room("club", json!({"type": "m", "data": k, "persist": persist})).await.unwrap();
+            assert_eq!(r.status, 202, "{}", r.text);
+            r.body["id"].as_str().unwrap().to_string()
+        }
+    };
+    let p1 = publish(&s.api, "fi", "fav.added", json!(1)).await;
+    assert_eq!(take(&mut c, 1).await, vec![p1.clone()]);
+    let r1 = to_room(true, 1).await;
+    assert_eq!(take(&mut c, 1).await, vec![r1.clone()]);
+    let r = s.api.publish(json!({"user_id": "fi", "type": "live", "data": 2, "persist": false})).await.unwrap();
+    assert_eq!(r.status, 202, "{}", r.text);
+    let t1 = r.body["id"].as_str().unwrap().to_string();
+    let rt1 = to_room(false, 2).await;
+    for id in [&t1, &rt1] {
+        let parts: Vec<&str> = id.split('.').collect();
+        assert!(parts.len() == 2 && parts[1].starts_with('t'), "a transient id: {id}");
+    }
+    assert_eq!(take(&mut c, 2).await, vec![t1, rt1], "transient events are handed over");
+    assert_eq!(store.load("syncgate:phone:user").unwrap(), Some(p1.clone()), "user checkpoint");
+    assert_eq!(store.load("syncgate:phone:room:club").unwrap(), Some(r1), "room checkpoint");
+    // The ack of the persisted event got through (a transient one would be refused).
+    eventually_async(|| async {
+        let r = s.api.offline_count(Some("fi"), Some("phone")).await.unwrap();
+        r.body["count"] == 0
+    })
+    .await;
+
+    // Away (kicked with 4009; back after 1.5 s) while one event of each stream is published.
+    s.api.disconnect("fi").await.unwrap();
+    let mut st = c.state();
+    st.wait_for(|s| *s != State::Connected).await.unwrap();
+    let p2 = publish(&s.api, "fi", "fav.added", json!(3)).await;
+    let r2 = to_room(true, 3).await;
+    let mut got = take(&mut c, 2).await;
+    got.sort();
+    let mut missed = vec![p2, r2];
+    missed.sort();
+    assert_eq!(got, missed, "each missed event once, nothing handed over again");
+    nothing_more(&mut c).await;
+    c.close().await;
+    let r = s.api.offline_count(Some("fi"), Some("phone")).await.unwrap();
+    assert_eq!(r.body["count"], 0, "acked up to the last: {}", r.text);
+    s.stop().await;
+}
+
+/// Polls an async condition until it is true or 5 s pass.
+async fn eventually_async<F, Fut>(mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..250 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("condition not reached in 5 s");
+}
