@@ -64,6 +64,10 @@ pub struct Parsed<'a> {
 
 /// Parses one text frame.
 pub fn parse<'a>(text: &'a [u8]) -> Parsed<'a> {
+    // serde reads a struct from a JSON array too (fields by position): only objects are frames.
+    if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Parsed { reference: None, op: Err(Error::new(Code::InvalidFrame, "frame is not a JSON object")) };
+    }
     let raw: RawFrame<'a> = match serde_json::from_slice(text) {
         Ok(r) => r,
         Err(e) => {
@@ -199,6 +203,10 @@ mod tests {
         assert_eq!(parse(br#"{"op":"join"}"#).op.unwrap_err().code, Code::InvalidRequest);
         assert_eq!(parse(br#"{"op":"publish","type":"a"}"#).op.unwrap_err().code, Code::InvalidRequest);
         assert_eq!(parse(br#"{"op":"join","room":5}"#).op.unwrap_err().code, Code::InvalidFrame);
+        // An array is not a frame, even one whose elements line up with the fields.
+        let arr = parse(br#" ["ping",null,null,null,null,null,null,null]"#);
+        assert_eq!(arr.op.unwrap_err().code, Code::InvalidFrame);
+        assert!(matches!(parse(b" \n{\"op\":\"ping\"}").op, Ok(ClientOp::Ping)), "leading whitespace is fine");
     }
 
     #[test]

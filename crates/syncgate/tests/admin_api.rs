@@ -151,3 +151,20 @@ async fn the_page_and_its_assets_are_served_with_a_self_only_csp() {
     assert_eq!(anon.request(Method::GET, "/admin/assets/secret.json", None, &[]).await.unwrap().status, 404);
     s.stop().await;
 }
+
+/// The stream view shows the latest 20 events by default, fewer when `limits.max_page` is
+/// lower (it was a 400 then), and refuses a `limit` over `max_page`.
+#[tokio::test]
+async fn the_stream_view_defaults_within_max_page() {
+    let s = TestServer::with(|c| c.limits.max_page = 5).await;
+    for n in 0..8 {
+        publish(&s.api, "alice", "note", json!({"n": n})).await;
+    }
+    let r = s.api.request(Method::GET, "/api/v1/users/alice/stream", None, &[]).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text);
+    let ns: Vec<_> = r.body["events"].as_array().unwrap().iter().map(|e| e["data"]["n"].clone()).collect();
+    assert_eq!(ns, [7, 6, 5, 4, 3].map(|n| json!(n)), "the latest five, newest first");
+    let r = s.api.request(Method::GET, "/api/v1/users/alice/stream?limit=6", None, &[]).await.unwrap();
+    assert_eq!(r.status, 400, "{}", r.text);
+    s.stop().await;
+}

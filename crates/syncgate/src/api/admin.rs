@@ -145,7 +145,11 @@ pub async fn stream(
     Query(q): Query<StreamQuery>,
 ) -> ApiResult<Json<Value>> {
     node.check_name("user_id", &user)?;
-    let limit = page_limit(&node, Some(q.limit.unwrap_or(20)))?;
+    // Without a limit: the latest 20 (fewer when `limits.max_page` is lower).
+    let limit = match q.limit {
+        Some(n) => page_limit(&node, Some(n))?,
+        None => 20.min(node.cfg.limits.max_page),
+    };
     let head = node.store.read_user(&user, u64::MAX, 0).await.map_err(ApiError::from)?;
     let after = head.head.saturating_sub(limit as u64).max(head.first.saturating_sub(1));
     let page = node.store.read_user(&user, after, limit).await?;
