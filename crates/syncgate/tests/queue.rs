@@ -1,15 +1,18 @@
 //! The `Queue` conformance suite, run on each implementation: the embedded store (redb) and
 //! Redis (a real `redis-server` on a free port, and a three-master Redis Cluster).
 
+mod common;
 #[path = "redis_support/mod.rs"]
 mod redis_support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::TestServer;
+use reqwest::Method;
 use syncgate::queue::embedded::{EmbeddedQueue, EmbeddedQueueOptions};
 use syncgate::queue::redis::RedisQueue;
-use syncgate::queue::{now_ms, DeadFilter, JobKind, NewJob, Priority, Queue, QueueError};
+use syncgate::queue::{now_ms, DeadFilter, DeadJob, Job, JobKind, NewJob, Priority, Queue, QueueError};
 use syncgate::store::embedded::FsyncPolicy;
 use syncgate::store::redis::{RedisOptions, RedisStore};
 
@@ -170,6 +173,103 @@ async fn dead_bounded(q: &dyn Queue) {
     assert_eq!(q.stats().await.unwrap().dead, 3);
 }
 
+/// A retry refused because the queue is full (max_jobs 2) changes nothing: the dead letter
+/// stays, as it was. Retry all queues as many as fit, oldest failure first.
+async fn retry_when_full(q: &dyn Queue) {
+    let mut dead_ids = Vec::new();
+    for n in 0..3 {
+        q.enqueue(job("z", 200 + n)).await.unwrap();
+        let j = q.claim(1, LEASE).await.unwrap().remove(0);
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        q.bury(&j, &format!("HTTP 41{n}")).await.unwrap();
+        dead_ids.push(j.id);
+    }
+    let filler = [q.enqueue(job("f", 1)).await.unwrap(), q.enqueue(job("f", 2)).await.unwrap()];
+    assert!(matches!(q.enqueue(job("f", 3)).await, Err(QueueError::Full { max: 2 })));
+    let before = dead_and_live(q).await;
+    assert_eq!((before.0.len(), before.1), (3, 2));
+
+    assert!(matches!(q.retry_dead(&dead_ids[0]).await, Err(QueueError::Full { max: 2 })));
+    assert_eq!(dead_and_live(q).await, before, "a refused retry changes nothing");
+    assert!(!q.retry_dead("job_nope").await.unwrap(), "an unknown id is still not found");
+    assert!(matches!(q.retry_dead_all(&DeadFilter::default()).await, Err(QueueError::Full { max: 2 })));
+    assert_eq!(dead_and_live(q).await, before, "a refused retry all changes nothing");
+    let none = DeadFilter { endpoint: Some("nobody".into()), ..Default::default() };
+    assert_eq!(q.retry_dead_all(&none).await.unwrap(), 0, "nothing matches: nothing to refuse");
+
+    // Room for one: retry all takes the oldest failure, the others stay as they were.
+    let done = |id: &str| Job { id: id.to_string(), ..job("f", 0).into_job(0) };
+    q.complete(&done(&filler[0])).await.unwrap();
+    assert_eq!(q.retry_dead_all(&DeadFilter::default()).await.unwrap(), 1);
+    let left: Vec<DeadJob> = q.dead(10, None).await.unwrap().jobs;
+    assert_eq!(left, before.0[..2].to_vec(), "the two newest failures are still dead letters");
+    assert!(matches!(q.retry_dead(&dead_ids[1]).await, Err(QueueError::Full { max: 2 })));
+    assert_eq!(q.dead(10, None).await.unwrap().jobs, left);
+
+    // Room again: the retry works, fresh attempts, same id.
+    q.complete(&done(&filler[1])).await.unwrap();
+    assert!(q.retry_dead(&dead_ids[1]).await.unwrap());
+    let got = q.claim(10, LEASE).await.unwrap();
+    let mut ids: Vec<&str> = got.iter().map(|j| j.id.as_str()).collect();
+    ids.sort();
+    let mut want = [dead_ids[0].as_str(), dead_ids[1].as_str()];
+    want.sort();
+    assert_eq!(ids, want);
+    assert!(got.iter().all(|j| j.attempts == 1));
+    let s = q.stats().await.unwrap();
+    assert_eq!((s.dead, s.in_flight), (1, 2), "{s:?}");
+}
+
+/// The dead letters, newest failure first, and the number of live jobs.
+async fn dead_and_live(q: &dyn Queue) -> (Vec<DeadJob>, u64) {
+    let s = q.stats().await.unwrap();
+    (q.dead(10, None).await.unwrap().jobs, s.ready.total() + s.delayed + s.in_flight)
+}
+
+#[tokio::test]
+async fn embedded_retry_when_full_keeps_the_dead_letter() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EmbeddedQueueOptions { max_jobs: 2, max_dead: 100, fsync: FsyncPolicy::Never };
+    retry_when_full(&EmbeddedQueue::open(dir.path(), opts).unwrap()).await;
+}
+
+/// Over the API: a full queue answers 503 `service_unavailable` to a retry, and the dead
+/// letter is still listed.
+#[tokio::test]
+async fn api_retry_when_full_is_503_and_keeps_the_dead_letter() {
+    let s = TestServer::with(|c| c.queue.max_jobs = 2).await;
+    let q = s.node.workers.queue().clone();
+    // A webhook for an endpoint that is not configured is dead-lettered at its first attempt.
+    let id = q.enqueue(job("gone", 1)).await.unwrap();
+    s.node.workers.wake();
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while q.stats().await.unwrap().dead == 0 {
+        assert!(std::time::Instant::now() < end, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let later = now_ms() + 3_600_000;
+    let filler = q.enqueue(job("gone", 2).not_before(later)).await.unwrap();
+    q.enqueue(job("gone", 3).not_before(later)).await.unwrap();
+    let list = || s.api.request(Method::GET, "/api/v1/queue/dead", None, &[]);
+    let before = list().await.unwrap().body;
+    assert_eq!(before["jobs"][0]["id"], id.as_str());
+
+    let r = s.api.request(Method::POST, &format!("/api/v1/queue/dead/{id}/retry"), None, &[]).await.unwrap();
+    assert_eq!((r.status, r.error_code()), (503, Some("service_unavailable")), "{}", r.body);
+    assert_eq!(list().await.unwrap().body, before, "the dead letter is kept as it was");
+    let msg = r.body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("full") && msg.contains("kept"), "{msg}");
+    let r = s.api.request(Method::POST, "/api/v1/queue/dead/retry", None, &[]).await.unwrap();
+    assert_eq!((r.status, r.error_code()), (503, Some("service_unavailable")), "{}", r.body);
+    assert_eq!(list().await.unwrap().body, before);
+
+    // Room for one (`complete` goes by id).
+    q.complete(&Job { id: filler, ..job("gone", 2).into_job(0) }).await.unwrap();
+    let r = s.api.request(Method::POST, &format!("/api/v1/queue/dead/{id}/retry"), None, &[]).await.unwrap();
+    assert_eq!((r.status, r.body["retried"].as_u64()), (200, Some(1)), "{}", r.body);
+    s.stop().await;
+}
+
 async fn redis_queue(url: &str, prefix: &str, max_jobs: u64, max_dead: u64) -> RedisQueue {
     let store =
         RedisStore::connect(RedisOptions { key_prefix: prefix.into(), ..RedisOptions::new(url) }).await.unwrap();
@@ -182,6 +282,7 @@ async fn redis_queue_conforms() {
     let q: Arc<dyn Queue> = Arc::new(redis_queue(&server.url(), "t1", 10, 100).await);
     conformance(q, None).await;
     dead_bounded(&redis_queue(&server.url(), "t2", 100, 3).await).await;
+    retry_when_full(&redis_queue(&server.url(), "t3", 2, 100).await).await;
 }
 
 #[tokio::test]
@@ -189,4 +290,5 @@ async fn redis_cluster_queue_conforms() {
     let cluster = redis_support::RedisCluster::start();
     let q: Arc<dyn Queue> = Arc::new(redis_queue(&cluster.url(), "t1", 10, 100).await);
     conformance(q, None).await;
+    retry_when_full(&redis_queue(&cluster.url(), "t3", 2, 100).await).await;
 }

@@ -95,7 +95,11 @@ pub async fn dead(State(node): State<Arc<Node>>, _key: ApiKey, Query(q): Query<D
 #[utoipa::path(post, path = "/api/v1/queue/dead/{id}/retry", tag = "queue", params(("id" = String, Path)),
     responses((status = 200, description = "{\"retried\":1}; queued again, due now, with fresh attempts", body = super::schemas::RetriedAnswer), (status = 401), (status = 404), (status = 503)))]
 pub async fn retry_one(State(node): State<Arc<Node>>, _key: ApiKey, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    if !node.workers.queue().retry_dead(&id).await? {
+    let retried = node.workers.queue().retry_dead(&id).await.map_err(|e| match e {
+        QueueError::Full { .. } => Error::unavailable(format!("{e}: dead letter {id:?} is kept; retry it later")),
+        e => e.into(),
+    })?;
+    if !retried {
         return Err(Error::not_found(format!("no dead letter {id:?}")).into());
     }
     node.workers.wake();
@@ -122,7 +126,11 @@ pub async fn retry_all(
         None => None,
         Some(k) => Some(JobKind::parse(k).ok_or_else(|| Error::invalid(format!("unknown kind {k:?}")))?),
     };
-    let n = node.workers.queue().retry_dead_all(&DeadFilter { kind, endpoint: q.endpoint }).await?;
+    let n =
+        node.workers.queue().retry_dead_all(&DeadFilter { kind, endpoint: q.endpoint }).await.map_err(|e| match e {
+            QueueError::Full { .. } => Error::unavailable(format!("{e}: no dead letter was retried; retry later")),
+            e => e.into(),
+        })?;
     node.workers.wake();
     Ok(Json(json!({"retried": n})))
 }

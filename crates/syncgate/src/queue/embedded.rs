@@ -261,11 +261,24 @@ fn apply(txn: &WriteTransaction, op: Op, opts: &EmbeddedQueueOptions, now: i64) 
             }
             Ok(Answer::Unit)
         }
+        // A retry that does not fit changes nothing: the room is checked before a dead
+        // letter is taken out (an error answer does not roll the batch's transaction back).
         Op::RetryDead(id) => {
+            {
+                let ids = r!(txn.open_table(DEAD_IDS));
+                if r!(ids.get(id.as_str())).is_none() {
+                    return Ok(Answer::Bool(false));
+                }
+            }
+            if room(txn, opts.max_jobs)? == 0 {
+                return Err(QueueError::Full { max: opts.max_jobs });
+            }
             let Some(job) = take_dead(txn, &id)? else { return Ok(Answer::Bool(false)) };
             revive(txn, job, now, opts.max_jobs)?;
             Ok(Answer::Bool(true))
         }
+        // As many as fit, oldest failure first; the rest stay dead letters. Full only when
+        // some match and none fits.
         Op::RetryDeadAll(filter) => {
             let mut picked = Vec::new();
             {
@@ -278,8 +291,12 @@ fn apply(txn: &WriteTransaction, op: Op, opts: &EmbeddedQueueOptions, now: i64) 
                     }
                 }
             }
+            let room = room(txn, opts.max_jobs)?;
+            if !picked.is_empty() && room == 0 {
+                return Err(QueueError::Full { max: opts.max_jobs });
+            }
             let mut n = 0;
-            for id in picked {
+            for id in picked.into_iter().take(usize::try_from(room).unwrap_or(usize::MAX)) {
                 if let Some(job) = take_dead(txn, &id)? {
                     revive(txn, job, now, opts.max_jobs)?;
                     n += 1;
@@ -331,6 +348,12 @@ fn dead_page(txn: &WriteTransaction, limit: usize, before: Option<(i64, String)>
         page.jobs.push(decode(v.value())?);
     }
     Ok(page)
+}
+
+/// How many more live jobs `queue.max_jobs` allows.
+fn room(txn: &WriteTransaction, max_jobs: u64) -> QueueResult<u64> {
+    let jobs = r!(txn.open_table(JOBS));
+    Ok(max_jobs.saturating_sub(r!(jobs.len())))
 }
 
 fn insert_live(txn: &WriteTransaction, job: Job, max_jobs: u64) -> QueueResult<String> {

@@ -318,10 +318,13 @@ pub trait Queue: Send + Sync {
     async fn dead(&self, limit: usize, cursor: Option<&str>) -> QueueResult<DeadPage>;
 
     /// Queues a dead letter again, due now with fresh attempts; false when there is none
-    /// with that id.
+    /// with that id. `QueueError::Full` at `queue.max_jobs` live jobs, and then the dead
+    /// letter is kept as it was.
     async fn retry_dead(&self, id: &str) -> QueueResult<bool>;
 
-    /// Queues every dead letter that matches again; returns how many.
+    /// Queues the dead letters that match again, oldest failure first, as many as
+    /// `queue.max_jobs` leaves room for; the rest stay dead letters. Returns how many were
+    /// queued; `QueueError::Full` (nothing changed) when some match and none fits.
     async fn retry_dead_all(&self, filter: &DeadFilter) -> QueueResult<u64>;
 
     /// Deletes a dead letter; false when there is none with that id.

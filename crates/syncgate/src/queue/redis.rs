@@ -263,12 +263,20 @@ impl Queue for RedisQueue {
 
     async fn retry_dead_all(&self, filter: &DeadFilter) -> QueueResult<u64> {
         let ids: Vec<String> = self.query(redis::cmd("ZRANGE").arg(self.key("dead")).arg(0).arg(-1)).await?;
+        // Oldest failure first, each one atomic, until the queue is full: the rest stay
+        // dead letters (the script checks the room before it takes one out).
         let mut n = 0;
         for chunk in ids.chunks(256) {
             let pairs: Vec<(String, i64)> = chunk.iter().map(|id| (id.clone(), 0)).collect();
             for d in self.dead_jobs(&pairs).await? {
-                if filter.matches(&d.job) && self.retry_dead(&d.job.id).await? {
-                    n += 1;
+                if !filter.matches(&d.job) {
+                    continue;
+                }
+                match self.retry_dead(&d.job.id).await {
+                    Ok(true) => n += 1,
+                    Ok(false) => {}
+                    Err(QueueError::Full { .. }) if n > 0 => return Ok(n),
+                    Err(e) => return Err(e),
                 }
             }
         }
