@@ -33,8 +33,11 @@ fn key_files(dir: &std::path::Path) -> (String, String) {
 
 fn providers(c: &mut Config, vapid: String, p8: String, max: usize) {
     c.push.max_devices_per_user = max;
-    c.push.providers.webpush =
-        Some(PushWebPush { vapid_private_key_file: vapid, subject: "mailto:ops@example.com".into() });
+    c.push.providers.webpush = Some(PushWebPush {
+        vapid_private_key_file: vapid,
+        subject: "mailto:ops@example.com".into(),
+        allow_hosts: Vec::new(),
+    });
     c.push.providers.apns = Some(PushApns {
         key_file: p8,
         key_id: "KEY1234567".into(),
@@ -45,9 +48,13 @@ fn providers(c: &mut Config, vapid: String, p8: String, max: usize) {
 }
 
 fn subscription() -> Value {
+    subscription_at("https://push.example.net/w/abc")
+}
+
+fn subscription_at(endpoint: &str) -> Value {
     let ua = p256::SecretKey::random(&mut rsa::rand_core::OsRng);
     json!({
-        "endpoint": "https://push.example.net/w/abc",
+        "endpoint": endpoint,
         "keys": {
             "p256dh": URL_SAFE_NO_PAD.encode(ua.public_key().to_encoded_point(false).as_bytes()),
             "auth": URL_SAFE_NO_PAD.encode([7u8; 16]),
@@ -120,6 +127,26 @@ async fn devices_register_list_and_unregister_with_a_jwt_or_an_api_key() {
         let r = post(api, body.clone()).await;
         assert_eq!((r.status, r.error_code()), (status, Some(code)), "{body}: {}", r.text);
     }
+    // Web Push endpoints: https to a public host; no private or loopback address (SSRF),
+    // whatever form the URL gives it, unless push.providers.webpush.allow_hosts lists it.
+    for (endpoint, why) in [
+        ("http://127.0.0.1/w/1", "https"),
+        ("https://127.0.0.1/w/1", "127.0.0.1 is not a public address"),
+        ("https://10.0.0.1/w/1", "10.0.0.1 is not a public address"),
+        ("https://[::1]/w/1", "::1 is not a public address"),
+        ("https://localhost/w/1", "localhost"),
+        ("https://169.254.169.254/latest/meta-data/", "169.254.169.254"),
+        ("https://[::ffff:192.168.0.1]/w/1", "not a public address"),
+        ("https://0x7f.1/w/1", "127.0.0.1"),
+        ("https://100.64.0.1:8443/w/1", "100.64.0.1"),
+        ("http://push.example.net/w/1", "https"),
+        ("https://user:secret@push.example.net/w/1", "user name"),
+    ] {
+        let body = json!({"client_id": "x", "provider": "webpush", "subscription": subscription_at(endpoint)});
+        let r = post(&alice, body).await;
+        assert_eq!((r.status, r.error_code()), (400, Some("invalid_request")), "{endpoint}: {}", r.text);
+        assert!(r.text.contains(why), "{endpoint}: {}", r.text);
+    }
     let r = post(&Api::unauthenticated(&s.base), json!({"client_id": "x", "provider": "apns", "token": "ab"})).await;
     assert_eq!((r.status, r.error_code()), (401, Some("unauthorized")));
     let r = alice.request_raw(Method::POST, "/api/v1/push/devices", Some(b"{nope".to_vec()), &[]).await.unwrap();
@@ -154,6 +181,46 @@ async fn devices_register_list_and_unregister_with_a_jwt_or_an_api_key() {
     let s = TestServer::start_in(&data, |c| providers(c, v2, p2, 3)).await;
     let alice = Api::with_token(&s.base, s.token("alice", &[]));
     assert_eq!(list(&alice, "").await, ["iphone", "watch"]);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn private_webpush_hosts_register_only_when_allow_hosts_lists_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vapid, p8) = key_files(tmp.path());
+    let s = TestServer::with(|c| {
+        providers(c, vapid, p8, 20);
+        c.push.providers.webpush.as_mut().unwrap().allow_hosts =
+            ["127.0.0.1", "10.0.0.1:8443", "[::1]", "localhost"].map(String::from).to_vec();
+    })
+    .await;
+    let alice = Api::with_token(&s.base, s.token("alice", &[]));
+    let allowed = [
+        ("a", "http://127.0.0.1/w/1"),
+        ("b", "https://127.0.0.1:9443/w/1"),
+        ("c", "https://10.0.0.1:8443/w/1"),
+        ("d", "http://10.0.0.1:8443/w/1"),
+        ("e", "https://[::1]/w/1"),
+        ("f", "https://localhost/w/1"),
+        ("g", "https://push.example.net/w/1"),
+    ];
+    for (client, endpoint) in allowed {
+        let r = post(
+            &alice,
+            json!({"client_id": client, "provider": "webpush", "subscription": subscription_at(endpoint)}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{endpoint}: {}", r.text);
+    }
+    // Not listed (another port, another address): refused as before.
+    for endpoint in ["https://10.0.0.1/w/1", "https://10.0.0.2:8443/w/1", "https://[::2]/w/1", "https://u@127.0.0.1/w"]
+    {
+        let r =
+            post(&alice, json!({"client_id": "z", "provider": "webpush", "subscription": subscription_at(endpoint)}))
+                .await;
+        assert_eq!((r.status, r.error_code()), (400, Some("invalid_request")), "{endpoint}: {}", r.text);
+    }
+    assert_eq!(list(&alice, "").await, ["a", "b", "c", "d", "e", "f", "g"]);
     s.stop().await;
 }
 

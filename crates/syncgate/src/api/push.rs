@@ -77,7 +77,7 @@ pub async fn register(
         subscription: b.subscription,
         updated_at: crate::node::now_ms(),
     };
-    reg.validate(MAX_ADDRESS_BYTES)?;
+    reg.validate(MAX_ADDRESS_BYTES, node.push.allow_hosts())?;
     let max = node.push.cfg.max_devices_per_user;
     let replaced = node.push.devices.put(&caller.user, reg.clone(), max).await?;
     node.push.metrics.replaced.inc_by(replaced.len() as u64);

@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use outbound::{ConnectProxy, OnError, PushConfig, QueueConfig, WebhookEndpoint, WebhooksConfig, WEBHOOK_EVENTS};
-pub use push::{PushApns, PushFcm, PushProviders, PushWebPush, PushWebhook};
+pub use push::{parse_allow_host, PushApns, PushFcm, PushProviders, PushWebPush, PushWebhook};
 pub use rate::{duration, Rate, RateSetting};
 
 use crate::store::embedded::{Engine, FsyncPolicy};

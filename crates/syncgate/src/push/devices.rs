@@ -12,6 +12,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use super::guard::{check_endpoint, AllowHosts};
 use crate::error::Error;
 use crate::store::StoreResult;
 
@@ -76,8 +77,10 @@ impl Registration {
         }
     }
 
-    /// Checks that the record has what its provider needs, within `max` bytes per field.
-    pub fn validate(&self, max_token: usize) -> Result<(), Error> {
+    /// Checks that the record has what its provider needs, within `max` bytes per field; a
+    /// Web Push endpoint must also pass the endpoint rule (`guard::check_endpoint`: https, a
+    /// public host, unless `allow` lists it).
+    pub fn validate(&self, max_token: usize, allow: &AllowHosts) -> Result<(), Error> {
         let long = |what: &str| Error::invalid(format!("{what} must be 1 to {max_token} bytes"));
         match self.provider {
             Provider::Fcm | Provider::Apns => {
@@ -104,11 +107,7 @@ impl Registration {
                 if s.endpoint.len() > max_token {
                     return Err(long("subscription.endpoint"));
                 }
-                let uri: axum::http::Uri =
-                    s.endpoint.parse().map_err(|_| Error::invalid("subscription.endpoint is not a URL"))?;
-                if !matches!(uri.scheme_str(), Some("https" | "http")) || uri.host().is_none() {
-                    return Err(Error::invalid("subscription.endpoint must be an https URL"));
-                }
+                check_endpoint(&s.endpoint, allow).map_err(Error::invalid)?;
                 super::webpush::parse_keys(&s.keys)?;
             }
         }

@@ -1,9 +1,10 @@
 //! The HTTP side shared by the push providers: the clients (rustls, with `push.ca_file`'s
-//! extra roots; one HTTP/2-only client for APNs) and the reading of an answer that every
+//! extra roots; one HTTP/2-only client for APNs; one for Web Push endpoints whose resolver
+//! keeps public addresses only, see `guard.rs`) and the reading of an answer that every
 //! provider shares (`Retry-After`, which statuses are worth a retry).
 //!
-//! Must never: follow redirects to another host (providers do not redirect), or wait for
-//! an answer past `push.timeout`.
+//! Must never: follow redirects (providers do not redirect, and a redirect could lead a
+//! Web Push send past the endpoint rule), or wait for an answer past `push.timeout`.
 
 use std::time::{Duration, SystemTime};
 
@@ -22,6 +23,9 @@ pub struct Clients {
     pub any: reqwest::Client,
     /// HTTP/2 only (APNs refuses HTTP/1.1).
     pub h2: reqwest::Client,
+    /// Like `any`, but host names resolve to public addresses only (`guard::PublicOnly`):
+    /// Web Push endpoints on hosts not in `allow_hosts`. Built when Web Push is configured.
+    pub public: Option<reqwest::Client>,
 }
 
 impl Clients {
@@ -34,7 +38,7 @@ impl Clients {
             reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| PushError::Client(format!("push.ca_file {}: {e}", cfg.ca_file)))?
         };
-        let build = |h2: bool| {
+        let build = |h2: bool, public_only: bool| {
             let mut b = reqwest::Client::builder()
                 .use_rustls_tls()
                 .timeout(cfg.timeout)
@@ -47,9 +51,13 @@ impl Clients {
             if h2 {
                 b = b.http2_prior_knowledge();
             }
+            if public_only {
+                b = b.dns_resolver(std::sync::Arc::new(super::guard::PublicOnly));
+            }
             b.build().map_err(|e| PushError::Client(e.to_string()))
         };
-        Ok(Clients { any: build(false)?, h2: build(true)? })
+        let public = cfg.providers.webpush.is_some().then(|| build(false, true)).transpose()?;
+        Ok(Clients { any: build(false, false)?, h2: build(true, false)?, public })
     }
 }
 

@@ -6,8 +6,10 @@
 //! (`PushJob`: one event for one device), and running one job (`deliver`): load the
 //! device's registration, send through its provider, and remove the registration when the
 //! provider says the token is gone. Files: `devices*.rs` the registrations, one file per
-//! provider, `http.rs` the shared HTTP client and answer classification, `runner.rs` the
-//! outbound queue's side (`Push::enqueue_for`, the `Runner`, the undelivered hook).
+//! provider, `guard.rs` which Web Push endpoints may be reached (registration and send),
+//! `http.rs` the shared HTTP client and answer classification, `runner.rs` the outbound
+//! queue's side (`Push::enqueue_for`, the `Runner`, the undelivered hook, the bounded
+//! `webpush:HOST` endpoint labels).
 //!
 //! Must never: retry by itself (retries, backoff and dead letters are the outbound queue's),
 //! send anything but the event it was given, or keep a registration a provider called gone.
@@ -17,6 +19,7 @@ pub mod devices;
 pub mod devices_embedded;
 pub mod devices_redis;
 pub mod fcm;
+pub mod guard;
 pub mod http;
 pub mod metrics;
 pub mod runner;
@@ -96,6 +99,8 @@ pub struct Push {
     fcm: Option<fcm::Fcm>,
     apns: Option<apns::Apns>,
     pub metrics: Arc<metrics::PushMetrics>,
+    /// Which Web Push hosts have an endpoint label of their own.
+    labels: runner::HostLabels,
 }
 
 /// Longest token or subscription endpoint accepted at registration.
@@ -117,7 +122,14 @@ impl Push {
             fcm: p.fcm.as_ref().map(|f| fcm::Fcm::new(f, &client)).transpose()?,
             apns: p.apns.as_ref().map(|a| apns::Apns::new(a, &client)).transpose()?,
             metrics,
+            labels: runner::HostLabels::default(),
         })
+    }
+
+    /// The Web Push hosts that may be private or use http (`allow_hosts`), for the
+    /// registration check (`Registration::validate`).
+    pub fn allow_hosts(&self) -> &guard::AllowHosts {
+        self.webpush.as_ref().map_or(&guard::NO_HOSTS, |w| w.allow_hosts())
     }
 
     /// Whether devices may register with this provider here.

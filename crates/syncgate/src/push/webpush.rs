@@ -4,7 +4,9 @@
 //! origin, and our public key).
 //!
 //! Must never: send a payload the push service would refuse for its size (4096 bytes of
-//! record: `data` is left out past that), or a VAPID token valid for more than 24 hours.
+//! record: `data` is left out past that), a VAPID token valid for more than 24 hours, or a
+//! request to an endpoint the rule of `guard.rs` refuses (checked again before each send, for
+//! registrations stored before the rule or `allow_hosts` changed).
 
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 
+use super::guard::{check_endpoint, refused_by_resolver, AllowHosts};
 use super::http::{body_text, classify, transport_error, Clients};
 use super::{payload_within, Priority, PushError, PushEvent, Sent, Subscription, SubscriptionKeys};
 use crate::config::PushWebPush;
@@ -26,7 +29,11 @@ pub const MAX_PLAINTEXT: usize = 4096 - 86 - 16 - 1;
 const VAPID_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
 pub struct WebPush {
+    /// For hosts in `allow_hosts` (resolved as the system resolves them).
     http: reqwest::Client,
+    /// For every other host: names resolve to public addresses only.
+    http_public: reqwest::Client,
+    allow: AllowHosts,
     key: EncodingKey,
     /// Our public key, uncompressed point in base64url (the `k` parameter).
     public: String,
@@ -89,8 +96,11 @@ impl WebPush {
         let secret = load_vapid_key(&text).map_err(|m| err(format!("vapid_private_key_file: {m}")))?;
         let der = secret.to_pkcs8_der().map_err(|e| err(e.to_string()))?;
         let public = URL_SAFE_NO_PAD.encode(secret.public_key().to_encoded_point(false).as_bytes());
+        let allow = AllowHosts::new(&cfg.allow_hosts).map_err(|m| err(format!("allow_hosts: {m}")))?;
         Ok(WebPush {
             http: clients.any.clone(),
+            http_public: clients.public.clone().ok_or_else(|| err("no public-only HTTP client".into()))?,
+            allow,
             key: EncodingKey::from_ec_der(der.as_bytes()),
             public,
             subject: cfg.subject.clone(),
@@ -108,7 +118,19 @@ impl WebPush {
         Ok(format!("vapid t={t}, k={}", self.public))
     }
 
+    /// `push.providers.webpush.allow_hosts`, parsed.
+    pub fn allow_hosts(&self) -> &AllowHosts {
+        &self.allow
+    }
+
     pub async fn send(&self, sub: &Subscription, event: &PushEvent, ttl: Duration) -> Sent {
+        // A refused endpoint fails for good and the registration is kept: the device (or the
+        // operator, through allow_hosts) has to change something before a retry could help.
+        let url = match check_endpoint(&sub.endpoint, &self.allow) {
+            Ok(u) => u,
+            Err(m) => return Sent::Failed(format!("refused to send: {m}")),
+        };
+        let client = if self.allow.allows(&url) { &self.http } else { &self.http_public };
         let (pk, auth) = match parse_keys(&sub.keys) {
             Ok(k) => k,
             Err(e) => return Sent::Gone(e.message),
@@ -121,9 +143,8 @@ impl WebPush {
             Ok(a) => a,
             Err(e) => return Sent::Gone(e),
         };
-        let resp = self
-            .http
-            .post(&sub.endpoint)
+        let resp = client
+            .post(url)
             .header("ttl", ttl.as_secs().to_string())
             .header("urgency", urgency(event.priority))
             .header("content-encoding", "aes128gcm")
@@ -138,7 +159,10 @@ impl WebPush {
                 let detail = if status.is_success() { String::new() } else { body_text(r).await };
                 classify(status, &headers, detail.trim())
             }
-            Err(e) => transport_error(&e),
+            Err(e) => match refused_by_resolver(&e) {
+                Some(n) => Sent::Failed(format!("refused to send: {n}")),
+                None => transport_error(&e),
+            },
         }
     }
 }

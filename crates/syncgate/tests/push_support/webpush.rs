@@ -139,10 +139,14 @@ pub async fn webpush_fixture(dir: &std::path::Path, cert: &TestCert) -> WebPushF
     WebPushFixture { _server: server, vapid_file, got, plan, sub }
 }
 
+/// Web Push with the fixture's VAPID key. The stand-in listens on loopback, which the
+/// endpoint rule refuses, so it is listed in `allow_hosts` (as `127.0.0.1:PORT`), as an
+/// operator lists a push service on a private network.
 pub fn webpush_config(c: &mut PushConfig, f: &WebPushFixture) {
     c.providers.webpush = Some(PushWebPush {
         vapid_private_key_file: f.vapid_file.display().to_string(),
         subject: "mailto:ops@example.com".into(),
+        allow_hosts: vec![f._server.addr.to_string()],
     });
 }
 
