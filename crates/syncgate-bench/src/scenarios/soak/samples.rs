@@ -186,10 +186,14 @@ pub fn record(res: &mut RunResult, samples: &[Sample]) {
 /// RSS growth from the sample at the middle of the window to the last, in percent: unlike
 /// the growth from the 2nd sample, it leaves out the warm-up of bounded caches (the store's
 /// page cache fills in the first minutes), so a leak shows here and a warm-up does not.
+/// The middle sample is the one nearest the middle (the later one of two as near): samples
+/// come a few milliseconds late, and the first one at or after the middle could be a whole
+/// interval later.
 pub fn late_growth_pct(samples: &[Sample]) -> f64 {
     let (Some(first), Some(last)) = (samples.first(), samples.last()) else { return 0.0 };
     let mid_t = first.t_s + (last.t_s - first.t_s) / 2.0;
-    let mid = samples.iter().find(|s| s.t_s >= mid_t).unwrap_or(last);
+    let distance = |s: &Sample| (s.t_s - mid_t).abs();
+    let mid = samples.iter().fold(last, |best, s| if distance(s) <= distance(best) { s } else { best });
     (last.rss_bytes as f64 - mid.rss_bytes as f64) / mid.rss_bytes.max(1) as f64 * 100.0
 }
 
@@ -210,6 +214,14 @@ mod tests {
         let want = (150.0 - 130.0) / 130.0 * 100.0;
         assert!((late_growth_pct(&leak) - want).abs() < 1e-9, "{}", late_growth_pct(&leak));
         assert_eq!(late_growth_pct(&[]), 0.0);
+        // Samples a little late (as a real run takes them): the middle of 0.05 .. 600.93 is
+        // 300.49, and the sample at 300.32 (110 MiB) is the middle one, not the one at 360.4.
+        let late: Vec<Sample> = [(0.05, 60), (240.3, 100), (300.32, 110), (360.4, 140), (600.93, 165)]
+            .iter()
+            .map(|&(t, m)| at(t, m))
+            .collect();
+        let want = (165.0 - 110.0) / 110.0 * 100.0;
+        assert!((late_growth_pct(&late) - want).abs() < 1e-9, "{}", late_growth_pct(&late));
     }
 
     #[test]
