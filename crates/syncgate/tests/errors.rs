@@ -88,14 +88,20 @@ async fn oversized_frame_closes_with_1009() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn flooding_socket_gets_rate_limit_errors_then_4029() {
+/// A node allowing 5 frames a second (3 strikes) and a device on it.
+async fn flood_target() -> (TestServer, Device) {
     let s = TestServer::with(|c| {
         c.rate_limits.client_frames = "5/s burst 5".parse().unwrap();
         c.rate_limits.client_frames_strikes = 3;
     })
     .await;
-    let (mut d, _) = s.device("alice", &[]).await;
+    let (d, _) = s.device("alice", &[]).await;
+    (s, d)
+}
+
+#[tokio::test]
+async fn flooding_socket_gets_rate_limit_errors_then_4029() {
+    let (s, mut d) = flood_target().await;
     for _ in 0..20 {
         if d.send_raw(Message::text(r#"{"op":"ping"}"#)).await.is_err() {
             break;
@@ -117,12 +123,7 @@ async fn flooding_socket_gets_rate_limit_errors_then_4029() {
 /// answered (RFC 6455), but a flood of them is closed with 4029 after the strikes.
 #[tokio::test]
 async fn flooding_websocket_pings_is_closed_with_4029() {
-    let s = TestServer::with(|c| {
-        c.rate_limits.client_frames = "5/s burst 5".parse().unwrap();
-        c.rate_limits.client_frames_strikes = 3;
-    })
-    .await;
-    let (mut d, _) = s.device("alice", &[]).await;
+    let (s, mut d) = flood_target().await;
     for _ in 0..20 {
         if d.send_raw(Message::Ping(b"p".to_vec().into())).await.is_err() {
             break;
