@@ -359,3 +359,28 @@ async fn batch_publish_gives_each_user_an_id_in_their_own_stream() {
     assert_eq!(b.next_event(T).await.unwrap().id, ids["bob"].as_str().unwrap());
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_new_device_connecting_with_since_gets_a_cursor_there() {
+    let s = TestServer::start().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(publish(&s.api, "alice", "n", json!(i)).await);
+    }
+    // "tablet" was never seen: its first connect resumes from `since` (as the SDKs do after a
+    // forgotten cursor), and its acks must be taken.
+    let opts = DeviceOptions::new(s.token("alice", &[])).client_id("tablet").since(ids[0].as_str());
+    let (mut d, w) = Device::connect(&s.base, opts).await.unwrap();
+    assert_eq!(w.resumed, 2);
+    assert_eq!(d.next_event(T).await.unwrap().id, ids[1]);
+    let r = d.ack(&ids[1]).await.unwrap();
+    assert_eq!(r.error_code(), None, "ack of a device that connected with since: {r:?}");
+    drop(d);
+    ids.push(publish(&s.api, "alice", "n", json!(3)).await);
+    // Without `since`, it resumes after its cursor: nothing published after it is lost.
+    let (mut d, w) = s.device_with("alice", "tablet").await;
+    assert_eq!(w.resumed, 2);
+    let got: Vec<_> = d.collect_events(2, T).await.unwrap().into_iter().map(|e| e.id).collect();
+    assert_eq!(got, ids[2..].to_vec());
+    s.stop().await;
+}

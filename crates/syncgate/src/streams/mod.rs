@@ -89,11 +89,19 @@ impl Streams {
     /// `since` wins (it must be an id of this user's stream, not ahead of its head); else the
     /// device's cursor (clamped to the head); else, for a device seen for the first time, the
     /// head, remembered now so what is published while it is offline later is kept for it;
-    /// without a client id, the head (live only).
+    /// without a client id, the head (live only). A device seen for the first time with
+    /// `since` gets its cursor there (an existing cursor is neither used nor moved), so its
+    /// acks are taken and a later connect without `since` resumes from it.
     pub async fn user_start(&self, user: &str, client_id: Option<&str>, since: Option<&str>) -> Result<Start> {
-        let (head, known) = self.store.head_and_cursor(user, if since.is_none() { client_id } else { None }).await?;
+        let (head, known) = self.store.head_and_cursor(user, client_id).await?;
         let cursor = match (since, client_id) {
-            (Some(s), _) => self.parse_not_ahead(s, StreamKey::User(user), head.head, "this user's stream")?,
+            (Some(s), cid) => {
+                let seq = self.parse_not_ahead(s, StreamKey::User(user), head.head, "this user's stream")?;
+                if let (Some(cid), None) = (cid, known) {
+                    self.store.set_cursor(user, cid, seq, self.max_devices).await?;
+                }
+                seq
+            }
             (None, Some(cid)) => match known {
                 Some(c) => c.min(head.head),
                 None => self.store.set_cursor(user, cid, head.head, self.max_devices).await?,
