@@ -224,12 +224,19 @@ impl Hub {
     }
 
     /// Adds `conn` to `room`. Returns false if it was already a member.
+    ///
+    /// The position and the membership are set together, under the room's entry: a fan-out
+    /// to the room either took its members before (its event was stored before that, so the
+    /// catch-up read the position starts, which runs after, finds it) or sees the member with
+    /// its position (an event offered while it catches up is remembered). Setting the
+    /// position first let a catch-up read finish before the member was added, and an event
+    /// stored and fanned out in between waited for the room's next event.
     pub fn join(&self, conn: &Arc<Conn>, room: &str, pos: Option<StreamPos>) -> bool {
         let name: Arc<str> = self.rooms.get(room).map(|r| r.key().clone()).unwrap_or_else(|| room.into());
+        let mut room = self.rooms.entry(name.clone()).or_default();
         if !conn.add_room(name.clone(), pos) {
             return false;
         }
-        let mut room = self.rooms.entry(name.clone()).or_default();
         room.members.insert(conn.id, conn.clone());
         if room.members.len() == 1 {
             self.report(Interest::RoomOn(name.clone()));
