@@ -300,3 +300,33 @@ async fn request_ids_are_echoed_or_created() {
     assert!(r.header("x-request-id").is_some_and(|v| v.len() >= 16));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn bad_idempotency_keys_and_names_are_refused_and_change_nothing() {
+    let s = TestServer::start().await;
+    let body = json!({"user_id": "alice", "type": "x", "data": {}});
+    // Idempotency-Key is 1 to 255 visible ASCII characters: a space or tab is not one.
+    for k in ["order 1", "order\t1"] {
+        let r =
+            s.api.request(Method::POST, "/api/v1/events", Some(body.clone()), &[("Idempotency-Key", k)]).await.unwrap();
+        assert_eq!((r.status, r.error_code()), (400, Some("invalid_request")), "{k:?}: {}", r.text);
+    }
+    let st = s.api.offline_stats().await.unwrap();
+    assert_eq!(st.body["stored_messages"], 0, "{}", st.text);
+    // A client_id that breaks the name rule is refused even when `since` is given.
+    let id = publish(&s.api, "alice", "x", json!(1)).await;
+    let path = format!("/api/v1/offline/messages?user_id=alice&client_id=a%01b&since={id}");
+    let r = s.api.request(Method::GET, &path, None, &[]).await.unwrap();
+    assert_eq!((r.status, r.error_code()), (400, Some("invalid_request")), "{}", r.text);
+    // A token bound to one client_id answers 403 on the offline API: the spec says so.
+    let spec = s.api.openapi().await.unwrap().body;
+    for (path, method) in [
+        ("/api/v1/offline/messages", "get"),
+        ("/api/v1/offline/ack", "post"),
+        ("/api/v1/offline/ack/batch", "post"),
+        ("/api/v1/offline/count", "get"),
+    ] {
+        assert!(spec["paths"][path][method]["responses"]["403"].is_object(), "{method} {path}: 403 undocumented");
+    }
+    s.stop().await;
+}

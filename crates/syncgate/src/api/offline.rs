@@ -45,6 +45,8 @@ pub async fn messages(
     let key = StreamKey::User(&caller.user);
     let limit = page_limit(&node, q.limit)?;
     if let Some(c) = &q.client_id {
+        // Checked even when `since` makes the cursor unneeded: one rule for every name.
+        node.check_name("client_id", c)?;
         caller.check_client(c)?;
     }
     let after = match (&q.since, &q.client_id) {
@@ -93,7 +95,7 @@ async fn ack_to(node: &Node, user: &str, client_id: &str, seq: u64) -> ApiResult
 }
 
 #[utoipa::path(post, path = "/api/v1/offline/ack", tag = "offline", request_body = AckBody,
-    responses((status = 200, description = "{\"ok\":true,\"cursor\"}", body = super::schemas::AckAnswer), (status = 400), (status = 401), (status = 404)))]
+    responses((status = 200, description = "{\"ok\":true,\"cursor\"}", body = super::schemas::AckAnswer), (status = 400), (status = 401), (status = 403), (status = 404)))]
 pub async fn ack(
     State(node): State<Arc<Node>>,
     caller: OfflineCaller,
@@ -106,7 +108,7 @@ pub async fn ack(
 }
 
 #[utoipa::path(post, path = "/api/v1/offline/ack/batch", tag = "offline", request_body = AckBatchBody,
-    responses((status = 200, description = "{\"ok\":true,\"cursor\"}; acks are cumulative, the highest id wins", body = super::schemas::AckAnswer), (status = 400), (status = 401), (status = 404)))]
+    responses((status = 200, description = "{\"ok\":true,\"cursor\"}; acks are cumulative, the highest id wins", body = super::schemas::AckAnswer), (status = 400), (status = 401), (status = 403), (status = 404)))]
 pub async fn ack_batch(
     State(node): State<Arc<Node>>,
     caller: OfflineCaller,
@@ -135,7 +137,7 @@ pub struct CountQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/offline/count", tag = "offline", params(CountQuery),
-    responses((status = 200, description = "{\"count\"}", body = super::schemas::CountAnswer), (status = 401), (status = 404)))]
+    responses((status = 200, description = "{\"count\"}", body = super::schemas::CountAnswer), (status = 401), (status = 403), (status = 404)))]
 pub async fn count(
     State(node): State<Arc<Node>>,
     caller: OfflineCaller,

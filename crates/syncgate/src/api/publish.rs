@@ -202,7 +202,7 @@ where
     let idem = idem
         .to_str()
         .ok()
-        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
         .ok_or_else(|| Error::invalid("Idempotency-Key must be 1 to 255 visible ASCII characters"))?;
     let scope = idempotency_scope(&key.fingerprint, route, idem);
     let hash = request_hash(route, raw);
