@@ -346,7 +346,9 @@ impl Conn {
         found
     }
 
-    /// Queues events read from the store after `after`. `events` are (seq, event) in order;
+    /// Queues events read from the store after `after`, taking the queue no further than half
+    /// (live events of other streams may have filled it during the read: the events that do
+    /// not fit are left for the next fill, and the stream stays behind). `events` are (seq, event) in order;
     /// `first` is the oldest seq the store still has; `complete` says the read reached the
     /// end of the stream. Returns how many events were skipped because retention (age, length
     /// or a message's own ttl) removed them.
@@ -369,6 +371,9 @@ impl Conn {
         if out.close.is_some() {
             return 0; // closing: nothing more is queued
         }
+        // The read was sized by `next_fill`, but live events of other streams may have been
+        // queued meanwhile: a fill still takes the queue no further than half.
+        let room = (self.limit / 2).max(1).saturating_sub(out.items.len());
         let pos = match stream {
             StreamRef::User => &mut out.user,
             StreamRef::Room(name) => match out.rooms.iter_mut().find(|(n, _)| n == name) {
@@ -384,15 +389,20 @@ impl Conn {
             trimmed = first - 1 - pos.delivered;
             pos.delivered = first - 1;
         }
-        let mut queued = Vec::with_capacity(events.len());
+        let mut queued = Vec::with_capacity(events.len().min(room));
+        let mut cut = false;
         for (seq, ev) in events {
             if seq > pos.delivered {
+                if queued.len() == room {
+                    cut = true; // the rest comes in the next fill, once the queue has room
+                    break;
+                }
                 trimmed += seq - pos.delivered - 1;
                 pos.delivered = seq;
                 queued.push(ev);
             }
         }
-        if complete {
+        if complete && !cut {
             if head > pos.delivered {
                 trimmed += head - pos.delivered;
                 pos.delivered = head;

@@ -231,3 +231,31 @@ fn live_events_past_the_limit_close_with_4008_but_control_items_fit_above_it() {
     assert_eq!(c.closing(), Some(close::SLOW));
     assert!(drain(&c).is_empty(), "a slow reader's queue is dropped");
 }
+
+#[test]
+fn a_fill_never_takes_the_queue_past_half_with_live_events_queued_meanwhile() {
+    // A room catches up while the user stream is live: live events fill the queue while the
+    // room's read is in flight; the read's events then queue only up to half the queue, and
+    // the rest comes in later fills, in order.
+    let limit = 64;
+    let c = conn(limit, 0);
+    assert!(c.add_room("r".into(), Some(StreamPos::resume_from(0))));
+    let (stream, after, room) = c.next_fill().expect("the room is behind");
+    assert_eq!((stream.clone(), after, room), (StreamRef::Room("r".into()), 0, limit / 2));
+    for s in 1..=limit as u64 {
+        assert_eq!(c.offer(&StreamRef::User, s, &f(s), false, true), Offer::Queued);
+    }
+    let evs: Vec<_> = (1..=room as u64).map(|s| (s, f(1000 + s))).collect();
+    c.apply_fill(&stream, 0, (1, room as u64), evs, true);
+    assert!(c.out.lock().items.len() <= limit, "{} queued", c.out.lock().items.len());
+    let mut got = drain(&c);
+    assert_eq!(got.len(), limit, "only the live events: the room's wait for room in the queue");
+    // Later fills bring the room's events, once each and in order.
+    while let Some((stream, after, room)) = c.next_fill() {
+        let evs: Vec<_> = (after + 1..=32u64.min(after + room as u64)).map(|s| (s, f(1000 + s))).collect();
+        c.apply_fill(&stream, after, (1, 32), evs, true);
+        got.extend(drain(&c));
+    }
+    let room_ids: Vec<String> = got.into_iter().filter(|id| id.len() == 4).collect();
+    assert_eq!(room_ids, (1001..=1032).map(|n: u64| n.to_string()).collect::<Vec<_>>());
+}
