@@ -254,7 +254,7 @@ async fn a_transient_event_is_handed_over_but_the_client_resumes_after_the_last_
     assert_eq!(store.load("syncgate:phone:user").unwrap(), Some(p1.clone()), "user checkpoint");
     assert_eq!(store.load("syncgate:phone:room:club").unwrap(), Some(r1), "room checkpoint");
     // The ack of the persisted event got through (a transient one would be refused).
-    eventually_async(|| async {
+    eventually_async(Duration::from_secs(5), || async {
         let r = s.api.offline_count(Some("fi"), Some("phone")).await.unwrap();
         r.body["count"] == 0
     })
@@ -276,19 +276,4 @@ async fn a_transient_event_is_handed_over_but_the_client_resumes_after_the_last_
     let r = s.api.offline_count(Some("fi"), Some("phone")).await.unwrap();
     assert_eq!(r.body["count"], 0, "acked up to the last: {}", r.text);
     s.stop().await;
-}
-
-/// Polls an async condition until it is true or 5 s pass.
-async fn eventually_async<F, Fut>(mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..250 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("condition not reached in 5 s");
 }

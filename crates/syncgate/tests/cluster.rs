@@ -14,26 +14,12 @@ use syncgate_client::{Device, DeviceOptions};
 
 /// Waits until presence (as seen through `api`) counts `n` connections of `user`.
 async fn until_connections(api: &syncgate_client::Api, user: &str, n: u64) {
-    eventually_async(|| {
+    eventually_async(Duration::from_secs(15), || {
         let api = api.clone();
         let user = user.to_string();
         async move { api.user_online(&user).await.unwrap().body["connections"] == n }
     })
     .await;
-}
-
-async fn eventually_async<F, Fut>(mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..150 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("condition not reached in 15 s");
 }
 
 #[tokio::test]
@@ -79,7 +65,7 @@ async fn presence_online_users_and_user_limits_agree_across_nodes() {
     a1.join("r", None).await.unwrap();
     a2.join("r", None).await.unwrap();
     let api = n[2].api.clone();
-    eventually_async(|| {
+    eventually_async(Duration::from_secs(15), || {
         let api = api.clone();
         async move {
             let o = api.user_online("alice").await.unwrap().body;
@@ -177,7 +163,7 @@ async fn redis_restart_loses_no_acknowledged_publish_and_nodes_recover() {
     let (acked, refused) = publisher.await.unwrap();
     assert!(refused > 0, "the outage was not noticed");
     let api = n[0].api.clone();
-    eventually_async(|| {
+    eventually_async(Duration::from_secs(15), || {
         let api = api.clone();
         async move { api.ready().await.map(|r| r.status == 200).unwrap_or(false) }
     })

@@ -293,25 +293,26 @@ async fn client_messages_of_configured_types_are_forwarded() {
     s.stop().await;
 }
 
+/// A node sending `message.undelivered` to `rx`, `delay` after a publish to an offline user.
+async fn undelivered_server(rx: &Receiver, delay: Duration) -> TestServer {
+    let url = rx.url();
+    TestServer::with(move |c| {
+        fast(c);
+        c.push.delay = delay;
+        c.webhooks.endpoints = vec![endpoint(&url, &["message.undelivered"])];
+    })
+    .await
+}
+
 /// A device that comes back within `push.delay`, acks the message and leaves again has it:
 /// no `message.undelivered` (the contract: "no device of the user acked").
 #[tokio::test]
 async fn a_message_acked_within_the_delay_is_not_reported_undelivered() {
     let rx = Receiver::start().await;
-    let url = rx.url();
-    let s = TestServer::with(|c| {
-        fast(c);
-        c.push.delay = Duration::from_millis(1500);
-        c.webhooks.endpoints = vec![endpoint(&url, &["message.undelivered"])];
-    })
-    .await;
+    let s = undelivered_server(&rx, Duration::from_millis(1500)).await;
     let (d, _) = s.device_with("kai", "phone").await;
     drop(d);
-    let end = std::time::Instant::now() + LONG;
-    while s.api.user_online("kai").await.unwrap().body["connections"] != 0 {
-        assert!(std::time::Instant::now() < end, "kai is still connected");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually_async(LONG, || async { s.api.user_online("kai").await.unwrap().body["connections"] == 0 }).await;
     let acked = common::publish(&s.api, "kai", "note", json!({"n": 1})).await;
     let unacked = common::publish(&s.api, "lou", "note", json!({"n": 2})).await;
     let (mut d, welcome) = s.device_with("kai", "phone").await;
@@ -332,13 +333,7 @@ async fn a_message_acked_within_the_delay_is_not_reported_undelivered() {
 #[tokio::test]
 async fn a_persisted_message_to_an_offline_user_is_reported_undelivered() {
     let rx = Receiver::start().await;
-    let url = rx.url();
-    let s = TestServer::with(|c| {
-        fast(c);
-        c.push.delay = Duration::from_millis(300);
-        c.webhooks.endpoints = vec![endpoint(&url, &["message.undelivered"])];
-    })
-    .await;
+    let s = undelivered_server(&rx, Duration::from_millis(300)).await;
     let id = common::publish(&s.api, "ivan", "note", json!({"n": 1})).await;
     let (_d, _) = s.device("judy", &[]).await;
     common::publish(&s.api, "judy", "note", json!({"n": 2})).await;

@@ -24,8 +24,8 @@ pub struct Clients {
     /// HTTP/2 only (APNs refuses HTTP/1.1).
     pub h2: reqwest::Client,
     /// Like `any`, but host names resolve to public addresses only (`guard::PublicOnly`):
-    /// Web Push endpoints on hosts not in `allow_hosts`. Built when Web Push is configured.
-    pub public: Option<reqwest::Client>,
+    /// Web Push endpoints on hosts not in `allow_hosts`.
+    pub public: reqwest::Client,
 }
 
 impl Clients {
@@ -56,8 +56,7 @@ impl Clients {
             }
             b.build().map_err(|e| PushError::Client(e.to_string()))
         };
-        let public = cfg.providers.webpush.is_some().then(|| build(false, true)).transpose()?;
-        Ok(Clients { any: build(false, false)?, h2: build(true, false)?, public })
+        Ok(Clients { any: build(false, false)?, h2: build(true, false)?, public: build(false, true)? })
     }
 }
 

@@ -99,7 +99,7 @@ impl WebPush {
         let allow = AllowHosts::new(&cfg.allow_hosts).map_err(|m| err(format!("allow_hosts: {m}")))?;
         Ok(WebPush {
             http: clients.any.clone(),
-            http_public: clients.public.clone().ok_or_else(|| err("no public-only HTTP client".into()))?,
+            http_public: clients.public.clone(),
             allow,
             key: EncodingKey::from_ec_der(der.as_bytes()),
             public,

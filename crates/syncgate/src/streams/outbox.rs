@@ -319,6 +319,11 @@ impl Conn {
         }
     }
 
+    /// How many store events a catch-up may still queue: up to half the queue.
+    fn fill_room(&self, out: &Outbox) -> usize {
+        (self.limit / 2).max(1).saturating_sub(out.items.len())
+    }
+
     /// A stream that needs reading from the store, with the position after which to read
     /// and how many events the read may bring (never past half the queue).
     pub fn next_fill(&self) -> Option<(StreamRef, u64, usize)> {
@@ -329,7 +334,7 @@ impl Conn {
         if out.close.is_some() {
             return None;
         }
-        let room = (self.limit / 2).max(1).saturating_sub(out.items.len());
+        let room = self.fill_room(&out);
         if room == 0 {
             return None; // wait until the reader has drained the queue below half
         }
@@ -373,7 +378,7 @@ impl Conn {
         }
         // The read was sized by `next_fill`, but live events of other streams may have been
         // queued meanwhile: a fill still takes the queue no further than half.
-        let room = (self.limit / 2).max(1).saturating_sub(out.items.len());
+        let room = self.fill_room(out);
         let pos = match stream {
             StreamRef::User => &mut out.user,
             StreamRef::Room(name) => match out.rooms.iter_mut().find(|(n, _)| n == name) {

@@ -143,6 +143,19 @@ pub async fn publish(api: &Api, user: &str, kind: &str, data: serde_json::Value)
     r.body["id"].as_str().expect("id").to_string()
 }
 
+/// Polls the async condition `f` every 20 ms until it is true, or fails after `within`.
+pub async fn eventually_async<F, Fut>(within: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = std::time::Instant::now() + within;
+    while !f().await {
+        assert!(std::time::Instant::now() < end, "condition not reached in {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls `f` until it is true or 5 s pass.
 pub async fn eventually(mut f: impl FnMut() -> bool) {
     for _ in 0..250 {
