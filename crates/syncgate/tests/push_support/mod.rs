@@ -19,6 +19,9 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use parking_lot::Mutex;
+use syncgate::config::PushConfig;
+use syncgate::push::devices_embedded::EmbeddedDevices;
+use syncgate::push::{Priority, Provider, Push, PushEvent, PushJob};
 use tokio::net::TcpListener;
 use tokio_rustls::rustls;
 
@@ -142,4 +145,30 @@ pub fn reply(plan: &Plan, default: StatusCode) -> Response {
 
 pub fn refuse(status: StatusCode, why: impl Into<String>) -> Response {
     (status, why.into()).into_response()
+}
+
+/// A push event of `priority` carrying `data`.
+pub fn event(priority: Priority, data: serde_json::Value) -> PushEvent {
+    PushEvent {
+        id: "e1.abcdef.7".into(),
+        kind: "chat.message".into(),
+        data,
+        ts: 1_700_000_000_000,
+        priority,
+        ttl_s: None,
+    }
+}
+
+/// A push job for alice's device `client`.
+pub fn job(client: &str, provider: Provider, ev: PushEvent) -> PushJob {
+    PushJob { user: "alice".into(), client_id: client.into(), provider, event: ev }
+}
+
+/// A node-less `Push` on a temp dir, trusting the test certificate.
+pub fn push_with(dir: &Path, cert: &TestCert, f: impl FnOnce(&mut PushConfig)) -> (Push, Arc<EmbeddedDevices>) {
+    let mut cfg = PushConfig { ca_file: cert.pem_file.display().to_string(), ..Default::default() };
+    cfg.timeout = std::time::Duration::from_secs(10);
+    f(&mut cfg);
+    let devices = Arc::new(EmbeddedDevices::open(dir).expect("devices"));
+    (Push::new(&cfg, devices.clone(), Default::default()).expect("push builds"), devices)
 }
