@@ -14,7 +14,7 @@ MAX_TIME=${CONTRACT_MAX_TIME:-120}
 
 if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
   echo "contract: installing schemathesis $SCHEMATHESIS_VERSION into $VENV" >&2
-  python3 -m venv "$VENV"
+  python3 -m venv --clear "$VENV" # --clear: a venv moved or left by a deleted checkout does not run
   "$VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 if [ ! -x "$BIN" ]; then
